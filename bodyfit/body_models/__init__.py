@@ -1,0 +1,48 @@
+"""Body models behind one interface: ``body_model(name, ...)`` -> ``BodyModel``.
+
+Anny is the default and needs no licensed file. SMPL, SMPL-H and SMPL-X go through the ``smplx``
+package (``pip install bodyfit[smpl]``) with the user's own model files.
+"""
+from __future__ import annotations
+
+import torch
+
+from bodyfit.body_models.base import BodyModel, BodyOutput, BodyParams
+from bodyfit.body_models.conventions import CONVENTIONS, keypoint_names
+
+MODELS = ["anny", "smpl", "smplh", "smplx"]
+
+
+def body_model(name: str = "anny", *, model_path: str | None = None, topology: str = "default",
+               gender: str = "neutral", dtype: torch.dtype = torch.float32,
+               device: str | torch.device = "cpu", cache_dir: str | None = None) -> BodyModel:
+    """Build a body model.
+
+    Args:
+        name: ``"anny"`` (default), ``"smpl"``, ``"smplh"`` or ``"smplx"``.
+        model_path: SMPL-family only: the model file (.pkl or .npz) or the folder holding
+            ``<name>/<NAME>_<GENDER>.{pkl,npz}`` as smplx expects.
+        topology: Anny only: ``"default"`` or a low-poly topology (``notoes_collapse3pc``...).
+        gender: SMPL-family only: ``"neutral"``, ``"male"`` or ``"female"``.
+        dtype, device: where the model lives; float32 on CPU by default.
+        cache_dir: Anny only: where Anny caches its parsed assets.
+
+    Returns:
+        a ``BodyModel``.
+
+    Raises:
+        ValueError: unknown model name.
+        FileNotFoundError: SMPL-family model files missing (the message says where to get them).
+    """
+    if name == "anny":
+        from bodyfit.body_models.anny_model import AnnyModel
+
+        return AnnyModel(topology=topology, dtype=dtype, cache_dir=cache_dir).to(device)
+    if name in ("smpl", "smplh", "smplx"):
+        from bodyfit.body_models.smpl_model import SMPLFamilyModel
+
+        return SMPLFamilyModel(name, model_path=model_path, gender=gender, dtype=dtype).to(device)
+    raise ValueError(f"Unknown body model {name!r}; choose one of {MODELS}.")
+
+
+__all__ = ["BodyModel", "BodyOutput", "BodyParams", "body_model", "CONVENTIONS", "keypoint_names", "MODELS"]

@@ -1,0 +1,237 @@
+"""Anny (NAVER Labs, Apache-2.0 code, CC0 data; PyPI ``anny``), bodyfit's default body model.
+
+Frames and units: Anny's world frame is Z up, -Y forward (the face looks along -Y), +X the
+subject's left; metres. ``BodyParams`` for Anny:
+
+- ``global_orient`` (B,3): axis-angle of the root bone about the world origin (near the pelvis).
+- ``body_pose`` (B,103,3): axis-angle of every other bone in Anny's ``local-ref`` parameterization
+  (rotation about the bone's head, axes aligned with the world at rest: +X flexes the spine and
+  knees forward/back, +Y adducts the left leg, +Z twists about the vertical). Order:
+  ``AnnyModel.pose_joint_names`` (Anny's bone labels without ``root``).
+- ``shape`` (B,6): phenotypes gender, age, muscle, weight, height, proportions, each in [0,1].
+- ``transl`` (B,3): world translation of the root bone.
+
+Landmarks (``joint_names``) are COCO-17 + 6 foot points from ``anny.KeypointsRegressor.coco``,
+the neck and mid-hip (means of those), and the hand knuckles MediaPipe uses (finger bone heads).
+
+Joints-only evaluation: the regressed keypoints are linear in skinned vertices, and skinned
+vertices are linear in the bone transforms, so each keypoint equals
+``sum_j T_j @ a_kj(phenotypes)`` with ``a_kj`` linear in Anny's blendshape coefficients. We
+precompute those anchors once; ``forward(params, vertices=False)`` then costs one forward
+kinematics pass and never skins the 13718 vertices, with results equal to the full mesh's
+regressor up to float round-off.
+"""
+from __future__ import annotations
+
+import copy
+
+import roma
+import torch
+
+from bodyfit.body_models.base import BodyModel, BodyOutput, BodyParams
+
+# Bones fitted by default: the major joints. Fingers, toes, eyes, clavicles, pelvis bones and the
+# twist bones (``*02``) stay at rest.
+ANNY_FREE_BONES = [
+    "upperleg01.L", "upperleg01.R", "lowerleg01.L", "lowerleg01.R", "foot.L", "foot.R",
+    "spine05", "spine03", "spine01", "neck01", "head",
+    "upperarm01.L", "upperarm01.R", "lowerarm01.L", "lowerarm01.R", "wrist.L", "wrist.R",
+]
+
+# Landmarks taken from bone heads (name -> bone label).
+_BONE_LANDMARKS = {
+    "left_pinky_knuckle": "finger5-1.L", "right_pinky_knuckle": "finger5-1.R",
+    "left_index_knuckle": "finger2-1.L", "right_index_knuckle": "finger2-1.R",
+    "left_thumb_knuckle": "finger1-2.L", "right_thumb_knuckle": "finger1-2.R",
+}
+
+# Keypoint name (any convention) -> (Anny landmark, weight). Anny's regressor was made for COCO
+# keypoints, so COCO/MediaPipe names map one to one; approximations carry a lower weight.
+ANNY_KEYPOINTS: dict[str, tuple[str, float]] = {
+    **{n: (n, 1.0) for n in [
+        "nose", "left_eye", "right_eye", "left_ear", "right_ear",
+        "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist",
+        "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
+        "right_ankle", "left_big_toe", "right_big_toe", "left_small_toe", "right_small_toe",
+        "left_heel", "right_heel", "neck", "mid_hip",
+    ]},
+    "left_eye_inner": ("left_eye", 0.3), "left_eye_outer": ("left_eye", 0.3),
+    "right_eye_inner": ("right_eye", 0.3), "right_eye_outer": ("right_eye", 0.3),
+    "left_pinky": ("left_pinky_knuckle", 0.5), "right_pinky": ("right_pinky_knuckle", 0.5),
+    "left_index": ("left_index_knuckle", 0.5), "right_index": ("right_index_knuckle", 0.5),
+    "left_thumb": ("left_thumb_knuckle", 0.3), "right_thumb": ("right_thumb_knuckle", 0.3),
+    "left_foot_index": ("left_big_toe", 0.7), "right_foot_index": ("right_big_toe", 0.7),
+}
+# OpenPose hips sit higher and closer together than COCO's (Cao et al. 2019): trust them less.
+ANNY_KEYPOINT_OVERRIDES = {
+    "openpose25": {"left_hip": ("left_hip", 0.5), "right_hip": ("right_hip", 0.5),
+                   "mid_hip": ("mid_hip", 0.5)},
+}
+
+TOPOLOGIES = ["default", "notoes_collapse3pc", "notoes_collapse5pc", "notoes_collapse10pc"]
+
+
+def _build_anny(topology: str, cache_dir: str | None):
+    try:
+        import anny
+        import anny.paths
+    except ImportError as e:  # pragma: no cover - anny is a hard dependency
+        raise ImportError("bodyfit needs the 'anny' package: pip install anny") from e
+    if cache_dir is not None:
+        anny.paths.set_anny_cache_path(cache_dir)
+    if topology not in TOPOLOGIES:
+        raise ValueError(f"Unknown Anny topology {topology!r}; choose one of {TOPOLOGIES}.")
+    kw = {} if topology == "default" else {"topology": topology}
+    return anny.Anny(skinning_method="lbs", **kw)
+
+
+class AnnyModel(BodyModel):
+    """Anny wrapped in bodyfit's ``BodyModel`` interface (see the module docstring for frames).
+
+    Args:
+        topology: ``"default"`` (13718 vertices) or a low-poly topology sharing the same 104 bones
+            (``notoes_collapse3pc``: 369 vertices; ``5pc``; ``10pc``: 1229) for fast previews.
+        dtype: float32 by default.
+        cache_dir: where Anny caches its parsed assets (about 800 MB, built in about a minute the
+            first time); defaults to ``$ANNY_CACHE_DIR`` or ``~/.cache/anny``.
+
+    Raises:
+        ValueError: unknown topology.
+    """
+
+    name = "anny"
+    shape_name = "phenotypes"
+
+    def __init__(self, topology: str = "default", dtype: torch.dtype = torch.float32,
+                 cache_dir: str | None = None):
+        super().__init__()
+        import anny
+
+        full = _build_anny("default", cache_dir).to(dtype)
+        self.anny = full
+        # The mesh the vertices come from; joints always come from the default topology.
+        self.mesh = full if topology == "default" else _build_anny(topology, cache_dir).to(dtype)
+        self.topology = topology
+        self.register_buffer("_probe", torch.zeros(0, dtype=dtype))
+        self.register_buffer("faces", self.mesh.get_triangular_faces().long(), persistent=False)
+        self.bone_labels = list(self.anny.bone_labels)
+        self.pose_joint_names = self.bone_labels[1:]
+        self.free_pose_joints = [self.pose_joint_names.index(b) for b in ANNY_FREE_BONES]
+        self.shape_dim = len(self.anny.phenotype_labels)
+        self.phenotype_labels = list(self.anny.phenotype_labels)
+        # Anny rest frame (Z up, -Y forward) -> OpenCV camera (y down, z forward).
+        self.up_to_camera = torch.tensor([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=dtype)
+
+        # Regressed landmarks on the default topology: COCO + feet, then neck and mid-hip.
+        coco = anny.KeypointsRegressor.coco(full)
+        W = coco.regression_weights.to(dtype)
+        lab = list(coco.labels)
+        neck = 0.5 * (W[lab.index("left_shoulder")] + W[lab.index("right_shoulder")])
+        mid_hip = 0.5 * (W[lab.index("left_hip")] + W[lab.index("right_hip")])
+        W = torch.cat([W, neck[None], mid_hip[None]])
+        self.regressed_names = lab + ["neck", "mid_hip"]
+        self.bone_landmark_index = [self.bone_labels.index(b) for b in _BONE_LANDMARKS.values()]
+        self.joint_names = self.regressed_names + list(_BONE_LANDMARKS)
+        A0, AD = _keypoint_anchors(full, W)
+        self.register_buffer("_anchor_A0", A0, persistent=False)
+        self.register_buffer("_anchor_AD", AD, persistent=False)
+        self.register_buffer("vertex_regressor", W, persistent=False)
+        # A copy of the model without vertices: rest bone poses and forward kinematics only.
+        self._skeleton = _strip_vertices(self.anny)
+
+    # -- keypoint map ---------------------------------------------------------------------
+    def keypoint_map(self, convention: str) -> tuple[torch.Tensor, torch.Tensor]:
+        from bodyfit.body_models.conventions import keypoint_names
+
+        return keypoint_table_map(self, keypoint_names(convention), ANNY_KEYPOINTS,
+                                  ANNY_KEYPOINT_OVERRIDES.get(convention, {}))
+
+    # -- forward ----------------------------------------------------------------------------
+    def pose_matrices(self, params: BodyParams) -> torch.Tensor:
+        """(B,104,4,4) Anny ``local-ref`` pose parameters from axis-angle BodyParams."""
+        B = params.global_orient.shape[0]
+        rot = roma.rotvec_to_rotmat(torch.cat([params.global_orient[:, None], params.body_pose], 1))
+        P = torch.zeros(B, rot.shape[1], 4, 4, dtype=rot.dtype, device=rot.device)
+        P[:, :, :3, :3] = rot
+        P[:, 0, :3, 3] = params.transl
+        P[:, :, 3, 3] = 1.0
+        return P
+
+    def forward(self, params: BodyParams, vertices: bool = True) -> BodyOutput:
+        """Pose and shape the body.
+
+        Args:
+            params: BodyParams with body_pose (B,103,3) and phenotypes (B,6).
+            vertices: False to compute landmarks only (much faster; ``vertices`` is then None).
+
+        Returns:
+            BodyOutput with joints (B,J,3) and vertices (B,V,3) in metres, Anny world frame.
+
+        Raises:
+            ValueError: a parameter has the wrong shape.
+        """
+        self.check_params(params)
+        P = self.pose_matrices(params)
+        phen = params.shape
+        coeffs = self.anny._get_phenotype_blendshape_coefficients(
+            phen, phen.new_zeros(phen.shape[0], 0), phen.new_zeros(phen.shape[0], 0))
+        skel = self._skeleton.get_rest_model(coeffs)
+        transforms, bone_poses = self._skeleton.get_bone_transforms(P, skel["rest_bone_poses"])
+        anchors = self._anchor_A0 + torch.einsum("bn,nkjd->bkjd", coeffs, self._anchor_AD)
+        regressed = torch.einsum("bjrc,bkjc->bkr", transforms[:, :, :3, :], anchors)
+        joints = torch.cat([regressed, bone_poses[:, self.bone_landmark_index, :3, 3]], dim=1)
+        verts = None
+        if vertices and self.mesh is self.anny:
+            verts = self.anny.get_skinned_vertices(self.anny.get_rest_vertices(coeffs), transforms)
+        elif vertices:
+            verts = self.mesh(P, phen)["vertices"]
+        return BodyOutput(joints=joints, vertices=verts, faces=self.faces)
+
+
+def keypoint_table_map(model: BodyModel, names: list[str], table: dict, overrides: dict):
+    """(index (K,) long, weight (K,) float) mapping keypoint ``names`` onto model landmarks.
+
+    Keypoints the model has no landmark for get weight 0 (and index 0)."""
+    index, weight = [], []
+    for n in names:
+        landmark, w = overrides.get(n, table.get(n, (None, 0.0)))
+        index.append(model.joint_names.index(landmark) if landmark is not None else 0)
+        weight.append(w if landmark is not None else 0.0)
+    return (torch.tensor(index, dtype=torch.long, device=model.device),
+            torch.tensor(weight, dtype=model.dtype, device=model.device))
+
+
+def _strip_vertices(model):
+    """A deep copy of an Anny model with zero vertices: it still computes rest bone poses and
+    bone transforms (Anny's 'cached' bone orientations do not depend on vertices)."""
+    if getattr(model, "bone_orientation", None) != "cached":
+        raise RuntimeError(
+            f"bodyfit expects Anny's 'cached' bone orientation, got {model.bone_orientation!r}; "
+            "check the installed anny version against pyproject.toml.")
+    skel = copy.deepcopy(model)
+    for name in ["template_vertices", "vertex_bone_weights", "vertex_bone_indices",
+                 "dense_vertex_bone_weights"]:
+        if getattr(skel, name, None) is not None:
+            setattr(skel, name, getattr(skel, name)[:0])
+    skel.blendshapes = skel.blendshapes[:, :0]
+    return skel
+
+
+def _keypoint_anchors(model, W: torch.Tensor):
+    """Per keypoint k and bone j, the homogeneous anchor a_kj = sum_v W_kv s_vj [r_v; 1] split
+    into its constant part A0 (K,J,4) and its blendshape part AD (N,K,J,4) (last entry 0)."""
+    S = model.dense_vertex_bone_weights.to(W.dtype)  # (V, J)
+    T = model.template_vertices.to(W.dtype)  # (V, 3)
+    D = model.blendshapes.to(W.dtype)  # (N, V, 3)
+    K, J, N = W.shape[0], S.shape[1], D.shape[0]
+    A0 = torch.zeros(K, J, 4, dtype=W.dtype)
+    AD = torch.zeros(N, K, J, 4, dtype=W.dtype)
+    for j in range(J):
+        v = torch.nonzero(S[:, j] > 0).squeeze(1)
+        if v.numel() == 0:
+            continue
+        ws = W[:, v] * S[v, j][None]  # (K, |v|)
+        A0[:, j, :3] = ws @ T[v]
+        A0[:, j, 3] = ws.sum(1)
+        AD[:, :, j, :3] = torch.einsum("kv,nvd->nkd", ws, D[:, v])
+    return A0, AD

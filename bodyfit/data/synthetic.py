@@ -1,0 +1,105 @@
+"""Synthetic bodies and their 2D keypoints (Pose2Mesh, Choi et al. 2020: 2D pose is free of
+appearance, so training and test pairs can be made by projecting sampled bodies).
+
+Bodies are sampled inside the model's joint limits, with random phenotypes/betas and a random
+heading; cameras at random distances and fields of view; keypoints get detector-like noise
+(a fraction of the box height), random confidences and dropped points.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import roma
+import torch
+
+from bodyfit.body_models.base import BodyModel, BodyParams
+from bodyfit.cameras import default_intrinsics, project
+from bodyfit.priors import joint_limits
+
+
+@dataclass
+class SyntheticBatch:
+    """params: ground-truth BodyParams (B) in the camera frame; K: (B,3,3) px;
+    image_size: (H, W); keypoints: (B,K,3) noisy px + confidence; clean: (B,K,2) exact px;
+    boxes: (B,4) xyxy px; joints: (B,J,3) m, camera frame."""
+
+    params: BodyParams
+    K: torch.Tensor
+    image_size: tuple[int, int]
+    keypoints: torch.Tensor
+    clean: torch.Tensor
+    boxes: torch.Tensor
+    joints: torch.Tensor
+
+
+def sample_params(model: BodyModel, batch_size: int, generator: torch.Generator | None = None,
+                  spread: float = 0.35, max_tilt_deg: float = 15.0) -> BodyParams:
+    """Random bodies: each free joint's anatomical angles ~ N(0, spread * half-range) clipped to
+    the joint limits; shape uniform over its range (phenotypes) or N(0,1) (betas); a heading
+    uniform in [-180, 180) degrees about the vertical and a tilt of up to ``max_tilt_deg``.
+    ``transl`` is zero."""
+    g = generator
+    dt, dev = model.dtype, model.device
+    limits = joint_limits(model).to(dev)
+    params = model.default_params(batch_size)
+    M = limits.joint_index.numel()
+    half = 0.5 * (limits.hi - limits.lo)
+    angles = torch.randn(batch_size, M, 3, generator=g, dtype=dt).to(dev) * spread * half
+    angles = torch.minimum(torch.maximum(angles, limits.lo), limits.hi)
+    pose = params.body_pose.clone()
+    pose[:, limits.joint_index] = torch.einsum("mij,bmi->bmj", limits.frames, angles)
+    params.body_pose = pose
+    if model.shape_name == "phenotypes":
+        params.shape = torch.rand(batch_size, model.shape_dim, generator=g, dtype=dt).to(dev)
+    else:
+        params.shape = torch.randn(batch_size, model.shape_dim, generator=g, dtype=dt).to(dev)
+    yaw = (torch.rand(batch_size, generator=g, dtype=dt) * 2 - 1) * math.pi
+    tilt = (torch.rand(batch_size, 2, generator=g, dtype=dt) * 2 - 1) * math.radians(max_tilt_deg)
+    turn = torch.stack([tilt[:, 0], yaw, tilt[:, 1]], 1).to(dev)  # camera-frame x, y (vertical), z
+    R = roma.rotvec_to_rotmat(turn) @ model.up_to_camera.to(dev, dt)
+    params.global_orient = roma.rotmat_to_rotvec(R)
+    params.transl = torch.zeros(batch_size, 3, dtype=dt, device=dev)
+    return params
+
+
+def synthetic_batch(model: BodyModel, batch_size: int, convention: str = "mediapipe33",
+                    image_size: tuple[int, int] = (1000, 1000), noise: float = 0.015,
+                    dropout: float = 0.1, generator: torch.Generator | None = None,
+                    fov_range: tuple[float, float] = (45.0, 65.0),
+                    depth_range: tuple[float, float] = (2.5, 8.0)) -> SyntheticBatch:
+    """Sample bodies, cameras and noisy keypoints (see the module docstring).
+
+    Args:
+        noise: std of the 2D noise as a fraction of the box height (0.015 = 1.5%).
+        dropout: probability that a keypoint is missing (confidence 0).
+    """
+    g = generator
+    dt, dev = model.dtype, model.device
+    params = sample_params(model, batch_size, g)
+    fov = fov_range[0] + (fov_range[1] - fov_range[0]) * torch.rand(batch_size, generator=g)
+    K = torch.stack([default_intrinsics(image_size, 1, float(f), dt, dev)[0] for f in fov])
+    depth = depth_range[0] + (depth_range[1] - depth_range[0]) * torch.rand(batch_size, generator=g)
+    # Random placement within the central part of the view.
+    H, W = image_size
+    f = K[:, 0, 0].cpu()
+    off = (torch.rand(batch_size, 2, generator=g) * 2 - 1) * 0.25
+    tx = off[:, 0] * (W / 2) * depth / f
+    ty = off[:, 1] * (H / 2) * depth / f
+    params.transl = torch.stack([tx, ty, depth], 1).to(dev, dt)
+    with torch.no_grad():
+        out = model(params, vertices=False)
+    kp_index, kp_weight = model.keypoint_map(convention)
+    clean = project(out.joints[:, kp_index], K)
+    lo, hi = clean.amin(1), clean.amax(1)
+    box_h = (hi - lo).amax(1)
+    noisy = clean + torch.randn(clean.shape, generator=g, dtype=dt).to(dev) * noise * box_h[:, None, None]
+    conf = 0.6 + 0.4 * torch.rand(clean.shape[:2], generator=g, dtype=dt).to(dev)
+    drop = torch.rand(clean.shape[:2], generator=g).to(dev) < dropout
+    inside = (clean[..., 0] >= 0) & (clean[..., 0] < W) & (clean[..., 1] >= 0) & (clean[..., 1] < H)
+    conf = torch.where(drop | ~inside | (kp_weight == 0), torch.zeros_like(conf), conf)
+    keypoints = torch.cat([noisy, conf[..., None]], -1)
+    keypoints[..., :2] = torch.where(conf[..., None] > 0, keypoints[..., :2], torch.zeros_like(noisy))
+    pad = 0.1 * box_h[:, None]
+    boxes = torch.cat([lo - pad, hi + pad], 1)
+    return SyntheticBatch(params, K, image_size, keypoints, clean, boxes, out.joints)

@@ -1,0 +1,97 @@
+import pytest
+import torch
+
+from bodyfit.body_models import CONVENTIONS, BodyParams, body_model
+
+
+def _random_params(model, B, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    p = model.default_params(B)
+    p.body_pose = torch.randn(p.body_pose.shape, generator=g, dtype=model.dtype) * 0.3
+    p.shape = torch.rand(p.shape.shape, generator=g, dtype=model.dtype)
+    p.transl = torch.randn(p.transl.shape, generator=g, dtype=model.dtype)
+    return p
+
+
+def test_joints_only_path_equals_vertex_regressor(anny):
+    p = _random_params(anny, 3)
+    out = anny(p, vertices=True)
+    regressed = torch.einsum("kv,bvd->bkd", anny.vertex_regressor, out.vertices)
+    fast = anny(p, vertices=False)
+    assert fast.vertices is None
+    n = regressed.shape[1]
+    assert torch.allclose(fast.joints[:, :n], regressed, atol=5e-4)
+    assert torch.allclose(fast.joints, out.joints)
+
+
+def test_output_shapes_and_faces(anny):
+    out = anny(anny.default_params(2))
+    assert out.vertices.shape == (2, 13718, 3)
+    assert out.joints.shape == (2, len(anny.joint_names), 3)
+    assert out.faces.dtype == torch.long and out.faces.max() < 13718
+
+
+def test_default_params_face_the_camera_upright(anny):
+    j = anny(anny.default_params(1)).joints[0]
+    n = anny.joint_names
+    assert j[n.index("nose"), 1] < j[n.index("left_ankle"), 1] - 1.0  # head above feet (y down)
+    # The subject's left appears on the image's right when facing the camera.
+    assert j[n.index("left_shoulder"), 0] > j[n.index("right_shoulder"), 0]
+    assert j[n.index("nose"), 2] < j[n.index("neck"), 2]  # nose closer to the camera
+    assert 4.0 < j[:, 2].mean() < 6.0
+
+
+def test_low_poly_topology_shares_joints(anny):
+    low = body_model("anny", topology="notoes_collapse3pc")
+    p = _random_params(anny, 2)
+    out = low(p)
+    assert out.vertices.shape == (2, 369, 3)
+    assert torch.allclose(out.joints, anny(p, vertices=False).joints, atol=1e-5)
+    # The low-poly surface lies close to the full one.
+    full = anny(p).vertices
+    d = torch.cdist(out.vertices, full).amin(-1)
+    assert d.max() < 0.05
+
+
+def test_joint_gradients_match_finite_differences():
+    model = body_model("anny", dtype=torch.float64)
+    p = _random_params(model, 1)
+    free = model.free_pose_joints[:4]
+
+    def f(x):
+        q = BodyParams(p.global_orient, p.body_pose.clone(), p.shape, p.transl)
+        q.body_pose[:, free] = x
+        return model(q, vertices=False).joints
+
+    x = p.body_pose[:, free].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-5)
+
+
+def test_wrong_shapes_raise_naming_the_field(anny):
+    p = anny.default_params(2)
+    p.body_pose = p.body_pose[:, :10]
+    with pytest.raises(ValueError, match="body_pose"):
+        anny(p)
+    p = anny.default_params(2)
+    p.shape = torch.zeros(2, 10)
+    with pytest.raises(ValueError, match="phenotypes"):
+        anny(p)
+
+
+@pytest.mark.parametrize("convention", sorted(CONVENTIONS))
+def test_keypoint_maps_cover_conventions(anny, convention):
+    index, weight = anny.keypoint_map(convention)
+    assert index.shape == weight.shape == (len(CONVENTIONS[convention]),)
+    assert int(index.max()) < len(anny.joint_names)
+    assert ((weight >= 0) & (weight <= 1)).all()
+    assert (weight > 0).float().mean() > 0.8
+
+
+def test_unknown_names_raise():
+    with pytest.raises(ValueError, match="Unknown body model"):
+        body_model("mano")
+    with pytest.raises(ValueError, match="topology"):
+        body_model("anny", topology="nope")
+    with pytest.raises(ValueError, match="convention"):
+        from bodyfit.body_models import keypoint_names
+        keypoint_names("coco18")
