@@ -71,7 +71,8 @@ def synthetic_batch(model: BodyModel, batch_size: int, convention: str = "mediap
     """Sample bodies, cameras and noisy keypoints (see the module docstring).
 
     Args:
-        noise: std of the 2D noise as a fraction of the box height (0.015 = 1.5%).
+        noise: std of the 2D noise as a fraction of the person's height in the picture (the
+            keypoints' extent; 0.015 = 1.5%).
         dropout: probability that a keypoint is missing (confidence 0).
     """
     g = generator
@@ -93,13 +94,30 @@ def synthetic_batch(model: BodyModel, batch_size: int, convention: str = "mediap
     clean = project(out.joints[:, kp_index], K)
     lo, hi = clean.amin(1), clean.amax(1)
     box_h = (hi - lo).amax(1)
-    noisy = clean + torch.randn(clean.shape, generator=g, dtype=dt).to(dev) * noise * box_h[:, None, None]
-    conf = 0.6 + 0.4 * torch.rand(clean.shape[:2], generator=g, dtype=dt).to(dev)
-    drop = torch.rand(clean.shape[:2], generator=g).to(dev) < dropout
-    inside = (clean[..., 0] >= 0) & (clean[..., 0] < W) & (clean[..., 1] >= 0) & (clean[..., 1] < H)
-    conf = torch.where(drop | ~inside | (kp_weight == 0), torch.zeros_like(conf), conf)
-    keypoints = torch.cat([noisy, conf[..., None]], -1)
-    keypoints[..., :2] = torch.where(conf[..., None] > 0, keypoints[..., :2], torch.zeros_like(noisy))
     pad = 0.1 * box_h[:, None]
     boxes = torch.cat([lo - pad, hi + pad], 1)
+    keypoints = corrupt_keypoints(clean, box_h, image_size, kp_weight, noise, dropout, g)
     return SyntheticBatch(params, K, image_size, keypoints, clean, boxes, out.joints)
+
+
+def corrupt_keypoints(clean: torch.Tensor, scale: torch.Tensor, image_size: tuple[int, int],
+                      kp_weight: torch.Tensor, noise: float, dropout: float,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """Detector-like keypoints from exact ones.
+
+    Args:
+        clean: (B,K,2) exact pixels. scale: (B,) the person's size in pixels (keypoint extent).
+        kp_weight: (K,) keypoints with weight 0 (no model landmark) are always missing.
+        noise: std of Gaussian noise, fraction of ``scale``; dropout: drop probability.
+    Returns:
+        (B,K,3) pixels + confidence (uniform in [0.6, 1]; 0 for dropped or out-of-image points).
+    """
+    g = generator
+    H, W = image_size
+    noisy = clean + torch.randn(clean.shape, generator=g, dtype=clean.dtype).to(clean.device) * noise * scale[:, None, None]
+    conf = 0.6 + 0.4 * torch.rand(clean.shape[:2], generator=g, dtype=clean.dtype).to(clean.device)
+    drop = torch.rand(clean.shape[:2], generator=g).to(clean.device) < dropout
+    inside = (clean[..., 0] >= 0) & (clean[..., 0] < W) & (clean[..., 1] >= 0) & (clean[..., 1] < H)
+    conf = torch.where(drop | ~inside | (kp_weight == 0), torch.zeros_like(conf), conf)
+    noisy = torch.where(conf[..., None] > 0, noisy, torch.zeros_like(noisy))
+    return torch.cat([noisy, conf[..., None]], -1)

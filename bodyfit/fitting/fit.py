@@ -119,6 +119,15 @@ def _flip_about_vertical(global_orient: torch.Tensor) -> torch.Tensor:
     return roma.rotmat_to_rotvec(Ry @ roma.rotvec_to_rotmat(global_orient))
 
 
+def _facing_away(keypoints: torch.Tensor, names: list[str]) -> torch.Tensor:
+    """(B,) True where both shoulders are seen and the left one is left of the right one in the
+    picture: the subject turns their back to the camera."""
+    if "left_shoulder" not in names or "right_shoulder" not in names:
+        return torch.zeros(keypoints.shape[0], dtype=torch.bool, device=keypoints.device)
+    ls, rs = keypoints[:, names.index("left_shoulder")], keypoints[:, names.index("right_shoulder")]
+    return (ls[:, 2] > 0) & (rs[:, 2] > 0) & (ls[:, 0] < rs[:, 0])
+
+
 def _torso_is_ambiguous(keypoints: torch.Tensor, names: list[str]) -> torch.Tensor:
     """(B,) True where the shoulders are close in 2D relative to the torso height (side view)."""
     idx = {n: names.index(n) for n in TORSO if n in names}
@@ -211,6 +220,9 @@ def fit(keypoints, model: BodyModel | None = None, convention: str = "mediapipe3
             init = regressor.predict(kp, boxes, K, model)
     if init is None:
         init = model.default_params(B)
+        # Facing away when the subject's left shoulder is on the image's left.
+        away = _facing_away(kp, names)
+        init.global_orient[away] = _flip_about_vertical(init.global_orient[away])
         init.transl = torch.zeros_like(init.transl)
         joints0 = model(init, vertices=False).joints
         init.transl = init_translation(joints0, kp, kp_index, kp_weight, K, TORSO, names)

@@ -11,6 +11,7 @@ joints, shape, and 2D keypoints in box units through the predicted camera.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -20,7 +21,8 @@ import torch
 from bodyfit.body_models import body_model
 from bodyfit.body_models.conventions import keypoint_names
 from bodyfit.cameras import project
-from bodyfit.data.synthetic import synthetic_batch
+from bodyfit.body_models.base import BodyParams
+from bodyfit.data.synthetic import SyntheticBatch, corrupt_keypoints, synthetic_batch
 from bodyfit.regressors.keypoint_regressor import KeypointRegressor, normalize_keypoints, weights_path
 
 
@@ -43,7 +45,9 @@ def drop_groups(keypoints: torch.Tensor, names: list[str], generator: torch.Gene
 
 
 def train(convention: str = "mediapipe33", minutes: float = 8.0, batch_size: int = 256,
-          lr: float = 1e-3, seed: int = 0, out: str | None = None) -> None:
+          lr: float = 1e-3, seed: int = 0, out: str | None = None, pool_size: int = 65536) -> None:
+    """Train for ``minutes`` on a pool of ``pool_size`` synthetic bodies and save the weights
+    (float16) to ``out`` or the packaged weights path."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     model = body_model("anny")
@@ -52,15 +56,31 @@ def train(convention: str = "mediapipe33", minutes: float = 8.0, batch_size: int
     reg = KeypointRegressor(len(names), len(model.free_pose_joints), model.shape_dim)
     opt = torch.optim.AdamW(reg.parameters(), lr=lr, weight_decay=1e-4)
     free = model.free_pose_joints
+    # A pool of exact synthetic pairs, made once; noise and dropout are drawn fresh each step.
+    pool = [synthetic_batch(model, 1024, convention, noise=0.0, dropout=0.0, generator=g)
+            for _ in range(pool_size // 1024)]
+    pool = SyntheticBatch(
+        params=BodyParams.cat([b.params for b in pool]), K=torch.cat([b.K for b in pool]),
+        image_size=pool[0].image_size, keypoints=torch.cat([b.keypoints for b in pool]),
+        clean=torch.cat([b.clean for b in pool]), boxes=torch.cat([b.boxes for b in pool]),
+        joints=torch.cat([b.joints for b in pool]))
+    _, kp_weight = model.keypoint_map(convention)
+    print(f"pool of {pool.K.shape[0]} synthetic bodies ready", flush=True)
     deadline = time.time() + 60 * minutes
     step = 0
     start = time.time()
     while time.time() < deadline:
         frac = (time.time() - start) / (60 * minutes)
         for group in opt.param_groups:
-            group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + torch.cos(torch.tensor(frac * 3.14159)).item()))
-        sb = synthetic_batch(model, batch_size, convention, generator=g)
-        kp = drop_groups(sb.keypoints, names, g)
+            group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        idx = torch.randint(0, pool.K.shape[0], (batch_size,), generator=g)
+        sb = SyntheticBatch(pool.params.index(idx), pool.K[idx], pool.image_size, None,
+                            pool.clean[idx], pool.boxes[idx], pool.joints[idx])
+        extent = (sb.boxes[:, 3] - sb.boxes[:, 1]).clamp(min=1) / 1.2
+        kp = corrupt_keypoints(sb.clean, extent, sb.image_size, kp_weight,
+                               noise=float(torch.rand(1, generator=g)) * 0.03,
+                               dropout=float(torch.rand(1, generator=g)) * 0.2, generator=g)
+        kp = drop_groups(kp, names, g)
         y = reg(normalize_keypoints(kp, sb.boxes))
         params, cam = reg.decode(y, model)
         out_pred = model(params, vertices=False)

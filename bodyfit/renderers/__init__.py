@@ -1,0 +1,1 @@
+"""Renderers: pictures of fits (overlay) now; nvdiffrast-style differentiable ops next."""

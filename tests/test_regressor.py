@@ -1,0 +1,59 @@
+import torch
+import pytest
+
+from bodyfit.data.synthetic import synthetic_batch
+from bodyfit.metrics import pa_mpjpe
+from bodyfit.regressors.keypoint_regressor import (KeypointRegressor, load_regressor,
+                                                   normalize_keypoints, weights_path)
+
+
+def test_normalization_is_invariant_to_image_placement_and_scale():
+    g = torch.Generator().manual_seed(0)
+    kp = torch.cat([torch.rand(2, 33, 2, generator=g) * 300 + 100, torch.rand(2, 33, 1, generator=g)], -1)
+    kp[0, 5, 2] = 0.0
+    boxes = torch.tensor([[90.0, 80, 420, 410], [100, 100, 400, 420]])
+    moved = kp.clone()
+    moved[..., :2] = moved[..., :2] * 2.5 + torch.tensor([40.0, -7.0])
+    moved_boxes = boxes * 2.5 + torch.tensor([40.0, -7.0, 40.0, -7.0])
+    a, b = normalize_keypoints(kp, boxes), normalize_keypoints(moved, moved_boxes)
+    assert torch.allclose(a, b, atol=1e-5)
+    assert (a.view(2, 33, 3)[0, 5] == 0).all()  # missing keypoints carry no position
+
+
+def test_weak_perspective_camera_converts_to_translation():
+    K = torch.tensor([[[800.0, 0, 320], [0, 800, 240], [0, 0, 1]]])
+    boxes = torch.tensor([[200.0, 50, 500, 450]])
+    h, c = 400.0, torch.tensor([350.0, 250.0])
+    transl = torch.tensor([[0.4, -0.1, 5.0]])
+    # A point at the model origin projects to K @ transl; in box units u_norm = s (X + tx).
+    s = 800.0 / (h * 5.0)
+    uv = (K[0] @ transl[0])[:2] / 5.0
+    txy = (uv - c) / h / s
+    cam = torch.tensor([[s, float(txy[0]), float(txy[1])]])
+    assert torch.allclose(KeypointRegressor.camera_to_transl(cam, boxes, K), transl, atol=1e-5)
+
+
+@pytest.mark.skipif(not weights_path("anny", "mediapipe33").exists(), reason="no shipped weights")
+def test_shipped_regressor_beats_the_mean_body(anny):
+    reg = load_regressor(anny, "mediapipe33")
+    sb = synthetic_batch(anny, 64, "mediapipe33", generator=torch.Generator().manual_seed(7))
+    pred = reg.predict(sb.keypoints, sb.boxes, sb.K, anny)
+    assert torch.isfinite(pred.body_pose).all()
+    assert ((pred.shape >= 0) & (pred.shape <= 1)).all()
+    err = pa_mpjpe(anny(pred, vertices=False).joints[:, :17], sb.joints[:, :17])
+    mean = anny.default_params(64)
+    err_mean = pa_mpjpe(anny(mean, vertices=False).joints[:, :17], sb.joints[:, :17])
+    assert err.mean() < 0.7 * err_mean.mean()
+    # Depth from the predicted camera is within 15% for most samples.
+    rel = (pred.transl[:, 2] - sb.params.transl[:, 2]).abs() / sb.params.transl[:, 2]
+    assert rel.median() < 0.15
+
+
+def test_missing_or_mismatched_weights(anny, tmp_path):
+    assert load_regressor(anny, "openpose25", path=tmp_path / "none.pt") is None
+    reg = KeypointRegressor(17, len(anny.free_pose_joints), anny.shape_dim, hidden=8)
+    path = tmp_path / "coco.pt"
+    torch.save({"config": reg.config, "state_dict": reg.state_dict()}, path)
+    with pytest.raises(ValueError, match="do not match"):
+        load_regressor(anny, "mediapipe33", path=path)
+    assert load_regressor(anny, "coco17", path=path) is not None
