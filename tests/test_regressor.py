@@ -37,7 +37,7 @@ def test_weak_perspective_camera_converts_to_translation():
 def test_shipped_regressor_beats_the_mean_body(anny):
     reg = load_regressor(anny, "mediapipe33")
     sb = synthetic_batch(anny, 64, "mediapipe33", generator=torch.Generator().manual_seed(7))
-    pred = reg.predict(sb.keypoints, sb.boxes, sb.K, anny)
+    pred = reg.predict(sb.keypoints, sb.K, anny)
     assert torch.isfinite(pred.body_pose).all()
     assert ((pred.shape >= 0) & (pred.shape <= 1)).all()
     err = pa_mpjpe(anny(pred, vertices=False).joints[:, :17], sb.joints[:, :17])

@@ -133,8 +133,12 @@ class AnnyModel(BodyModel):
         self.bone_landmark_index = [self.bone_labels.index(b) for b in _BONE_LANDMARKS.values()]
         self.joint_names = self.regressed_names + list(_BONE_LANDMARKS)
         A0, AD = _keypoint_anchors(full, W)
-        self.register_buffer("_anchor_A0", A0, persistent=False)
-        self.register_buffer("_anchor_AD", AD, persistent=False)
+        # Keep only the (keypoint, bone) pairs that carry weight: about 10% of them.
+        pairs = torch.nonzero(A0[..., 3] != 0)
+        self.register_buffer("_pair_k", pairs[:, 0], persistent=False)
+        self.register_buffer("_pair_j", pairs[:, 1], persistent=False)
+        self.register_buffer("_anchor_A0", A0[pairs[:, 0], pairs[:, 1]], persistent=False)
+        self.register_buffer("_anchor_AD", AD[:, pairs[:, 0], pairs[:, 1]], persistent=False)
         self.register_buffer("vertex_regressor", W, persistent=False)
         # A copy of the model without vertices: rest bone poses and forward kinematics only.
         self._skeleton = _strip_vertices(self.anny)
@@ -177,8 +181,10 @@ class AnnyModel(BodyModel):
             phen, phen.new_zeros(phen.shape[0], 0), phen.new_zeros(phen.shape[0], 0))
         skel = self._skeleton.get_rest_model(coeffs)
         transforms, bone_poses = self._skeleton.get_bone_transforms(P, skel["rest_bone_poses"])
-        anchors = self._anchor_A0 + torch.einsum("bn,nkjd->bkjd", coeffs, self._anchor_AD)
-        regressed = torch.einsum("bjrc,bkjc->bkr", transforms[:, :, :3, :], anchors)
+        anchors = self._anchor_A0 + torch.einsum("bn,npd->bpd", coeffs, self._anchor_AD)
+        parts = torch.einsum("bprc,bpc->bpr", transforms[:, self._pair_j, :3, :], anchors)
+        regressed = parts.new_zeros(parts.shape[0], len(self.regressed_names), 3)
+        regressed = regressed.index_add(1, self._pair_k, parts)
         joints = torch.cat([regressed, bone_poses[:, self.bone_landmark_index, :3, 3]], dim=1)
         verts = None
         if vertices and self.mesh is self.anny:
@@ -219,7 +225,8 @@ def _strip_vertices(model):
 
 def _keypoint_anchors(model, W: torch.Tensor):
     """Per keypoint k and bone j, the homogeneous anchor a_kj = sum_v W_kv s_vj [r_v; 1] split
-    into its constant part A0 (K,J,4) and its blendshape part AD (N,K,J,4) (last entry 0)."""
+    into its constant part A0 (K,J,4) and its blendshape part AD (N,K,J,4) (last entry 0), where
+    W (K,V) are regressor weights, s (V,J) skinning weights and r_v = template + blendshapes."""
     S = model.dense_vertex_bone_weights.to(W.dtype)  # (V, J)
     T = model.template_vertices.to(W.dtype)  # (V, 3)
     D = model.blendshapes.to(W.dtype)  # (N, V, 3)

@@ -21,6 +21,7 @@ from bodyfit.cameras import Camera, default_intrinsics, init_translation
 from bodyfit.fitting.optimizer import run_stage
 from bodyfit.fitting.reprojection import ReprojectionEnergy
 from bodyfit.priors import joint_limits, pose_prior, shape_prior
+from bodyfit.regressors.keypoint_regressor import boxes_from_keypoints, load_regressor
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -99,17 +100,6 @@ def _as_keypoints(keypoints, n_expected: int, convention: str) -> torch.Tensor:
     if not kp.is_floating_point():
         kp = kp.float()
     return kp
-
-
-def boxes_from_keypoints(keypoints: torch.Tensor, pad: float = 0.1) -> torch.Tensor:
-    """(B,K,3) -> (B,4) xyxy box around the visible keypoints, padded by ``pad`` of its height."""
-    seen = keypoints[..., 2] > 0
-    big = torch.finfo(keypoints.dtype).max
-    xy = keypoints[..., :2]
-    lo = torch.where(seen[..., None], xy, torch.full_like(xy, big)).amin(1)
-    hi = torch.where(seen[..., None], xy, torch.full_like(xy, -big)).amax(1)
-    h = (hi - lo).amax(1, keepdim=True)
-    return torch.cat([lo - pad * h, hi + pad * h], 1)
 
 
 def _flip_about_vertical(global_orient: torch.Tensor) -> torch.Tensor:
@@ -213,11 +203,9 @@ def fit(keypoints, model: BodyModel | None = None, convention: str = "mediapipe3
     # Initialization.
     t_start = time.perf_counter()
     if init is None and cfg.init == "regressor":
-        from bodyfit.regressors.keypoint_regressor import load_regressor
-
         regressor = regressor if regressor is not None else load_regressor(model, convention)
         if regressor is not None:
-            init = regressor.predict(kp, boxes, K, model)
+            init = regressor.predict(kp, K, model)
     if init is None:
         init = model.default_params(B)
         # Facing away when the subject's left shoulder is on the image's left.

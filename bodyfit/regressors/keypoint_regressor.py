@@ -17,6 +17,21 @@ from bodyfit.body_models.conventions import keypoint_names
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
+def boxes_from_keypoints(keypoints: torch.Tensor, pad: float = 0.1) -> torch.Tensor:
+    """(B,K,3) -> (B,4) xyxy box around the visible keypoints, padded by ``pad`` of its larger
+    side on each side. Samples with no visible keypoint get a unit box at the origin."""
+    seen = keypoints[..., 2] > 0
+    xy = keypoints[..., :2]
+    big = torch.finfo(xy.dtype).max
+    lo = torch.where(seen[..., None], xy, torch.full_like(xy, big)).amin(1)
+    hi = torch.where(seen[..., None], xy, torch.full_like(xy, -big)).amax(1)
+    none = ~seen.any(1)
+    lo = torch.where(none[:, None], torch.zeros_like(lo), lo)
+    hi = torch.where(none[:, None], torch.ones_like(hi), hi)
+    extent = (hi - lo).amax(1, keepdim=True)
+    return torch.cat([lo - pad * extent, hi + pad * extent], 1)
+
+
 def normalize_keypoints(keypoints: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """(B,K,3) px + conf, (B,4) xyxy -> (B,K*3): coordinates relative to the box centre in units
     of the box height; missing keypoints are zeros."""
@@ -104,9 +119,12 @@ class KeypointRegressor(torch.nn.Module):
         return torch.cat([xy, Z[:, None]], 1)
 
     @torch.no_grad()
-    def predict(self, keypoints: torch.Tensor, boxes: torch.Tensor, K: torch.Tensor,
-                model: BodyModel) -> BodyParams:
-        """(B,K,3) keypoints px + conf, (B,4) boxes, (B,3,3) K -> BodyParams (B), camera frame."""
+    def predict(self, keypoints: torch.Tensor, K: torch.Tensor, model: BodyModel) -> BodyParams:
+        """(B,K,3) keypoints px + conf, (B,3,3) K -> BodyParams (B), camera frame.
+
+        The box is always made from the visible keypoints (``boxes_from_keypoints``), as in
+        training, whatever box a detector gave."""
+        boxes = boxes_from_keypoints(keypoints)
         y = self(normalize_keypoints(keypoints, boxes).to(self.init_output))
         params, cam = self.decode(y, model)
         params.transl = self.camera_to_transl(cam, boxes, K.to(y))

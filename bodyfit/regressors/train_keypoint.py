@@ -23,7 +23,8 @@ from bodyfit.body_models.conventions import keypoint_names
 from bodyfit.cameras import project
 from bodyfit.body_models.base import BodyParams
 from bodyfit.data.synthetic import SyntheticBatch, corrupt_keypoints, synthetic_batch
-from bodyfit.regressors.keypoint_regressor import KeypointRegressor, normalize_keypoints, weights_path
+from bodyfit.regressors.keypoint_regressor import (KeypointRegressor, boxes_from_keypoints,
+                                                   normalize_keypoints, weights_path)
 
 
 def drop_groups(keypoints: torch.Tensor, names: list[str], generator: torch.Generator) -> torch.Tensor:
@@ -81,7 +82,8 @@ def train(convention: str = "mediapipe33", minutes: float = 8.0, batch_size: int
                                noise=float(torch.rand(1, generator=g)) * 0.03,
                                dropout=float(torch.rand(1, generator=g)) * 0.2, generator=g)
         kp = drop_groups(kp, names, g)
-        y = reg(normalize_keypoints(kp, sb.boxes))
+        boxes = boxes_from_keypoints(kp)  # as at prediction time
+        y = reg(normalize_keypoints(kp, boxes))
         params, cam = reg.decode(y, model)
         out_pred = model(params, vertices=False)
         gt = sb.params
@@ -91,7 +93,7 @@ def train(convention: str = "mediapipe33", minutes: float = 8.0, batch_size: int
         R_gt = roma.rotvec_to_rotmat(torch.cat([gt.global_orient[:, None], gt.body_pose[:, free]], 1))
         loss_rot = ((R_pred - R_gt) ** 2).sum((-1, -2)).mean()
         loss_shape = ((params.shape - gt.shape) ** 2).mean()
-        transl = reg.camera_to_transl(cam, sb.boxes, sb.K)
+        transl = reg.camera_to_transl(cam, boxes, sb.K)
         uv = project(out_pred.joints[:, kp_index] + transl[:, None], sb.K)
         h = (sb.boxes[:, 3] - sb.boxes[:, 1])[:, None, None]
         loss_2d = ((uv - sb.clean) / h).abs().sum(-1).mean()
