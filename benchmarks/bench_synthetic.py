@@ -35,7 +35,7 @@ def main() -> None:
     reg = load_regressor(model, "mediapipe33")
     g = torch.Generator().manual_seed(a.seed)
     rows = {"regressor": ([], []), "fit": ([], []), "mean-init fit": ([], [])}
-    fit_time, init_time, n_done = 0.0, 0.0, 0
+    fit_time, init_time, n_done, reproj = 0.0, 0.0, 0, []
     for start in range(0, a.n, a.batch):
         sb = synthetic_batch(model, min(a.batch, a.n - start), "mediapipe33", noise=a.noise,
                              dropout=a.dropout, generator=g)
@@ -47,6 +47,7 @@ def main() -> None:
             rows[name][0].append(mpjpe(joints, gt))
             rows[name][1].append(pa_mpjpe(joints, gt))
         fit_time += r.runtime_s["fit"]
+        reproj.append(r.reprojection_error_px / r.box_height_px)
         init_time += r.runtime_s["init"]
         n_done += sb.K.shape[0]
         rm = fit(sb.keypoints, model, "mediapipe33", K=sb.K, boxes=sb.boxes,
@@ -58,6 +59,7 @@ def main() -> None:
     print(f"{'':16s} {'MPJPE mm':>10s} {'PA-MPJPE mm':>12s}")
     for name, (m, p) in rows.items():
         print(f"{name:16s} {torch.cat(m).mean():10.1f} {torch.cat(p).mean():12.1f}")
+    print(f"fit reprojection error {100 * torch.cat(reproj).mean():.2f}% of the box height")
     print(f"init {1000 * init_time / n_done:.1f} ms/body, fit {1000 * fit_time / n_done:.1f} ms/body "
           f"({n_done / fit_time:.1f} fits/s at batch {a.batch})")
 

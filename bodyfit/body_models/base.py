@@ -50,6 +50,11 @@ class BodyParams:
         """Select samples: ``idx`` is anything that indexes the batch dimension."""
         return BodyParams(**{k: v[idx] for k, v in self.as_dict().items()})
 
+    def where(self, mask: torch.Tensor, other: "BodyParams") -> "BodyParams":
+        """Per sample: these parameters where ``mask`` (B,) is True, ``other``'s elsewhere."""
+        return BodyParams(**{k: torch.where(mask.view(-1, *[1] * (v.dim() - 1)), v, getattr(other, k))
+                             for k, v in self.as_dict().items()})
+
     def is_finite(self) -> torch.Tensor:
         """(B,) bool: True where every parameter of the sample is finite."""
         return torch.stack(

@@ -218,21 +218,21 @@ def fit(keypoints, model: BodyModel | None = None, convention: str = "mediapipe3
     init = init.to(model.dtype)
     bad_init = ~init.is_finite()
     if bad_init.any():  # never start from NaN: fall back to the default body for those samples
-        fallback = model.default_params(B)
-        init = BodyParams(**{k: torch.where(bad_init.view(-1, *[1] * (v.dim() - 1)), getattr(fallback, k), v)
-                             for k, v in init.as_dict().items()})
+        init = init.where(~bad_init, model.default_params(B))
 
     t_init = time.perf_counter()
     reproj = ReprojectionEnergy(kp_index, kp_weight, cfg.sigma).to(model.device)
     limits = joint_limits(model).to(model.device)
     torso_mask = torch.tensor([n in TORSO for n in names], device=model.device, dtype=model.dtype)
 
-    def energies(p: BodyParams, cam: Camera, obs: torch.Tensor, s: torch.Tensor, mask):
+    def energies(p: BodyParams, cam: Camera, obs: torch.Tensor, s: torch.Tensor, mask,
+                 start_pose: torch.Tensor):
         out = model(p, vertices=False)
         return {
             "reprojection": reproj(out, cam, obs, s, mask),
             "joint_limits": limits(p.body_pose),
             "pose_prior": pose_prior(p.body_pose, model.free_pose_joints),
+            "init_prior": pose_prior(p.body_pose - start_pose, model.free_pose_joints),
             "shape_prior": shape_prior(p.shape, model.shape_name),
         }
 
@@ -254,15 +254,14 @@ def fit(keypoints, model: BodyModel | None = None, convention: str = "mediapipe3
             both = BodyParams.cat([params, flipped])
             cam2 = Camera.identity(torch.cat([K, K]), image_size)
             kp2, s2 = torch.cat([kp, kp]), torch.cat([scale, scale])
-            res = run_stage(both, lambda p: energies(p, cam2, kp2, s2, mask),
+            pose2 = torch.cat([init.body_pose, init.body_pose])
+            res = run_stage(both, lambda p: energies(p, cam2, kp2, s2, mask, pose2),
                             active=torch.cat([active, ambiguous]), **kwargs)
             take_flip = ambiguous & (res.energy[B:] < res.energy[:B])
             idx = torch.arange(B, device=kp.device) + B * take_flip.long()
-            result = type(res)(res.params.index(idx), res.energy[idx],
-                               {k: v[idx] for k, v in res.terms.items()}, res.converged[idx],
-                               res.failed[idx], res.steps)
+            result = res.index(idx)
         else:
-            result = run_stage(params, lambda p: energies(p, camera, kp, scale, mask),
+            result = run_stage(params, lambda p: energies(p, camera, kp, scale, mask, init.body_pose),
                                active=active, **kwargs)
         params = result.params
         stage_steps.append(result.steps)
@@ -281,9 +280,7 @@ def fit(keypoints, model: BodyModel | None = None, convention: str = "mediapipe3
             if messages[b] is None and not valid[b]:
                 messages[b] = "the fit diverged (non-finite energy): sample not fitted"
         # Samples that were not fitted hold the default body, never NaN.
-        default = model.default_params(B)
-        params = BodyParams(**{k: torch.where(valid.view(-1, *[1] * (v.dim() - 1)), v, getattr(default, k))
-                               for k, v in params.as_dict().items()})
+        params = params.where(valid, model.default_params(B))
         if not bool(valid.all()):
             out = model(params, vertices=vertices)
     runtime = {"init": t_init - t_start, "fit": time.perf_counter() - t_init}

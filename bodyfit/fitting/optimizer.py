@@ -28,6 +28,12 @@ class StageResult:
     failed: torch.Tensor  # (B,) bool: energy became non-finite
     steps: int
 
+    def index(self, idx: torch.Tensor) -> "StageResult":
+        """Select samples (``idx`` indexes the batch)."""
+        return StageResult(self.params.index(idx), self.energy[idx],
+                           {k: v[idx] for k, v in self.terms.items()}, self.converged[idx],
+                           self.failed[idx], self.steps)
+
 
 def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, torch.Tensor]],
               free: list[str], weights: dict[str, float], steps: int, lr: float,

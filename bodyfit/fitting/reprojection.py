@@ -26,7 +26,7 @@ class ReprojectionEnergy(torch.nn.Module):
     Args:
         kp_index: (K,) model landmark of each keypoint (``BodyModel.keypoint_map``).
         kp_weight: (K,) per-keypoint trust (0 where the model has no such landmark).
-        sigma: GMoF scale as a fraction of the box height (0.1 = 10%).
+        sigma: GMoF scale as a fraction of the box height (0.3 = 30%).
 
     ``forward(output, camera, keypoints, scale, mask=None) -> (B,)``:
         output: BodyOutput with joints (B,J,3) m, world frame.
@@ -36,7 +36,7 @@ class ReprojectionEnergy(torch.nn.Module):
         mask: optional (K,) bool selecting keypoints (e.g. the torso in the camera stage).
     """
 
-    def __init__(self, kp_index: torch.Tensor, kp_weight: torch.Tensor, sigma: float = 0.1):
+    def __init__(self, kp_index: torch.Tensor, kp_weight: torch.Tensor, sigma: float = 0.3):
         super().__init__()
         self.register_buffer("kp_index", kp_index)
         self.register_buffer("kp_weight", kp_weight)
