@@ -41,12 +41,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "fit":
-        overrides = [a for a in args.images if "=" in a and not Path(a).exists()]
-        images = [a for a in args.images if a not in overrides]
-    else:
-        overrides, images = args.overrides, []
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)  # pictures and key=value may follow the options
+    unknown = [a for a in rest if a.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    words = (args.images if args.command == "fit" else args.overrides) + rest
+    overrides = [a for a in words if "=" in a and not Path(a).exists()]
+    images = [a for a in words if a not in overrides]
+    if args.command == "demo" and images:
+        parser.error(f"bodyfit demo takes no pictures, got {images}")
 
     from bodyfit.body_models import body_model
     from bodyfit.fitting.fit import load_config
