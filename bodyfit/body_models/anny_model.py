@@ -95,6 +95,11 @@ class AnnyModel(BodyModel):
         cache_dir: where Anny caches its parsed assets (about 800 MB, built in about a minute the
             first time); defaults to ``$ANNY_CACHE_DIR`` or ``~/.cache/anny``.
 
+    Attributes:
+        vertex_regressor: (R, 13718) weights giving the R regressed landmarks (the first R of
+            ``joint_names``) from the default topology's vertices.
+        mesh: the Anny module vertices come from (the default one or a low-poly topology).
+
     Raises:
         ValueError: unknown topology.
     """
