@@ -24,6 +24,7 @@ regressor up to float round-off.
 from __future__ import annotations
 
 import copy
+import logging
 
 import roma
 import torch
@@ -79,6 +80,11 @@ def _build_anny(topology: str, cache_dir: str | None):
         raise ImportError("bodyfit needs the 'anny' package: pip install anny") from e
     if cache_dir is not None:
         anny.paths.set_anny_cache_path(cache_dir)
+    cache = anny.paths.get_anny_cache_path()
+    if not cache.is_dir() or not any(cache.iterdir()):
+        logging.getLogger("bodyfit").warning(
+            "Building Anny's asset cache in %s (first run only: about a minute, ~800 MB; "
+            "set ANNY_CACHE_DIR to put it elsewhere).", cache)
     if topology not in TOPOLOGIES:
         raise ValueError(f"Unknown Anny topology {topology!r}; choose one of {TOPOLOGIES}.")
     kw = {} if topology == "default" else {"topology": topology}

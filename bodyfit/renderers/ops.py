@@ -1,0 +1,577 @@
+"""nvdiffrast's four differentiable rendering ops, with nvdiffrast's conventions, in pure torch.
+
+Source: S. Laine, J. Hellsten, T. Karras, Y. Seol, J. Lehtinen, T. Aila, "Modular Primitives
+for High-Performance Differentiable Rendering", ACM TOG 39(6), 2020 (nvdiffrast). Only the
+ideas and the public interface are followed here; no nvdiffrast code is used.
+
+Conventions (identical to nvdiffrast, so calling code runs on any backend):
+
+* ``pos_clip`` (B,V,4): homogeneous clip-space positions ``(x, y, z, w)`` as a vertex shader
+  outputs them. A (V,4) tensor is taken as a batch of one.
+* Pixel ``(x, y)`` of an (H,W) output, i.e. ``rast[:, y, x]``, has its centre at normalized
+  device coordinates ``((x + 0.5) / W * 2 - 1, (y + 0.5) / H * 2 - 1)``: row 0 is at NDC
+  y = -1 (the bottom in OpenGL terms). :func:`clip_matrix` puts OpenCV's picture row 0 (the top)
+  there, so with it the rendered rows are the picture's rows, top-down, and no flip is needed.
+* ``rast`` (B,H,W,4) = ``(u, v, z/w, triangle_id + 1)``; all four are 0 where no triangle
+  covers the pixel centre. ``u`` and ``v`` are the perspective-correct barycentrics of vertices
+  0 and 1 of the triangle (vertex 2 weighs ``1 - u - v``); ``z/w`` is the NDC depth in [-1, 1]
+  (nearest wins); ``triangle_id`` indexes ``tri``. Both facings are drawn (no culling).
+* ``rast_db`` (B,H,W,4) = ``(du/dX, du/dY, dv/dX, dv/dY)``, the derivatives of the barycentrics
+  with respect to the pixel coordinates X (column) and Y (row), in 1/pixel.
+* :func:`texture`: ``uv`` (0, 0) is the corner of texel ``tex[:, 0, 0]``; u runs along the
+  columns (width), v along the rows (height) of the tensor, v = 0 at row 0 (nvdiffrast indexes
+  the texture tensor directly; OpenGL would call row 0 the bottom). Texel ``(i, j)`` has its
+  centre at ``uv = ((j + 0.5) / Wt, (i + 0.5) / Ht)``.
+
+Backends: ``"torch"`` (pure torch z-buffer, CPU or any device); ``"auto"`` picks it. The
+moderngl and nvdiffrast backends (issue 3) will plug in behind the same functions.
+
+Deviations from nvdiffrast, by design of this backend:
+
+* Clipping: triangles with any vertex at ``w <= 0`` (at or behind the camera plane), or with a
+  non-finite coordinate, are skipped instead of being clipped; pixels whose ``z/w`` falls outside
+  [-1, 1] are discarded (OpenGL's depth clip). Pixel centres exactly on an edge belong to both
+  triangles (the depth test, then the lower triangle id, decides) instead of the top-left rule.
+* :func:`antialias` follows the paper's analytic scheme (blend across silhouette edges by the
+  crossing point of the edge with the segment between pixel centres) but only the nearer of the
+  two pixels' triangles is considered as the occluder; see its docstring.
+* :func:`texture` has no mipmaps (``filter_mode`` 'nearest' or 'linear'; 'auto' is 'linear') and
+  no cube maps.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["rasterize", "interpolate", "texture", "antialias", "clip_matrix",
+           "resolve_backend", "BACKENDS"]
+
+BACKENDS = ("torch",)
+_CHUNK = 1 << 22  # candidate (triangle, pixel) pairs tested at once by the torch z-buffer
+_EDGE_TOL = 1e-6  # barycentric tolerance of the inside test (no cracks between neighbours)
+
+
+# --------------------------------------------------------------------------------------------
+# input checks
+# --------------------------------------------------------------------------------------------
+def resolve_backend(backend: str = "auto") -> str:
+    """The backend that ``backend`` names: 'auto' -> 'torch' (the only one so far).
+
+    Raises:
+        ValueError: an unknown or not yet available backend.
+    """
+    if backend == "auto":
+        return "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}.")
+    return backend
+
+
+def _check_pos(pos: torch.Tensor, name: str = "pos_clip") -> torch.Tensor:
+    if not isinstance(pos, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape (B,V,4), got {type(pos)}.")
+    if pos.dim() == 2:
+        pos = pos[None]
+    if pos.dim() != 3 or pos.shape[-1] != 4:
+        raise ValueError(f"{name} must have shape (B,V,4) or (V,4), got {tuple(pos.shape)}.")
+    if not pos.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor (float32), got {pos.dtype}.")
+    return pos
+
+
+def _check_tri(tri: torch.Tensor, num_vertices: int, device) -> torch.Tensor:
+    if not isinstance(tri, torch.Tensor):
+        raise ValueError(f"tri must be a torch.Tensor of shape (F,3), got {type(tri)}.")
+    if tri.dim() != 2 or tri.shape[-1] != 3:
+        raise ValueError(f"tri must have shape (F,3), got {tuple(tri.shape)}.")
+    if tri.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"tri must be int32 or int64, got {tri.dtype}.")
+    tri = tri.to(device=device, dtype=torch.int64)
+    if tri.numel() and (int(tri.min()) < 0 or int(tri.max()) >= num_vertices):
+        raise ValueError(f"tri indices must lie in [0, {num_vertices}) (V = number of vertices),"
+                         f" got range [{int(tri.min())}, {int(tri.max())}].")
+    return tri
+
+
+def _check_rast(rast: torch.Tensor, name: str = "rast") -> torch.Tensor:
+    if not isinstance(rast, torch.Tensor) or rast.dim() != 4 or rast.shape[-1] != 4:
+        shape = tuple(rast.shape) if isinstance(rast, torch.Tensor) else type(rast)
+        raise ValueError(f"{name} must have shape (B,H,W,4) as rasterize returns it, got {shape}.")
+    if not rast.is_floating_point():
+        raise ValueError(f"{name} must be floating point, got {rast.dtype}.")
+    return rast
+
+
+def _tri_ids(rast: torch.Tensor, num_tri: int) -> torch.Tensor:
+    """(B,H,W) int64 triangle id + 1 (0 = empty) from rast, checked against F."""
+    ids = rast[..., 3].detach().round().long()
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) > num_tri):
+        raise ValueError(f"rast[..., 3] holds triangle ids up to {int(ids.max())} but tri has "
+                         f"only {num_tri} triangles: rast and tri do not belong together.")
+    return ids
+
+
+# --------------------------------------------------------------------------------------------
+# rasterize
+# --------------------------------------------------------------------------------------------
+def rasterize(pos_clip: torch.Tensor, tri: torch.Tensor, resolution, backend: str = "auto"):
+    """Rasterize triangles: which triangle covers each pixel centre, and where in it.
+
+    Args:
+        pos_clip: (B,V,4) (or (V,4), a batch of one) clip-space vertex positions, float32 (any
+            float dtype works; float64 for gradcheck). Pixel centres are at NDC
+            ``((x+0.5)/W*2-1, (y+0.5)/H*2-1)``; see the module docstring and :func:`clip_matrix`.
+        tri: (F,3) int32/int64 vertex indices, shared by the batch.
+        resolution: (H, W) output size in pixels.
+        backend: 'auto' or 'torch'.
+    Returns:
+        rast: (B,H,W,4) ``(u, v, z/w, triangle_id + 1)``, zeros where empty; dtype of pos_clip.
+            u, v (perspective-correct barycentrics of vertices 0 and 1) and z/w are
+            differentiable with respect to pos_clip; the triangle ids come from a z-buffer pass
+            without gradients, as in nvdiffrast.
+        rast_db: (B,H,W,4) ``(du/dX, du/dY, dv/dX, dv/dY)`` in 1/pixel, zeros where empty.
+    Triangles with a vertex at w <= 0 or with non-finite coordinates are skipped, and pixels
+    with z/w outside [-1, 1] are discarded. F = 0 gives all-zero outputs.
+    Raises:
+        ValueError: wrong shape/dtype of pos_clip or tri, tri indices outside [0, V),
+            a non-positive resolution, an unknown backend.
+    """
+    resolve_backend(backend)
+    pos = _check_pos(pos_clip)
+    try:
+        H, W = (int(r) for r in resolution)
+    except (TypeError, ValueError):
+        raise ValueError(f"resolution must be (H, W), got {resolution!r}.") from None
+    if H <= 0 or W <= 0:
+        raise ValueError(f"resolution must be positive (H, W), got {tuple(resolution)}.")
+    B, V = pos.shape[:2]
+    tri = _check_tri(tri, V, pos.device)
+    F = tri.shape[0]
+    ids = _zbuffer_ids(pos.detach(), tri, H, W)  # (B*H*W,) int64, -1 = empty
+    pix = torch.nonzero(ids >= 0).squeeze(1)
+    rast = pos.new_zeros(B * H * W, 4)
+    rast_db = pos.new_zeros(B * H * W, 4)
+    if F == 0 or pix.numel() == 0:
+        return rast.view(B, H, W, 4), rast_db.view(B, H, W, 4)
+    f = ids[pix]
+    b = pix // (H * W)
+    y = (pix // W) % H
+    x = pix % W
+    c = pos[b[:, None], tri[f]]  # (N,3,4) clip positions of the triangle's vertices
+    px = (2 * x + 1).to(pos.dtype) / W - 1
+    py = (2 * y + 1).to(pos.dtype) / H - 1
+    # Perspective-correct barycentrics by 2D homogeneous rasterization (Olano & Greer 1997):
+    # with M = [c0 c1 c2] (columns (x, y, w)), b ~ M^-1 (px, py, 1); the rows of M^-1 are
+    # proportional to c1 x c2, c2 x c0, c0 x c1.
+    cxyw = c[..., [0, 1, 3]]
+    rows = torch.stack([torch.linalg.cross(cxyw[:, 1], cxyw[:, 2]),
+                        torch.linalg.cross(cxyw[:, 2], cxyw[:, 0]),
+                        torch.linalg.cross(cxyw[:, 0], cxyw[:, 1])], 1)  # (N,3,3)
+    p = torch.stack([px, py, torch.ones_like(px)], -1)  # (N,3)
+    bt = (rows * p[:, None]).sum(-1)  # (N,3) unnormalized
+    S = bt.sum(-1, keepdim=True)
+    bary = bt / S
+    zw = (bary * c[..., 2]).sum(-1) / (bary * c[..., 3]).sum(-1)
+    vals = torch.stack([bary[:, 0], bary[:, 1], zw, (f + 1).to(pos.dtype)], -1)
+    rast = rast.index_put((pix,), vals)
+    # d(bary)/d(px, py), then to pixels: dpx/dX = 2/W, dpy/dY = 2/H.
+    G = rows[..., :2]  # (N,3,2) d bt / d(px, py)
+    Gs = G.sum(1, keepdim=True)
+    db = (G * S[..., None] - bt[..., None] * Gs) / (S[..., None] ** 2)  # (N,3,2)
+    scale = pos.new_tensor([2.0 / W, 2.0 / H])
+    db = db * scale
+    rast_db = rast_db.index_put((pix,), torch.stack(
+        [db[:, 0, 0], db[:, 0, 1], db[:, 1, 0], db[:, 1, 1]], -1).detach())
+    return rast.view(B, H, W, 4), rast_db.view(B, H, W, 4)
+
+
+def _zbuffer_ids(pos: torch.Tensor, tri: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """Nearest triangle per pixel centre, (B*H*W,) int64, -1 where empty (no gradients).
+
+    Per triangle: pixel bounding box, edge functions at the pixel centres, z/w interpolated
+    linearly in screen space (it is affine there), nearest z/w wins, ties to the lower id.
+    Vectorized over chunks of (triangle, pixel) candidates.
+    """
+    B = pos.shape[0]
+    F = tri.shape[0]
+    dev = pos.device
+    ids = torch.full((B * H * W,), -1, dtype=torch.int64, device=dev)
+    if F == 0 or B == 0:
+        return ids
+    with torch.no_grad():
+        v = pos[:, tri]  # (B,F,3,4)
+        w = v[..., 3]
+        ok = (w > 0).all(-1) & torch.isfinite(v).all(-1).all(-1)
+        wd = torch.where(w > 0, w, torch.ones_like(w))
+        X = (v[..., 0] / wd + 1) * (W * 0.5) - 0.5  # pixel coordinates, centres at integers
+        Y = (v[..., 1] / wd + 1) * (H * 0.5) - 0.5
+        Z = v[..., 2] / wd
+        area = (X[..., 1] - X[..., 0]) * (Y[..., 2] - Y[..., 0]) - \
+               (X[..., 2] - X[..., 0]) * (Y[..., 1] - Y[..., 0])
+        ok &= area.abs() > 1e-12
+        ok &= ~((Z < -1).all(-1) | (Z > 1).all(-1))
+        x0 = torch.ceil(X.amin(-1)).clamp(min=0)
+        x1 = torch.floor(X.amax(-1)).clamp(max=W - 1)
+        y0 = torch.ceil(Y.amin(-1)).clamp(min=0)
+        y1 = torch.floor(Y.amax(-1)).clamp(max=H - 1)
+        ok &= (x0 <= x1) & (y0 <= y1)
+        bi, fi = torch.nonzero(ok, as_tuple=True)
+        if bi.numel() == 0:
+            return ids
+        X, Y, Z, area = X[bi, fi], Y[bi, fi], Z[bi, fi], area[bi, fi]  # (T,3), (T,)
+        x0, y0 = x0[bi, fi].long(), y0[bi, fi].long()
+        bw = x1[bi, fi].long() - x0 + 1
+        bh = y1[bi, fi].long() - y0 + 1
+        n = bw * bh
+        inv_area = 1.0 / area
+        ends = torch.cumsum(n, 0)
+        keys, zs, fs = [], [], []
+        start = 0
+        T = n.shape[0]
+        while start < T:
+            base = int(ends[start - 1]) if start > 0 else 0
+            stop = int(torch.searchsorted(ends, base + _CHUNK, right=True))
+            stop = max(stop, start + 1)
+            t = torch.arange(start, stop, device=dev)
+            cnt = n[t]
+            ti = torch.repeat_interleave(t, cnt)
+            local = torch.arange(int(cnt.sum()), device=dev) - \
+                torch.repeat_interleave(ends[t] - cnt - base, cnt)
+            px = (x0[ti] + local % bw[ti]).to(pos.dtype)
+            py = (y0[ti] + local // bw[ti]).to(pos.dtype)
+            Xt, Yt = X[ti], Y[ti]
+            # screen-space barycentrics l0 (opposite edge v1-v2), l1 (v2-v0), l2 (v0-v1)
+            l0 = ((Xt[:, 2] - Xt[:, 1]) * (py - Yt[:, 1]) -
+                  (Yt[:, 2] - Yt[:, 1]) * (px - Xt[:, 1])) * inv_area[ti]
+            l1 = ((Xt[:, 0] - Xt[:, 2]) * (py - Yt[:, 2]) -
+                  (Yt[:, 0] - Yt[:, 2]) * (px - Xt[:, 2])) * inv_area[ti]
+            l2 = 1 - l0 - l1
+            z = l0 * Z[ti, 0] + l1 * Z[ti, 1] + l2 * Z[ti, 2]
+            inside = (l0 >= -_EDGE_TOL) & (l1 >= -_EDGE_TOL) & (l2 >= -_EDGE_TOL) & \
+                (z >= -1) & (z <= 1)
+            keys.append((bi[ti] * (H * W) + py.long() * W + px.long())[inside])
+            zs.append(z[inside])
+            fs.append(fi[ti][inside])
+            start = stop
+        key = torch.cat(keys)
+        z = torch.cat(zs)
+        f = torch.cat(fs)
+        zbuf = torch.full((B * H * W,), float("inf"), dtype=z.dtype, device=dev)
+        zbuf.scatter_reduce_(0, key, z, reduce="amin")
+        win = z == zbuf[key]
+        big = torch.iinfo(torch.int64).max
+        best = torch.full((B * H * W,), big, dtype=torch.int64, device=dev)
+        best.scatter_reduce_(0, key[win], f[win], reduce="amin")
+        ids = torch.where(best == big, ids, best)
+    return ids
+
+
+# --------------------------------------------------------------------------------------------
+# interpolate
+# --------------------------------------------------------------------------------------------
+def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor):
+    """Interpolate vertex attributes over the rasterized pixels.
+
+    ``out = u * attr[v0] + v * attr[v1] + (1 - u - v) * attr[v2]`` for the triangle
+    ``(v0, v1, v2)`` covering the pixel, 0 where empty.
+
+    Args:
+        attr: (B,V,C) or (V,C) (shared by the batch) vertex attributes, floating point.
+        rast: (B,H,W,4) from :func:`rasterize`.
+        tri: (F,3) int32/int64, the triangles given to :func:`rasterize`.
+    Returns:
+        (out, None): out (B,H,W,C); differentiable with respect to attr and, through rast's u
+        and v, to the positions given to rasterize. The second item is nvdiffrast's pixel
+        derivative of the attributes, not computed here (None).
+    Raises:
+        ValueError: wrong shapes or dtypes, tri indices outside [0, V), batch sizes that do not
+            match, triangle ids in rast beyond F.
+    """
+    if not isinstance(attr, torch.Tensor) or attr.dim() not in (2, 3):
+        shape = tuple(attr.shape) if isinstance(attr, torch.Tensor) else type(attr)
+        raise ValueError(f"attr must have shape (B,V,C) or (V,C), got {shape}.")
+    if not attr.is_floating_point():
+        raise ValueError(f"attr must be floating point, got {attr.dtype}.")
+    rast = _check_rast(rast)
+    B, H, W, _ = rast.shape
+    if attr.dim() == 2:
+        attr = attr[None].expand(B, *attr.shape)
+    if attr.shape[0] not in (1, B):
+        raise ValueError(f"attr has batch size {attr.shape[0]} but rast has {B}.")
+    attr = attr.expand(B, *attr.shape[1:])
+    V, C = attr.shape[1:]
+    tri = _check_tri(tri, V, attr.device)
+    ids = _tri_ids(rast, tri.shape[0]).reshape(-1)
+    pix = torch.nonzero(ids > 0).squeeze(1)
+    out = attr.new_zeros(B * H * W, C, dtype=torch.promote_types(attr.dtype, rast.dtype))
+    if pix.numel() == 0:
+        return out.view(B, H, W, C), None
+    b = pix // (H * W)
+    a = attr[b[:, None], tri[ids[pix] - 1]]  # (N,3,C)
+    r = rast.reshape(-1, 4)[pix]
+    u, v = r[:, 0:1], r[:, 1:2]
+    vals = u * a[:, 0] + v * a[:, 1] + (1 - u - v) * a[:, 2]
+    out = out.index_put((pix,), vals.to(out.dtype))
+    return out.view(B, H, W, C), None
+
+
+# --------------------------------------------------------------------------------------------
+# texture
+# --------------------------------------------------------------------------------------------
+def _texel_index(i: torch.Tensor, n: int, boundary_mode: str):
+    """Index into a texture axis of size n and a validity mask, per boundary mode."""
+    if boundary_mode == "wrap":
+        return torch.remainder(i, n), torch.ones_like(i, dtype=torch.bool)
+    if boundary_mode == "clamp":
+        return i.clamp(0, n - 1), torch.ones_like(i, dtype=torch.bool)
+    valid = (i >= 0) & (i < n)  # zero
+    return i.clamp(0, n - 1), valid
+
+
+def texture(tex: torch.Tensor, uv: torch.Tensor, filter_mode: str = "linear",
+            boundary_mode: str = "clamp"):
+    """Sample a texture at per-pixel texture coordinates.
+
+    Args:
+        tex: (B,Ht,Wt,C) texture (a batch of 1 is shared by all of uv's batch), floating point.
+        uv: (B,H,W,2) texture coordinates: (0, 0) is the outer corner of texel ``tex[:, 0, 0]``,
+            (1, 1) that of ``tex[:, -1, -1]``; u along the columns (Wt), v along the rows (Ht),
+            v = 0 at row 0 (nvdiffrast's convention: the tensor is indexed directly).
+        filter_mode: 'linear' (bilinear between the four nearest texel centres; 'auto' is the
+            same) or 'nearest' (the texel containing uv; no gradient with respect to uv).
+        boundary_mode: 'clamp' (edge texels repeat), 'wrap' (the texture tiles) or 'zero'
+            (zero outside [0, 1]). nvdiffrast's default is 'wrap'; 'cube' is not supported.
+    Returns:
+        (B,H,W,C), differentiable with respect to tex and (for 'linear') uv.
+    Raises:
+        ValueError: wrong shapes or dtypes, batch sizes that do not match, an unknown or
+            unsupported mode, an empty texture.
+    """
+    if not isinstance(tex, torch.Tensor) or tex.dim() != 4:
+        shape = tuple(tex.shape) if isinstance(tex, torch.Tensor) else type(tex)
+        raise ValueError(f"tex must have shape (B,Ht,Wt,C), got {shape}.")
+    if not isinstance(uv, torch.Tensor) or uv.dim() != 4 or uv.shape[-1] != 2:
+        shape = tuple(uv.shape) if isinstance(uv, torch.Tensor) else type(uv)
+        raise ValueError(f"uv must have shape (B,H,W,2), got {shape}.")
+    if not tex.is_floating_point() or not uv.is_floating_point():
+        raise ValueError(f"tex and uv must be floating point, got {tex.dtype} and {uv.dtype}.")
+    if filter_mode == "auto":
+        filter_mode = "linear"
+    if filter_mode not in ("linear", "nearest"):
+        raise ValueError(f"filter_mode must be 'auto', 'linear' or 'nearest' (no mipmaps on "
+                         f"this backend), got {filter_mode!r}.")
+    if boundary_mode not in ("clamp", "wrap", "zero"):
+        raise ValueError(f"boundary_mode must be 'clamp', 'wrap' or 'zero', got {boundary_mode!r}.")
+    Bt, Ht, Wt, C = tex.shape
+    B, H, W, _ = uv.shape
+    if Ht == 0 or Wt == 0:
+        raise ValueError(f"tex must have a positive size, got {tuple(tex.shape)}.")
+    if Bt not in (1, B):
+        raise ValueError(f"tex has batch size {Bt} but uv has {B}; expected {B} or 1.")
+    dtype = torch.promote_types(tex.dtype, uv.dtype)
+    flat = tex.to(dtype).reshape(Bt, Ht * Wt, C)
+    bidx = (torch.arange(B, device=uv.device) if Bt == B else
+            torch.zeros(B, dtype=torch.long, device=uv.device)).view(B, 1, 1)
+
+    def fetch(ix, iy):
+        ix, okx = _texel_index(ix, Wt, boundary_mode)
+        iy, oky = _texel_index(iy, Ht, boundary_mode)
+        val = flat[bidx, iy * Wt + ix]  # (B,H,W,C)
+        return val * (okx & oky)[..., None].to(dtype)
+
+    x = uv[..., 0].to(dtype) * Wt
+    y = uv[..., 1].to(dtype) * Ht
+    if filter_mode == "nearest":
+        return fetch(torch.floor(x.detach()).long(), torch.floor(y.detach()).long())
+    x = x - 0.5
+    y = y - 0.5
+    xf = torch.floor(x.detach())
+    yf = torch.floor(y.detach())
+    fx = (x - xf)[..., None]
+    fy = (y - yf)[..., None]
+    ix, iy = xf.long(), yf.long()
+    top = fetch(ix, iy) * (1 - fx) + fetch(ix + 1, iy) * fx
+    bot = fetch(ix, iy + 1) * (1 - fx) + fetch(ix + 1, iy + 1) * fx
+    return top * (1 - fy) + bot * fy
+
+
+# --------------------------------------------------------------------------------------------
+# antialias
+# --------------------------------------------------------------------------------------------
+def _edge_neighbours(tri: torch.Tensor) -> torch.Tensor:
+    """(F,3) index of the triangle across edge k = (v_k, v_{k+1}), -1 for boundary or
+    non-manifold edges (more than two triangles on the edge)."""
+    F = tri.shape[0]
+    e = torch.stack([tri, tri.roll(-1, 1)], -1).reshape(F * 3, 2)
+    e = torch.sort(e, -1).values
+    key = e[:, 0] * (int(tri.max()) + 1) + e[:, 1]
+    _, inv, counts = torch.unique(key, return_inverse=True, return_counts=True)
+    order = torch.argsort(inv, stable=True)
+    nb = torch.full((F * 3,), -1, dtype=torch.long, device=tri.device)
+    two = counts[inv[order]] == 2
+    o = order[two].view(-1, 2)  # consecutive pairs share an edge
+    nb[o[:, 0]] = o[:, 1] // 3
+    nb[o[:, 1]] = o[:, 0] // 3
+    return nb.view(F, 3)
+
+
+def antialias(color: torch.Tensor, rast: torch.Tensor, pos_clip: torch.Tensor,
+              tri: torch.Tensor):
+    """Analytic antialiasing of silhouette edges (Laine et al. 2020, section 3.4), so that
+    silhouettes move the image smoothly and gradients reach the vertex positions.
+
+    For each pair of horizontally or vertically adjacent pixels with different triangle ids,
+    the nearer one (smaller z/w; an empty pixel is farthest) is p, its triangle T the
+    occluder, the other pixel q. The segment from p's centre to q's centre leaves T through
+    one edge at parameter t in [0, 1]. If that edge is a silhouette edge (a mesh boundary, a
+    non-manifold edge, or one whose neighbour triangle faces the other way in screen space),
+    the pixel the edge intrudes into is blended with the other one by the covered fraction
+    ``|t - 0.5|``: ``color[q] += (t - 0.5) * (color[p] - color[q])`` when t > 0.5, else
+    ``color[p] += (t - 0.5) * (color[p] - color[q])``. t is differentiable in pos_clip.
+    Deviation from nvdiffrast: only the nearer pixel's triangle is tried as the occluder.
+
+    Args:
+        color: (B,H,W,C) shaded image (e.g. from :func:`interpolate` / :func:`texture`).
+        rast: (B,H,W,4) from :func:`rasterize` with the same pos_clip and tri (only its
+            triangle ids and z/w are used, without gradients).
+        pos_clip: (B,V,4) or (V,4) clip-space positions (as given to rasterize).
+        tri: (F,3) int32/int64.
+    Returns:
+        (B,H,W,C) antialiased color, differentiable with respect to color and pos_clip.
+    Raises:
+        ValueError: wrong shapes or dtypes, sizes that do not match, tri indices out of
+            range, triangle ids in rast beyond F.
+    """
+    if not isinstance(color, torch.Tensor) or color.dim() != 4:
+        shape = tuple(color.shape) if isinstance(color, torch.Tensor) else type(color)
+        raise ValueError(f"color must have shape (B,H,W,C), got {shape}.")
+    if not color.is_floating_point():
+        raise ValueError(f"color must be floating point, got {color.dtype}.")
+    rast = _check_rast(rast)
+    pos = _check_pos(pos_clip)
+    B, H, W, C = color.shape
+    if rast.shape[:3] != color.shape[:3]:
+        raise ValueError(f"rast (B,H,W,4) {tuple(rast.shape)} and color (B,H,W,C) "
+                         f"{tuple(color.shape)} must have the same B, H, W.")
+    if pos.shape[0] not in (1, B):
+        raise ValueError(f"pos_clip has batch size {pos.shape[0]} but color has {B}.")
+    pos = pos.expand(B, *pos.shape[1:])
+    tri = _check_tri(tri, pos.shape[1], pos.device)
+    F = tri.shape[0]
+    ids = _tri_ids(rast, F)
+    if F == 0 or not bool((ids > 0).any()):
+        return color
+    nb = _edge_neighbours(tri)
+    dtype = torch.promote_types(color.dtype, pos.dtype)
+    # screen-space facing per (batch, triangle), for the silhouette test
+    with torch.no_grad():
+        v = pos[:, tri]
+        wd = torch.where(v[..., 3] > 0, v[..., 3], torch.ones_like(v[..., 3]))
+        sx, sy = v[..., 0] / wd, v[..., 1] / wd
+        facing = ((sx[..., 1] - sx[..., 0]) * (sy[..., 2] - sy[..., 0]) -
+                  (sx[..., 2] - sx[..., 0]) * (sy[..., 1] - sy[..., 0])) > 0  # (B,F)
+        nbc = nb.clamp(min=0)
+        sil = (nb < 0)[None] | (facing[:, :, None] != facing[:, nbc])  # (B,F,3)
+    z = torch.where(ids > 0, rast[..., 2].detach(), torch.full_like(rast[..., 2], float("inf")))
+    flat = color.to(dtype).reshape(B * H * W, C)
+    out = flat
+    for dy, dx in ((0, 1), (1, 0)):
+        ia = ids[:, :H - dy, :W - dx]
+        ib = ids[:, dy:, dx:]
+        za = z[:, :H - dy, :W - dx]
+        zb = z[:, dy:, dx:]
+        bb, yy, xx = torch.nonzero(ia != ib, as_tuple=True)
+        if bb.numel() == 0:
+            continue
+        a_front = (za[bb, yy, xx] <= zb[bb, yy, xx]) & (ia[bb, yy, xx] > 0)
+        pa = (bb * H + yy) * W + xx  # flat index of pixel a; b is at +dy rows, +dx columns
+        pb = pa + dy * W + dx
+        p = torch.where(a_front, pa, pb)
+        q = torch.where(a_front, pb, pa)
+        f = torch.where(a_front, ia[bb, yy, xx], ib[bb, yy, xx]) - 1
+        Xp = (p % W).to(dtype)
+        Yp = ((p // W) % H).to(dtype)
+        Xq = (q % W).to(dtype)
+        Yq = ((q // W) % H).to(dtype)
+        c = pos[bb[:, None], tri[f]].to(dtype)  # (N,3,4)
+        X = (c[..., 0] / c[..., 3] + 1) * (W * 0.5) - 0.5
+        Y = (c[..., 1] / c[..., 3] + 1) * (H * 0.5) - 0.5
+        X1, Y1 = X.roll(-1, 1), Y.roll(-1, 1)  # edge k runs v_k -> v_{k+1}
+        area = (X[:, 1] - X[:, 0]) * (Y[:, 2] - Y[:, 0]) - (X[:, 2] - X[:, 0]) * (Y[:, 1] - Y[:, 0])
+        sgn = torch.sign(area.detach())[:, None]
+
+        def edge(Px, Py):
+            return ((X1 - X) * (Py[:, None] - Y) - (Y1 - Y) * (Px[:, None] - X)) * sgn
+
+        ep, eq = edge(Xp, Yp), edge(Xq, Yq)  # (N,3), > 0 inside
+        exits = (eq < 0) & (ep.detach() >= 0)
+        t = torch.where(exits, ep / torch.where(exits, ep - eq, torch.ones_like(ep)),
+                        torch.full_like(ep, 2.0))
+        tmin, k = t.min(1)
+        use = (tmin <= 1) & sil[bb, f, k] & (sgn[:, 0] != 0)
+        if not bool(use.any()):
+            continue
+        alpha = (tmin - 0.5)[use, None]
+        p, q = p[use], q[use]
+        delta = alpha * (flat[p] - flat[q])
+        target = torch.where(alpha[:, 0] > 0, q, p)
+        out = out.index_add(0, target, delta)
+    return out.view(B, H, W, C)
+
+
+# --------------------------------------------------------------------------------------------
+# camera
+# --------------------------------------------------------------------------------------------
+def clip_matrix(K: torch.Tensor, R: torch.Tensor, t: torch.Tensor, image_size,
+                near: float = 0.01, far: float = 100.0) -> torch.Tensor:
+    """Clip-space matrix of an OpenCV camera: ``pos_clip = [X, 1] @ M^T`` for world points X.
+
+    OpenCV convention: camera x right, y down, z forward; ``X_cam = R X + t``; pixel
+    ``(u, v) = (fx x/z + s y/z + cx, fy y/z + cy)`` with the centre of pixel (col, row) at
+    integer ``(u, v) = (col, row)`` and row 0 at the top of the picture. The matrix maps
+    ``u -> NDC x = (u + 0.5) / W * 2 - 1`` and ``v -> NDC y = (v + 0.5) / H * 2 - 1``, which is
+    exactly nvdiffrast's pixel-centre grid, so a point that projects to pixel (col, row) is
+    rasterized at ``rast[:, row, col]`` and rendered images have the picture's row order
+    (top-down) with no flip. There is no y flip, so the picture's y-down axis is NDC y-up: a
+    triangle's screen winding is mirrored relative to an OpenGL-style projection (harmless:
+    nvdiffrast and this module draw both facings). ``w = z_cam`` (depth in metres), and
+    ``z/w`` goes from -1 at ``near`` to 1 at ``far`` (OpenGL depth).
+
+    Args:
+        K: (B,3,3) intrinsics, pixels. R: (B,3,3) world -> camera rotation. t: (B,3) metres.
+        image_size: (H, W) of the picture (and of the rasterization), pixels.
+        near, far: depth clip planes in metres, 0 < near < far.
+    Returns:
+        (B,4,4) matrix, dtype of K.
+    Raises:
+        ValueError: wrong shapes, a non-positive image size, or bad near/far.
+    """
+    for name, x, shape in (("K", K, (3, 3)), ("R", R, (3, 3)), ("t", t, (3,))):
+        if not isinstance(x, torch.Tensor) or x.dim() != len(shape) + 1 or \
+                tuple(x.shape[1:]) != shape:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x)
+            raise ValueError(f"{name} must have shape (B,{','.join(map(str, shape))}), got {got}.")
+    B = K.shape[0]
+    if R.shape[0] != B or t.shape[0] != B:
+        raise ValueError(f"K, R, t must share the batch size, got {K.shape[0]}, {R.shape[0]}, "
+                         f"{t.shape[0]}.")
+    H, W = (int(s) for s in image_size)
+    if H <= 0 or W <= 0:
+        raise ValueError(f"image_size must be positive (H, W), got {tuple(image_size)}.")
+    if not 0 < near < far:
+        raise ValueError(f"need 0 < near < far, got near={near}, far={far}.")
+    dtype = K.dtype if K.is_floating_point() else torch.float32
+    K, R, t = K.to(dtype), R.to(dtype), t.to(dtype)
+    P = K.new_zeros(B, 4, 4)
+    P[:, 0, 0] = 2 * K[:, 0, 0] / W
+    P[:, 0, 1] = 2 * K[:, 0, 1] / W
+    P[:, 0, 2] = 2 * (K[:, 0, 2] + 0.5) / W - 1
+    P[:, 1, 1] = 2 * K[:, 1, 1] / H
+    P[:, 1, 2] = 2 * (K[:, 1, 2] + 0.5) / H - 1
+    P[:, 2, 2] = (far + near) / (far - near)
+    P[:, 2, 3] = -2 * far * near / (far - near)
+    P[:, 3, 2] = 1
+    Rt = K.new_zeros(B, 4, 4)
+    Rt[:, :3, :3] = R
+    Rt[:, :3, 3] = t
+    Rt[:, 3, 3] = 1
+    return P @ Rt
