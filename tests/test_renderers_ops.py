@@ -8,7 +8,13 @@ import torch
 
 from bodyfit.cameras import project
 from bodyfit.renderers import ops
-from bodyfit.renderers.ops import antialias, clip_matrix, interpolate, rasterize, texture
+from bodyfit.renderers.ops import antialias, clip_matrix, interpolate, texture
+
+
+def rasterize(pos_clip, tri, resolution, backend="torch"):
+    """These tests pin the pure-torch backend's exact semantics (edge ties, skipping);
+    test_renderers_backends.py checks the other backends against it."""
+    return ops.rasterize(pos_clip, tri, resolution, backend=backend)
 
 
 def _centres(H, W):
@@ -66,7 +72,7 @@ def test_quad_ids_rows_and_barycentrics():
     u, v = rast[0, 0, 1, 0].item(), rast[0, 0, 1, 1].item()
     p = u * pos[0, 0, :2] + v * pos[0, 1, :2] + (1 - u - v) * pos[0, 2, :2]
     assert torch.allclose(p, torch.tensor([-0.25, -0.75]), atol=1e-6)
-    # rast_db in 1/pixel: u = -x_ndc - ... here u = -y_ndc... check against finite differences
+    # rast_db in 1/pixel: u, v are affine here (w = 1), so one pixel step is the derivative
     ur = rast[0, 0, 1, :2] - rast[0, 0, 0, :2]  # same triangle, one pixel to the right
     assert torch.allclose(rast_db[0, 0, 1, [0, 2]], ur, atol=1e-6)
 
@@ -153,7 +159,7 @@ def test_clip_matrix_matches_opencv_projection_top_down():
 
 def test_depth_test_nearest_wins_and_batch():
     # two full-screen-ish triangles, the second nearer in view 0 and farther in view 1
-    base = torch.tensor([[-1.5, -1.5], [3.0, -1.5], [-1.5, 3.0]])
+    base = torch.tensor([[-2.0, -2.0], [6.0, -2.0], [-2.0, 6.0]])
     def view(z0, z1):
         a = torch.cat([base, torch.full((3, 1), z0), torch.ones(3, 1)], -1)
         b = torch.cat([base, torch.full((3, 1), z1), torch.ones(3, 1)], -1)
@@ -266,14 +272,16 @@ def test_bad_input():
         clip_matrix(eye, eye, torch.zeros(1, 3), (0, 4))
     with pytest.raises(ValueError, match="near"):
         clip_matrix(eye, eye, torch.zeros(1, 3), (4, 4), near=0.0)
-    assert ops.resolve_backend("auto") == "torch"
+    assert ops.resolve_backend("torch") == "torch"
+    assert ops.resolve_backend("auto") in ops.BACKENDS
 
 
 def test_texture_conventions():
     Ht, Wt = 3, 4
     tex = torch.arange(Ht * Wt, dtype=torch.float64).view(1, Ht, Wt, 1)
-    i, j = torch.meshgrid(torch.arange(Ht), torch.arange(Wt), indexing="ij")
-    uv = torch.stack([(j + 0.5) / Wt, (i + 0.5) / Ht], -1)[None].double()
+    i, j = torch.meshgrid(torch.arange(Ht, dtype=torch.float64),
+                          torch.arange(Wt, dtype=torch.float64), indexing="ij")
+    uv = torch.stack([(j + 0.5) / Wt, (i + 0.5) / Ht], -1)[None]
     assert torch.allclose(texture(tex, uv), tex)  # texel centres give the texel exactly
     assert torch.allclose(texture(tex, uv, filter_mode="nearest"), tex)
     # v = 0 is row 0, u = 0 is column 0; halfway between two texel centres -> mean
@@ -355,6 +363,32 @@ def test_antialias_gradients_and_silhouette_only():
     p = pos.clone().requires_grad_()
     antialias(color, rast, p, tri).sum().backward()
     assert p.grad.abs().sum() > 0
+    # a precomputed topology gives the same result; a wrong one is refused
+    topo = ops.antialias_construct_topology_hash(tri)
+    assert torch.equal(topo, torch.tensor([[-1, -1, 1], [0, -1, -1]]))
+    assert torch.equal(antialias(color, rast, pos, tri, topology_hash=topo), aa)
+    with pytest.raises(ValueError, match="topology_hash"):
+        antialias(color, rast, pos, tri, topology_hash=topo[:1])
+
+
+def test_antialias_coverage_and_its_gradient_match_the_area():
+    """Antialiased mask of one triangle: its sum is the triangle's area in pixels, and its
+    derivative with respect to a scaling of the triangle is the area's (2 * area)."""
+    H = W = 64
+    tri = torch.tensor([[0, 1, 2]])
+    base = torch.tensor([[-0.7, -0.2], [0.5, -0.6], [0.3, 0.75]], dtype=torch.float64)
+    s = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    xy = base * s
+    pos = torch.cat([xy, torch.zeros(3, 1, dtype=torch.float64),
+                     torch.ones(3, 1, dtype=torch.float64)], -1)[None]
+    rast, _ = rasterize(pos, tri, (H, W))
+    mask = (rast[..., 3:] > 0).double()
+    cov = antialias(mask, rast, pos, tri).sum()
+    cov.backward()
+    e1, e2 = base[1] - base[0], base[2] - base[0]
+    area = 0.5 * abs(e1[0] * e2[1] - e1[1] * e2[0]).item() * (W / 2) * (H / 2)
+    assert cov.item() == pytest.approx(area, rel=0.01)
+    assert s.grad.item() == pytest.approx(2 * area, rel=0.03)
 
 
 def test_body_silhouette_matches_projection():
@@ -383,3 +417,26 @@ def test_body_silhouette_matches_projection():
     aa = antialias(color, rast, pos, faces)
     assert torch.isfinite(aa).all() and not torch.equal(aa, color)
     assert np.isfinite(rast.numpy()).all()
+
+
+def test_rast_db_matches_finite_differences_under_perspective():
+    pos = torch.tensor([[[-0.8, -0.7, 0.1, 1.0], [2.1, -1.2, 0.2, 3.0], [0.3, 1.9, 0.3, 2.2]]],
+                       dtype=torch.float64)
+    tri = torch.tensor([[0, 1, 2]])
+    H, W, h = 16, 20, 1e-4
+    rast, rast_db = rasterize(pos, tri, (H, W))
+
+    def shifted(dx, dy):  # the image sampled dx, dy pixels off the pixel centres
+        p = pos.clone()
+        p[..., 0] -= dx * 2 / W * p[..., 3]
+        p[..., 1] -= dy * 2 / H * p[..., 3]
+        return rasterize(p, tri, (H, W))[0]
+    shots = [shifted(h, 0), shifted(-h, 0), shifted(0, h), shifted(0, -h)]
+    cov = rast[..., 3] > 0
+    for s in shots:
+        cov &= s[..., 3] > 0
+    assert cov.sum() > 50
+    dX = (shots[0] - shots[1])[..., :2] / (2 * h)
+    dY = (shots[2] - shots[3])[..., :2] / (2 * h)
+    fd = torch.stack([dX[..., 0], dY[..., 0], dX[..., 1], dY[..., 1]], -1)
+    assert torch.allclose(rast_db[cov], fd[cov], atol=1e-8)

@@ -23,10 +23,14 @@ Conventions (identical to nvdiffrast, so calling code runs on any backend):
   the texture tensor directly; OpenGL would call row 0 the bottom). Texel ``(i, j)`` has its
   centre at ``uv = ((j + 0.5) / Wt, (i + 0.5) / Ht)``.
 
-Backends: ``"torch"`` (pure torch z-buffer, CPU or any device); ``"auto"`` picks it. The
-moderngl and nvdiffrast backends (issue 3) will plug in behind the same functions.
+Backends (``rasterize(..., backend=)``): ``"nvdiffrast"`` (CUDA; the optional, non-commercial
+extra: all four ops then run in nvdiffrast for CUDA tensors), ``"moderngl"`` (the triangle-ID
+pass on a real OpenGL rasterizer, Mesa llvmpipe on a headless EGL context), ``"torch"`` (a pure
+torch z-buffer, any device). On the CPU backends the barycentrics are recomputed in torch from
+``pos_clip``, as nvdiffrast's second stage does, so gradients flow the same way. ``"auto"``
+takes the first that works, in that order (see :func:`resolve_backend`).
 
-Deviations from nvdiffrast, by design of this backend:
+Deviations from nvdiffrast, by design of the CPU backends:
 
 * Clipping: triangles with any vertex at ``w <= 0`` (at or behind the camera plane), or with a
   non-finite coordinate, are skipped instead of being clipped; pixels whose ``z/w`` falls outside
@@ -42,10 +46,11 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["rasterize", "interpolate", "texture", "antialias", "clip_matrix",
-           "resolve_backend", "BACKENDS"]
+__all__ = ["rasterize", "interpolate", "texture", "antialias",
+           "antialias_construct_topology_hash", "clip_matrix", "resolve_backend",
+           "available_backends", "BACKENDS"]
 
-BACKENDS = ("torch",)
+BACKENDS = ("nvdiffrast", "moderngl", "torch")
 _CHUNK = 1 << 22  # candidate (triangle, pixel) pairs tested at once by the torch z-buffer
 _EDGE_TOL = 1e-6  # barycentric tolerance of the inside test (no cracks between neighbours)
 
@@ -53,17 +58,87 @@ _EDGE_TOL = 1e-6  # barycentric tolerance of the inside test (no cracks between 
 # --------------------------------------------------------------------------------------------
 # input checks
 # --------------------------------------------------------------------------------------------
-def resolve_backend(backend: str = "auto") -> str:
-    """The backend that ``backend`` names: 'auto' -> 'torch' (the only one so far).
+_moderngl = None  # the shared ModernGLTriangleIds, or the reason it is unavailable
+_reported: set[str] = set()
+
+
+def _moderngl_ids_renderer():
+    """The shared moderngl triangle-ID renderer; raises ModernGLUnavailable."""
+    global _moderngl
+    from bodyfit.renderers.moderngl_backend import ModernGLTriangleIds, ModernGLUnavailable
+
+    if isinstance(_moderngl, ModernGLUnavailable):
+        raise _moderngl
+    if _moderngl is None:
+        try:
+            _moderngl = ModernGLTriangleIds()
+        except ModernGLUnavailable as e:
+            _moderngl = e
+            raise
+    return _moderngl
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """Backends that can rasterize tensors on ``device`` here, best first."""
+    from bodyfit.renderers import nvdiffrast_backend
+    from bodyfit.renderers.moderngl_backend import ModernGLUnavailable
+
+    found = []
+    if torch.device(device).type == "cuda" and nvdiffrast_backend.is_available():
+        found.append("nvdiffrast")
+    try:
+        _moderngl_ids_renderer()
+        found.append("moderngl")
+    except ModernGLUnavailable:
+        pass
+    return found + ["torch"]
+
+
+def resolve_backend(backend: str = "auto", device: torch.device | str = "cpu") -> str:
+    """The backend that ``backend`` names for tensors on ``device``.
+
+    'auto' picks nvdiffrast for CUDA tensors when it is installed, else moderngl (a real OpenGL
+    rasterizer on a headless EGL context) when an EGL context can be made, else the pure-torch
+    z-buffer. The first choice of each kind is reported once on the ``bodyfit`` logger (INFO).
 
     Raises:
-        ValueError: an unknown or not yet available backend.
+        ValueError: an unknown backend, or one that cannot run here (the message says why).
     """
     if backend == "auto":
-        return "torch"
+        choice = available_backends(device)[0]
+        if choice not in _reported:
+            _reported.add(choice)
+            import logging
+
+            logging.getLogger("bodyfit").info("renderer backend: %s", choice)
+        return choice
     if backend not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}.")
+    if backend == "moderngl":
+        from bodyfit.renderers.moderngl_backend import ModernGLUnavailable
+
+        try:
+            _moderngl_ids_renderer()
+        except ModernGLUnavailable as e:
+            raise ValueError(f"backend 'moderngl' is unavailable: {e}") from None
+    if backend == "nvdiffrast":
+        from bodyfit.renderers.nvdiffrast_backend import load_nvdiffrast
+
+        try:
+            load_nvdiffrast()
+        except (RuntimeError, ImportError) as e:
+            raise ValueError(f"backend 'nvdiffrast' is unavailable: {e}") from None
     return backend
+
+
+def _cuda_nvdiffrast(*tensors):
+    """nvdiffrast's ``torch`` module when every tensor is on CUDA and nvdiffrast is usable,
+    else None (the torch implementation then runs)."""
+    if not all(isinstance(t, torch.Tensor) and t.is_cuda for t in tensors):
+        return None
+    from bodyfit.renderers import nvdiffrast_backend
+
+    return nvdiffrast_backend.load_nvdiffrast() if nvdiffrast_backend.is_available() else None
 
 
 def _check_pos(pos: torch.Tensor, name: str = "pos_clip") -> torch.Tensor:
@@ -122,7 +197,7 @@ def rasterize(pos_clip: torch.Tensor, tri: torch.Tensor, resolution, backend: st
             ``((x+0.5)/W*2-1, (y+0.5)/H*2-1)``; see the module docstring and :func:`clip_matrix`.
         tri: (F,3) int32/int64 vertex indices, shared by the batch.
         resolution: (H, W) output size in pixels.
-        backend: 'auto' or 'torch'.
+        backend: 'auto', 'nvdiffrast', 'moderngl' or 'torch' (see :func:`resolve_backend`).
     Returns:
         rast: (B,H,W,4) ``(u, v, z/w, triangle_id + 1)``, zeros where empty; dtype of pos_clip.
             u, v (perspective-correct barycentrics of vertices 0 and 1) and z/w are
@@ -135,8 +210,8 @@ def rasterize(pos_clip: torch.Tensor, tri: torch.Tensor, resolution, backend: st
         ValueError: wrong shape/dtype of pos_clip or tri, tri indices outside [0, V),
             a non-positive resolution, an unknown backend.
     """
-    resolve_backend(backend)
     pos = _check_pos(pos_clip)
+    backend = resolve_backend(backend, pos.device)
     try:
         H, W = (int(r) for r in resolution)
     except (TypeError, ValueError):
@@ -146,7 +221,15 @@ def rasterize(pos_clip: torch.Tensor, tri: torch.Tensor, resolution, backend: st
     B, V = pos.shape[:2]
     tri = _check_tri(tri, V, pos.device)
     F = tri.shape[0]
-    ids = _zbuffer_ids(pos.detach(), tri, H, W)  # (B*H*W,) int64, -1 = empty
+    if backend == "nvdiffrast":
+        from bodyfit.renderers.nvdiffrast_backend import cuda_context, load_nvdiffrast
+
+        dr = load_nvdiffrast()
+        return dr.rasterize(cuda_context(), pos.contiguous(), tri.int().contiguous(), (H, W))
+    if backend == "moderngl" and F > 0:
+        ids = _moderngl_ids(pos.detach(), tri, H, W)
+    else:
+        ids = _zbuffer_ids(pos.detach(), tri, H, W)  # (B*H*W,) int64, -1 = empty
     pix = torch.nonzero(ids >= 0).squeeze(1)
     rast = pos.new_zeros(B * H * W, 4)
     rast_db = pos.new_zeros(B * H * W, 4)
@@ -184,6 +267,24 @@ def rasterize(pos_clip: torch.Tensor, tri: torch.Tensor, resolution, backend: st
     return rast.view(B, H, W, 4), rast_db.view(B, H, W, 4)
 
 
+def _moderngl_ids(pos: torch.Tensor, tri: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """Nearest triangle per pixel centre from OpenGL (moderngl, EGL), (B*H*W,) int64, -1 where
+    empty."""
+    renderer = _moderngl_ids_renderer()
+    p = pos.to("cpu", torch.float32)
+    t = tri.to("cpu")
+    ids = []
+    for b in range(p.shape[0]):
+        # The torch backend's policy, so both CPU backends agree: a triangle with a vertex at
+        # w <= 0 or a non-finite coordinate is skipped rather than clipped.
+        corners = p[b][t]  # (F,3,4)
+        keep = torch.nonzero((corners[..., 3] > 0).all(1) & torch.isfinite(corners).all((1, 2)))[:, 0]
+        drawn = torch.from_numpy(renderer.render(p[b].numpy(), t[keep].numpy(), H, W)).long()
+        lookup = torch.cat([torch.tensor([-1]), keep])  # GL id (index + 1) -> triangle index
+        ids.append(lookup[drawn])
+    return torch.stack(ids).to(pos.device).reshape(-1)
+
+
 def _zbuffer_ids(pos: torch.Tensor, tri: torch.Tensor, H: int, W: int) -> torch.Tensor:
     """Nearest triangle per pixel centre, (B*H*W,) int64, -1 where empty (no gradients).
 
@@ -218,11 +319,21 @@ def _zbuffer_ids(pos: torch.Tensor, tri: torch.Tensor, H: int, W: int) -> torch.
         if bi.numel() == 0:
             return ids
         X, Y, Z, area = X[bi, fi], Y[bi, fi], Z[bi, fi], area[bi, fi]  # (T,3), (T,)
-        x0, y0 = x0[bi, fi].long(), y0[bi, fi].long()
-        bw = x1[bi, fi].long() - x0 + 1
-        bh = y1[bi, fi].long() - y0 + 1
-        n = bw * bh
-        inv_area = 1.0 / area
+        x0, y0 = x0[bi, fi], y0[bi, fi]
+        bw = x1[bi, fi].long() - x0.long() + 1
+        n = bw * (y1[bi, fi].long() - y0.long() + 1)
+        # Per triangle, plane equations of the screen-space barycentrics l0 (of vertex 0,
+        # opposite edge v1-v2) and l1 in bounding-box-local pixel coordinates (lx, ly), so one
+        # gather per candidate pixel fetches everything: l = a * lx + b * ly + c.
+        Xr, Yr = X - x0[:, None], Y - y0[:, None]
+        inv = 1.0 / area
+        a0, b0 = -(Yr[:, 2] - Yr[:, 1]) * inv, (Xr[:, 2] - Xr[:, 1]) * inv
+        c0 = -(a0 * Xr[:, 1] + b0 * Yr[:, 1])
+        a1, b1 = -(Yr[:, 0] - Yr[:, 2]) * inv, (Xr[:, 0] - Xr[:, 2]) * inv
+        c1 = -(a1 * Xr[:, 2] + b1 * Yr[:, 2])
+        coef = torch.stack([a0, b0, c0, a1, b1, c1, Z[:, 0] - Z[:, 2], Z[:, 1] - Z[:, 2],
+                            Z[:, 2]], 1)
+        ints = torch.stack([bi * (H * W) + y0.long() * W + x0.long(), bw, fi], 1)
         ends = torch.cumsum(n, 0)
         keys, zs, fs = [], [], []
         start = 0
@@ -231,26 +342,23 @@ def _zbuffer_ids(pos: torch.Tensor, tri: torch.Tensor, H: int, W: int) -> torch.
             base = int(ends[start - 1]) if start > 0 else 0
             stop = int(torch.searchsorted(ends, base + _CHUNK, right=True))
             stop = max(stop, start + 1)
-            t = torch.arange(start, stop, device=dev)
-            cnt = n[t]
-            ti = torch.repeat_interleave(t, cnt)
+            cnt = n[start:stop]
+            ti = torch.repeat_interleave(torch.arange(start, stop, device=dev), cnt)
             local = torch.arange(int(cnt.sum()), device=dev) - \
-                torch.repeat_interleave(ends[t] - cnt - base, cnt)
-            px = (x0[ti] + local % bw[ti]).to(pos.dtype)
-            py = (y0[ti] + local // bw[ti]).to(pos.dtype)
-            Xt, Yt = X[ti], Y[ti]
-            # screen-space barycentrics l0 (opposite edge v1-v2), l1 (v2-v0), l2 (v0-v1)
-            l0 = ((Xt[:, 2] - Xt[:, 1]) * (py - Yt[:, 1]) -
-                  (Yt[:, 2] - Yt[:, 1]) * (px - Xt[:, 1])) * inv_area[ti]
-            l1 = ((Xt[:, 0] - Xt[:, 2]) * (py - Yt[:, 2]) -
-                  (Yt[:, 0] - Yt[:, 2]) * (px - Xt[:, 2])) * inv_area[ti]
-            l2 = 1 - l0 - l1
-            z = l0 * Z[ti, 0] + l1 * Z[ti, 1] + l2 * Z[ti, 2]
-            inside = (l0 >= -_EDGE_TOL) & (l1 >= -_EDGE_TOL) & (l2 >= -_EDGE_TOL) & \
+                torch.repeat_interleave(ends[start:stop] - cnt - base, cnt)
+            ct = coef.index_select(0, ti)
+            it = ints.index_select(0, ti)
+            ly = torch.div(local, it[:, 1], rounding_mode="floor")
+            lx = local - ly * it[:, 1]
+            fx, fy = lx.to(pos.dtype), ly.to(pos.dtype)
+            l0 = ct[:, 0] * fx + ct[:, 1] * fy + ct[:, 2]
+            l1 = ct[:, 3] * fx + ct[:, 4] * fy + ct[:, 5]
+            z = ct[:, 8] + l0 * ct[:, 6] + l1 * ct[:, 7]  # z/w is affine in screen space
+            inside = (l0 >= -_EDGE_TOL) & (l1 >= -_EDGE_TOL) & (l0 + l1 <= 1 + _EDGE_TOL) & \
                 (z >= -1) & (z <= 1)
-            keys.append((bi[ti] * (H * W) + py.long() * W + px.long())[inside])
+            keys.append((it[:, 0] + ly * W + lx)[inside])
             zs.append(z[inside])
-            fs.append(fi[ti][inside])
+            fs.append(it[:, 2][inside])
             start = stop
         key = torch.cat(keys)
         z = torch.cat(zs)
@@ -286,6 +394,9 @@ def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor):
         ValueError: wrong shapes or dtypes, tri indices outside [0, V), batch sizes that do not
             match, triangle ids in rast beyond F.
     """
+    dr = _cuda_nvdiffrast(attr, rast)
+    if dr is not None:
+        return dr.interpolate(attr.contiguous(), rast.contiguous(), tri.int().contiguous())
     if not isinstance(attr, torch.Tensor) or attr.dim() not in (2, 3):
         shape = tuple(attr.shape) if isinstance(attr, torch.Tensor) else type(attr)
         raise ValueError(f"attr must have shape (B,V,C) or (V,C), got {shape}.")
@@ -346,6 +457,10 @@ def texture(tex: torch.Tensor, uv: torch.Tensor, filter_mode: str = "linear",
         ValueError: wrong shapes or dtypes, batch sizes that do not match, an unknown or
             unsupported mode, an empty texture.
     """
+    dr = _cuda_nvdiffrast(tex, uv)
+    if dr is not None:
+        return dr.texture(tex.contiguous(), uv.contiguous(), filter_mode=filter_mode,
+                          boundary_mode=boundary_mode)
     if not isinstance(tex, torch.Tensor) or tex.dim() != 4:
         shape = tuple(tex.shape) if isinstance(tex, torch.Tensor) else type(tex)
         raise ValueError(f"tex must have shape (B,Ht,Wt,C), got {shape}.")
@@ -397,10 +512,28 @@ def texture(tex: torch.Tensor, uv: torch.Tensor, filter_mode: str = "linear",
 # --------------------------------------------------------------------------------------------
 # antialias
 # --------------------------------------------------------------------------------------------
-def _edge_neighbours(tri: torch.Tensor) -> torch.Tensor:
-    """(F,3) index of the triangle across edge k = (v_k, v_{k+1}), -1 for boundary or
-    non-manifold edges (more than two triangles on the edge)."""
+def antialias_construct_topology_hash(tri: torch.Tensor) -> torch.Tensor:
+    """Mesh topology for :func:`antialias`, to compute once per mesh and pass on (nvdiffrast's
+    function of the same name; here the hash is an explicit table, not nvdiffrast's format).
+
+    Args:
+        tri: (F,3) int32/int64 vertex indices.
+    Returns:
+        (F,3) int64: the triangle across edge k = (v_k, v_{k+1}) of each triangle, -1 for a
+        boundary or non-manifold edge (more than two triangles on it).
+    Raises:
+        ValueError: tri not (F,3) int32/int64 or with negative indices.
+    """
+    if not isinstance(tri, torch.Tensor) or tri.dim() != 2 or tri.shape[-1] != 3 or \
+            tri.dtype not in (torch.int32, torch.int64):
+        got = (tuple(tri.shape), tri.dtype) if isinstance(tri, torch.Tensor) else type(tri)
+        raise ValueError(f"tri must be an int32/int64 tensor of shape (F,3), got {got}.")
+    tri = tri.long()
+    if tri.numel() and int(tri.min()) < 0:
+        raise ValueError("tri indices must be non-negative.")
     F = tri.shape[0]
+    if F == 0:
+        return torch.zeros(0, 3, dtype=torch.long, device=tri.device)
     e = torch.stack([tri, tri.roll(-1, 1)], -1).reshape(F * 3, 2)
     e = torch.sort(e, -1).values
     key = e[:, 0] * (int(tri.max()) + 1) + e[:, 1]
@@ -415,7 +548,7 @@ def _edge_neighbours(tri: torch.Tensor) -> torch.Tensor:
 
 
 def antialias(color: torch.Tensor, rast: torch.Tensor, pos_clip: torch.Tensor,
-              tri: torch.Tensor):
+              tri: torch.Tensor, topology_hash: torch.Tensor | None = None):
     """Analytic antialiasing of silhouette edges (Laine et al. 2020, section 3.4), so that
     silhouettes move the image smoothly and gradients reach the vertex positions.
 
@@ -426,7 +559,11 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos_clip: torch.Tensor,
     non-manifold edge, or one whose neighbour triangle faces the other way in screen space),
     the pixel the edge intrudes into is blended with the other one by the covered fraction
     ``|t - 0.5|``: ``color[q] += (t - 0.5) * (color[p] - color[q])`` when t > 0.5, else
-    ``color[p] += (t - 0.5) * (color[p] - color[q])``. t is differentiable in pos_clip.
+    ``color[p] += (t - 0.5) * (color[p] - color[q])``. t is differentiable in pos_clip. Each
+    edge is handled by the pairs it crosses more squarely (horizontal pairs for edges at
+    least as vertical as horizontal, vertical pairs otherwise), so a silhouette moving by d
+    pixels along its normal changes the summed coverage by d per pixel of edge length, as the
+    true area does (checked in the tests against the analytic area derivative).
     Deviation from nvdiffrast: only the nearer pixel's triangle is tried as the occluder.
 
     Args:
@@ -435,12 +572,18 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos_clip: torch.Tensor,
             triangle ids and z/w are used, without gradients).
         pos_clip: (B,V,4) or (V,4) clip-space positions (as given to rasterize).
         tri: (F,3) int32/int64.
+        topology_hash: optional (F,3) table from :func:`antialias_construct_topology_hash`
+            (computed here when None; pass it to save ~3 ms per call on a 27k-triangle mesh).
     Returns:
         (B,H,W,C) antialiased color, differentiable with respect to color and pos_clip.
     Raises:
         ValueError: wrong shapes or dtypes, sizes that do not match, tri indices out of
             range, triangle ids in rast beyond F.
     """
+    dr = _cuda_nvdiffrast(color, rast, pos_clip)
+    if dr is not None:
+        return dr.antialias(color.contiguous(), rast.contiguous(), pos_clip.contiguous(),
+                            tri.int().contiguous())
     if not isinstance(color, torch.Tensor) or color.dim() != 4:
         shape = tuple(color.shape) if isinstance(color, torch.Tensor) else type(color)
         raise ValueError(f"color must have shape (B,H,W,C), got {shape}.")
@@ -460,7 +603,15 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos_clip: torch.Tensor,
     ids = _tri_ids(rast, F)
     if F == 0 or not bool((ids > 0).any()):
         return color
-    nb = _edge_neighbours(tri)
+    if topology_hash is None:
+        nb = antialias_construct_topology_hash(tri)
+    else:
+        nb = topology_hash
+        if not isinstance(nb, torch.Tensor) or tuple(nb.shape) != (F, 3):
+            got = tuple(nb.shape) if isinstance(nb, torch.Tensor) else type(nb)
+            raise ValueError(f"topology_hash must be the (F,3) = ({F},3) table from "
+                             f"antialias_construct_topology_hash(tri), got {got}.")
+        nb = nb.to(device=pos.device, dtype=torch.long)
     dtype = torch.promote_types(color.dtype, pos.dtype)
     # screen-space facing per (batch, triangle), for the silhouette test
     with torch.no_grad():
@@ -507,7 +658,13 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos_clip: torch.Tensor,
         t = torch.where(exits, ep / torch.where(exits, ep - eq, torch.ones_like(ep)),
                         torch.full_like(ep, 2.0))
         tmin, k = t.min(1)
-        use = (tmin <= 1) & sil[bb, f, k] & (sgn[:, 0] != 0)
+        # each edge is handled by one pair direction only, the one it crosses more squarely
+        # (horizontal pairs: edges at least as vertical as horizontal); with both directions
+        # the coverage gradient would be counted twice
+        ex = (X1 - X).detach().gather(1, k[:, None])[:, 0].abs()
+        ey = (Y1 - Y).detach().gather(1, k[:, None])[:, 0].abs()
+        squarely = ey >= ex if dx == 1 else ex > ey
+        use = (tmin <= 1) & sil[bb, f, k] & (sgn[:, 0] != 0) & squarely
         if not bool(use.any()):
             continue
         alpha = (tmin - 0.5)[use, None]
