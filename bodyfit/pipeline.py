@@ -69,7 +69,7 @@ def save_fit(result: FitResult, b: int, out_dir: Path, image: np.ndarray | None 
         trimesh.Trimesh(arrays["vertices"], arrays["faces"], process=False).export(out_dir / "mesh.ply")
         if image is not None:
             from bodyfit.data.images import write_image
-            from bodyfit.renderers.overlay import overlay_picture
+            from bodyfit.renderers.views import overlay_picture
 
             pic = overlay_picture(image, arrays["vertices"], arrays["faces"], arrays["K"],
                                   arrays["keypoints"], result.projected[b].cpu().numpy())

@@ -643,28 +643,39 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos_clip: torch.Tensor,
         Yp = ((p // W) % H).to(dtype)
         Xq = (q % W).to(dtype)
         Yq = ((q // W) % H).to(dtype)
-        c = pos[bb[:, None], tri[f]].to(dtype)  # (N,3,4)
+        # Candidate outline edges: the silhouette edges of p's triangle and of its three
+        # neighbours that face the same way. At a closed mesh's outline the front triangles are
+        # seen edge-on and thin, so the outline crossed between p and q often belongs to a
+        # neighbour of p's triangle rather than to p's triangle itself.
+        cand = torch.cat([f[:, None], nb[f]], 1)  # (N,4), -1 where no neighbour
+        ok = (cand >= 0)
+        cand = cand.clamp(min=0)
+        ok &= facing[bb[:, None], cand] == facing[bb, f][:, None]
+        c = pos[bb[:, None, None], tri[cand]].to(dtype)  # (N,4,3,4)
         X = (c[..., 0] / c[..., 3] + 1) * (W * 0.5) - 0.5
         Y = (c[..., 1] / c[..., 3] + 1) * (H * 0.5) - 0.5
-        X1, Y1 = X.roll(-1, 1), Y.roll(-1, 1)  # edge k runs v_k -> v_{k+1}
-        area = (X[:, 1] - X[:, 0]) * (Y[:, 2] - Y[:, 0]) - (X[:, 2] - X[:, 0]) * (Y[:, 1] - Y[:, 0])
-        sgn = torch.sign(area.detach())[:, None]
+        X1, Y1 = X.roll(-1, 2), Y.roll(-1, 2)  # edge k runs v_k -> v_{k+1}
+        area = ((X[..., 1] - X[..., 0]) * (Y[..., 2] - Y[..., 0])
+                - (X[..., 2] - X[..., 0]) * (Y[..., 1] - Y[..., 0]))
+        sgn = torch.sign(area.detach())[..., None]  # (N,4,1)
 
         def edge(Px, Py):
-            return ((X1 - X) * (Py[:, None] - Y) - (Y1 - Y) * (Px[:, None] - X)) * sgn
+            return ((X1 - X) * (Py[:, None, None] - Y) - (Y1 - Y) * (Px[:, None, None] - X)) * sgn
 
-        ep, eq = edge(Xp, Yp), edge(Xq, Yq)  # (N,3), > 0 inside
-        exits = (eq < 0) & (ep.detach() >= 0)
-        t = torch.where(exits, ep / torch.where(exits, ep - eq, torch.ones_like(ep)),
-                        torch.full_like(ep, 2.0))
+        ep, eq = edge(Xp, Yp), edge(Xq, Yq)  # (N,4,3), > 0 on the triangle's side
+        # The outline's line is crossed between p and q: p on the inner side, q outside.
+        crosses = (eq < 0) & (ep.detach() >= 0) & sil[bb[:, None], cand] & ok[..., None] & (sgn != 0)
+        t = torch.where(crosses, ep / torch.where(crosses, ep - eq, torch.ones_like(ep)),
+                        torch.full_like(ep, 2.0)).flatten(1)  # (N,12)
         tmin, k = t.min(1)
+        X, Y, X1, Y1 = (a.flatten(1) for a in (X, Y, X1, Y1))
         # each edge is handled by one pair direction only, the one it crosses more squarely
         # (horizontal pairs: edges at least as vertical as horizontal); with both directions
         # the coverage gradient would be counted twice
         ex = (X1 - X).detach().gather(1, k[:, None])[:, 0].abs()
         ey = (Y1 - Y).detach().gather(1, k[:, None])[:, 0].abs()
         squarely = ey >= ex if dx == 1 else ex > ey
-        use = (tmin <= 1) & sil[bb, f, k] & (sgn[:, 0] != 0) & squarely
+        use = (tmin <= 1) & squarely
         if not bool(use.any()):
             continue
         alpha = (tmin - 0.5)[use, None]

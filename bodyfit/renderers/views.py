@@ -1,0 +1,150 @@
+"""Pictures and maps built on the four ops: silhouettes, attribute maps, shaded overlays.
+
+Everything takes vertices in metres in the world frame and an OpenCV ``Camera`` (K, R, t,
+image size); the clip-space conversion is ``ops.clip_matrix``. Maps have the picture's rows
+top-down, like the picture itself.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bodyfit.cameras import Camera
+from bodyfit.renderers import ops
+
+_MESH_RGB = torch.tensor([0.60, 0.75, 0.92])
+
+
+def to_clip(vertices: torch.Tensor, camera: Camera) -> torch.Tensor:
+    """(B,V,3) world metres -> (B,V,4) clip-space positions for ``camera``."""
+    M = ops.clip_matrix(camera.K, camera.R, camera.t, camera.image_size).to(vertices)
+    return torch.cat([vertices, torch.ones_like(vertices[..., :1])], -1) @ M.transpose(1, 2)
+
+
+def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """(B,V,3) unit area-weighted vertex normals (right-handed winding) of (B,V,3) vertices."""
+    tri = vertices[:, faces]  # (B,F,3,3)
+    n = torch.linalg.cross(tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0])
+    out = torch.zeros_like(vertices).index_add(1, faces.reshape(-1), n.repeat_interleave(3, dim=1))
+    return out / out.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+
+
+def silhouette(vertices: torch.Tensor, faces: torch.Tensor, camera: Camera,
+               backend: str = "auto") -> torch.Tensor:
+    """Antialiased coverage of the mesh, (B,H,W) in [0,1], differentiable with respect to the
+    vertices at the silhouette edges (ops.antialias)."""
+    pos = to_clip(vertices, camera)
+    rast, _ = ops.rasterize(pos, faces, camera.image_size, backend=backend)
+    cover = (rast[..., 3:] > 0).to(vertices.dtype)
+    return ops.antialias(cover, rast, pos, faces)[..., 0]
+
+
+def render_maps(vertices: torch.Tensor, faces: torch.Tensor, camera: Camera,
+                vertex_attributes: dict[str, torch.Tensor] | None = None,
+                face_attributes: dict[str, torch.Tensor] | None = None,
+                backend: str = "auto") -> dict[str, torch.Tensor]:
+    """Per-pixel maps of a mesh seen by ``camera``.
+
+    Args:
+        vertices: (B,V,3) metres, world frame. faces: (F,3).
+        vertex_attributes: name -> (B,V,C) or (V,C), interpolated over the triangles.
+        face_attributes: name -> (F,) or (F,C) values (e.g. part ids), constant per triangle.
+    Returns:
+        dict with ``mask`` (B,H,W) bool, ``depth`` (B,H,W) camera-frame z in metres (0 where
+        empty), ``normals`` (B,H,W,3) unit camera-frame normals, ``surface`` (B,H,W,3) world
+        points, ``triangle`` (B,H,W) int64 (-1 where empty), and one map per attribute (0 where
+        empty). Interpolated maps are differentiable with respect to vertices and attributes.
+    """
+    pos = to_clip(vertices, camera)
+    rast, _ = ops.rasterize(pos, faces, camera.image_size, backend=backend)
+    mask = rast[..., 3] > 0
+    cam_verts = torch.einsum("bij,bvj->bvi", camera.R.to(vertices), vertices) + camera.t.to(vertices)[:, None]
+    normals = vertex_normals(cam_verts, faces)
+    attrs = {"surface": vertices, "normals": normals, "depth": cam_verts[..., 2:]}
+    attrs.update(vertex_attributes or {})
+    names = list(attrs)
+    sizes = [attrs[n].shape[-1] for n in names]
+    B = vertices.shape[0]
+    stacked = torch.cat([attrs[n].expand(B, *attrs[n].shape[-2:]) if attrs[n].dim() == 2 else attrs[n]
+                         for n in names], -1)
+    interp, _ = ops.interpolate(stacked, rast, faces)
+    out = dict(zip(names, interp.split(sizes, -1)))
+    out["depth"] = out["depth"][..., 0]
+    out["normals"] = out["normals"] / out["normals"].norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    out["normals"] = out["normals"] * mask[..., None]
+    triangle = rast[..., 3].long() - 1
+    out["triangle"] = triangle
+    out["mask"] = mask
+    for name, values in (face_attributes or {}).items():
+        picked = values.to(vertices.device)[triangle.clamp(min=0)]
+        keep = mask if picked.dim() == 3 else mask[..., None]
+        out[name] = torch.where(keep, picked, torch.zeros_like(picked))
+    return out
+
+
+def shade(vertices: torch.Tensor, faces: torch.Tensor, camera: Camera,
+          backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Lambert-shaded mesh lit from the camera: ((B,H,W,3) RGB in [0,1], (B,H,W) alpha)."""
+    pos = to_clip(vertices, camera)
+    rast, _ = ops.rasterize(pos, faces, camera.image_size, backend=backend)
+    cam_verts = torch.einsum("bij,bvj->bvi", camera.R.to(vertices), vertices) + camera.t.to(vertices)[:, None]
+    normals = vertex_normals(cam_verts, faces)
+    view = -cam_verts / cam_verts.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    interp, _ = ops.interpolate(torch.cat([normals, view], -1), rast, faces)
+    n, v = interp[..., :3], interp[..., 3:]
+    lambert = ((n * v).sum(-1).abs() / (n.norm(dim=-1) * v.norm(dim=-1)).clamp(min=1e-12))
+    rgb = _MESH_RGB.to(vertices) * (0.25 + 0.75 * lambert[..., None])
+    cover = (rast[..., 3:] > 0).to(vertices.dtype)
+    out = ops.antialias(torch.cat([rgb * cover, cover], -1), rast, pos, faces)
+    return out[..., :3], out[..., 3]
+
+
+def draw_keypoints(image: np.ndarray, keypoints: np.ndarray, projected: np.ndarray | None = None,
+                   radius: int = 4) -> np.ndarray:
+    """Observed keypoints (green, (K,3) px + confidence) and, if given, the fit's (red, (K,2)
+    px) joined by a line, drawn on a copy of ``image`` (H,W,3) uint8 RGB."""
+    import cv2
+
+    out = image.copy()
+    for k, (x, y, conf) in enumerate(np.asarray(keypoints)):
+        if conf <= 0:
+            continue
+        if projected is not None:
+            px, py = projected[k]
+            cv2.line(out, (int(x), int(y)), (int(px), int(py)), (255, 255, 0), 1, cv2.LINE_AA)
+            cv2.circle(out, (int(px), int(py)), radius, (230, 40, 40), -1, cv2.LINE_AA)
+        cv2.circle(out, (int(x), int(y)), radius, (40, 200, 40), -1, cv2.LINE_AA)
+    return out
+
+
+@torch.no_grad()
+def overlay_picture(image: np.ndarray, vertices: np.ndarray, faces: np.ndarray, K: np.ndarray,
+                    keypoints: np.ndarray | None = None, projected: np.ndarray | None = None,
+                    side_angle_deg: float = 90.0, alpha: float = 0.7) -> np.ndarray:
+    """The fitted mesh shaded over the picture (with keypoints if given), beside a side view.
+
+    Args:
+        image: (H,W,3) uint8 RGB. vertices: (V,3) metres in the OpenCV camera frame.
+        faces: (F,3). K: (3,3) px. keypoints: (K,3) px + conf; projected: (K,2) px.
+        side_angle_deg: the side view turns the mesh this much about the camera's vertical
+            axis through its centre (depth errors the front view hides show there).
+    Returns:
+        (H, 2W, 3) uint8 RGB.
+    """
+    H, W = image.shape[:2]
+    v = torch.as_tensor(np.asarray(vertices), dtype=torch.float32)[None]
+    f = torch.as_tensor(np.asarray(faces), dtype=torch.long)
+    cam = Camera.identity(torch.as_tensor(np.asarray(K), dtype=torch.float32)[None], (H, W))
+    rgb, a = shade(v, f, cam)
+    pic = torch.as_tensor(image, dtype=torch.float32) / 255.0
+    a = a[0, ..., None] * alpha  # rgb is premultiplied by the antialiased coverage
+    front = ((pic * (1 - a) + rgb[0] * alpha) * 255).clamp(0, 255).byte().numpy()
+    if keypoints is not None:
+        front = draw_keypoints(front, keypoints, projected)
+    c = v.mean(1, keepdim=True)
+    ang = np.radians(side_angle_deg)
+    Ry = torch.tensor([[np.cos(ang), 0, np.sin(ang)], [0, 1, 0], [-np.sin(ang), 0, np.cos(ang)]],
+                      dtype=torch.float32)
+    rgb_s, a_s = shade((v - c) @ Ry.T + c, f, cam)
+    side = (0.92 * (1 - a_s[0, ..., None]) + rgb_s[0]) * 255
+    return np.concatenate([front, side.clamp(0, 255).byte().numpy()], axis=1)

@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+import torch
+
+from bodyfit.body_models import body_model
+from bodyfit.cameras import Camera, default_intrinsics, project
+from bodyfit.renderers.views import overlay_picture, render_maps, silhouette
+
+
+@pytest.fixture(scope="module")
+def low_poly():
+    return body_model("anny", topology="notoes_collapse3pc", dtype=torch.float64)
+
+
+def _scene(model, size=(96, 96), depth=3.0):
+    p = model.default_params(1, depth=depth)
+    cam = Camera.identity(default_intrinsics(size, dtype=model.dtype), size)
+    return p, cam
+
+
+def test_silhouette_gradient_matches_central_differences(low_poly):
+    """d/dx of a weighted silhouette area under a sideways shift of the body, autograd vs
+    central differences (antialias makes coverage continuous at the edges). Only the sideways
+    direction: the vertical one is still too small on closed meshes (open bug, see the notes)."""
+    p, cam = _scene(low_poly, (256, 256))
+    faces = low_poly.faces
+    H, W = cam.image_size
+    ramp = torch.linspace(0, 1, W, dtype=torch.float64).expand(H, W)  # weights grow to the right
+    base = low_poly(p).vertices.detach()
+
+    def loss(dx):
+        shift = torch.stack([dx, torch.zeros_like(dx), torch.zeros_like(dx)])
+        return (silhouette(base + shift, faces, cam, backend="torch")[0] * ramp).sum()
+
+    dx = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(loss(dx), dx)
+    eps = 0.02  # metres: about 1.6 pixels at 3 m here
+    fd = (loss(torch.tensor(eps, dtype=torch.float64)) - loss(torch.tensor(-eps, dtype=torch.float64))) / (2 * eps)
+    assert grad > 0
+    assert abs(float(grad) - float(fd)) < 0.15 * abs(float(fd))
+
+
+def test_render_maps_are_consistent(low_poly):
+    p, cam = _scene(low_poly, (120, 80))
+    out = low_poly(p)
+    parts = torch.arange(low_poly.faces.shape[0]) % 7 + 1
+    maps = render_maps(out.vertices, low_poly.faces, cam, face_attributes={"part": parts})
+    mask = maps["mask"][0]
+    assert 300 < int(mask.sum()) < 120 * 80 * 0.5
+    # The surface point under each pixel projects back onto that pixel.
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    uv = project(maps["surface"][0][ys, xs][None], cam.K)[0]
+    assert (uv - torch.stack([xs, ys], 1).to(uv)).abs().max() < 1e-3
+    # Depth is the surface point's camera z; normals face the camera; parts only where covered.
+    assert torch.allclose(maps["depth"][0][mask], maps["surface"][0][mask][:, 2], atol=1e-6)
+    assert (maps["normals"][0][mask][:, 2] < 0.3).float().mean() > 0.8
+    assert (maps["part"][0][~mask] == 0).all() and (maps["part"][0][mask] > 0).all()
+    # Picture rows top-down: the first covered row is where the top of the head projects.
+    top = out.vertices[0][out.vertices[0][:, 1].argmin()]
+    top_row = project(top[None, None], cam.K)[0, 0, 1]
+    assert abs(float(top_row) - float(ys.min())) < 2.0
+
+
+def test_overlay_picture_shape_and_effect(low_poly):
+    p, cam = _scene(low_poly, (64, 48))
+    v = low_poly(p).vertices[0].float().numpy()
+    img = np.zeros((64, 48, 3), np.uint8)
+    pic = overlay_picture(img, v, low_poly.faces.numpy(), cam.K[0].float().numpy())
+    assert pic.shape == (64, 96, 3) and pic.dtype == np.uint8
+    assert pic[:, :48].max() > 50  # the mesh shows on the black picture
+    assert (pic[:, 48:] < 200).any()  # and in the side view on grey
