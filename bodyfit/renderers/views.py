@@ -21,6 +21,12 @@ def to_clip(vertices: torch.Tensor, camera: Camera) -> torch.Tensor:
     return torch.cat([vertices, torch.ones_like(vertices[..., :1])], -1) @ M.transpose(1, 2)
 
 
+def to_camera(vertices: torch.Tensor, camera: Camera) -> torch.Tensor:
+    """(B,V,3) world metres -> (B,V,3) OpenCV camera frame metres."""
+    return (torch.einsum("bij,bvj->bvi", camera.R.to(vertices), vertices)
+            + camera.t.to(vertices)[:, None])
+
+
 def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """(B,V,3) unit area-weighted vertex normals (right-handed winding) of (B,V,3) vertices."""
     tri = vertices[:, faces]  # (B,F,3,3)
@@ -58,7 +64,7 @@ def render_maps(vertices: torch.Tensor, faces: torch.Tensor, camera: Camera,
     pos = to_clip(vertices, camera)
     rast, _ = ops.rasterize(pos, faces, camera.image_size, backend=backend)
     mask = rast[..., 3] > 0
-    cam_verts = torch.einsum("bij,bvj->bvi", camera.R.to(vertices), vertices) + camera.t.to(vertices)[:, None]
+    cam_verts = to_camera(vertices, camera)
     normals = vertex_normals(cam_verts, faces)
     attrs = {"surface": vertices, "normals": normals, "depth": cam_verts[..., 2:]}
     attrs.update(vertex_attributes or {})
@@ -87,7 +93,7 @@ def shade(vertices: torch.Tensor, faces: torch.Tensor, camera: Camera,
     """Lambert-shaded mesh lit from the camera: ((B,H,W,3) RGB in [0,1], (B,H,W) alpha)."""
     pos = to_clip(vertices, camera)
     rast, _ = ops.rasterize(pos, faces, camera.image_size, backend=backend)
-    cam_verts = torch.einsum("bij,bvj->bvi", camera.R.to(vertices), vertices) + camera.t.to(vertices)[:, None]
+    cam_verts = to_camera(vertices, camera)
     normals = vertex_normals(cam_verts, faces)
     view = -cam_verts / cam_verts.norm(dim=-1, keepdim=True).clamp(min=1e-12)
     interp, _ = ops.interpolate(torch.cat([normals, view], -1), rast, faces)
