@@ -69,3 +69,18 @@ def test_overlay_picture_shape_and_effect(low_poly):
     assert pic.shape == (64, 96, 3) and pic.dtype == np.uint8
     assert pic[:, :48].max() > 50  # the mesh shows on the black picture
     assert (pic[:, 48:] < 200).any()  # and in the side view on grey
+
+
+def test_overlay_renders_only_the_mesh_box_and_matches_the_full_frame(low_poly):
+    from bodyfit.renderers.views import _shade_in_box, shade
+
+    p, cam = _scene(low_poly, (200, 150))
+    p.transl = p.transl + torch.tensor([[0.4, 0.2, 0.0]], dtype=p.transl.dtype)
+    v = low_poly(p).vertices.float()
+    f = low_poly.faces
+    K = cam.K[0].float()
+    full_rgb, full_a = shade(v, f, Camera.identity(K[None], (200, 150)))
+    box_rgb, box_a = _shade_in_box(v, f, K, (200, 150))
+    assert full_a.sum() > 100
+    assert (full_rgb[0] - box_rgb).abs().max() < 0.05
+    assert (full_a[0] - box_a).abs().max() < 0.05

@@ -140,17 +140,42 @@ def overlay_picture(image: np.ndarray, vertices: np.ndarray, faces: np.ndarray, 
     H, W = image.shape[:2]
     v = torch.as_tensor(np.asarray(vertices), dtype=torch.float32)[None]
     f = torch.as_tensor(np.asarray(faces), dtype=torch.long)
-    cam = Camera.identity(torch.as_tensor(np.asarray(K), dtype=torch.float32)[None], (H, W))
-    rgb, a = shade(v, f, cam)
+    K = torch.as_tensor(np.asarray(K), dtype=torch.float32)
     pic = torch.as_tensor(image, dtype=torch.float32) / 255.0
-    a = a[0, ..., None] * alpha  # rgb is premultiplied by the antialiased coverage
-    front = ((pic * (1 - a) + rgb[0] * alpha) * 255).clamp(0, 255).byte().numpy()
+    rgb, a = _shade_in_box(v, f, K, (H, W))
+    a = a[..., None] * alpha  # rgb is premultiplied by the antialiased coverage
+    front = ((pic * (1 - a) + rgb * alpha) * 255).clamp(0, 255).byte().numpy()
     if keypoints is not None:
         front = draw_keypoints(front, keypoints, projected)
     c = v.mean(1, keepdim=True)
     ang = np.radians(side_angle_deg)
     Ry = torch.tensor([[np.cos(ang), 0, np.sin(ang)], [0, 1, 0], [-np.sin(ang), 0, np.cos(ang)]],
                       dtype=torch.float32)
-    rgb_s, a_s = shade((v - c) @ Ry.T + c, f, cam)
-    side = (0.92 * (1 - a_s[0, ..., None]) + rgb_s[0]) * 255
+    rgb_s, a_s = _shade_in_box((v - c) @ Ry.T + c, f, K, (H, W))
+    side = (0.92 * (1 - a_s[..., None]) + rgb_s) * 255
     return np.concatenate([front, side.clamp(0, 255).byte().numpy()], axis=1)
+
+
+def _shade_in_box(v: torch.Tensor, f: torch.Tensor, K: torch.Tensor, size: tuple[int, int]):
+    """``shade`` for one view of a (H,W) picture, rendering only the mesh's bounding box (the
+    principal point moves with the crop): ((H,W,3) premultiplied RGB, (H,W) alpha)."""
+    H, W = size
+    rgb = torch.zeros(H, W, 3)
+    alpha = torch.zeros(H, W)
+    z = v[0, :, 2]
+    if not bool((z > 1e-3).any()):
+        return rgb, alpha
+    uv = (v[0] @ K.T)[:, :2] / z.clamp(min=1e-3)[:, None]
+    uv = uv[z > 1e-3]
+    x0, y0 = (int(max(0, np.floor(float(uv[:, i].min())) - 2)) for i in (0, 1))
+    x1 = int(min(W, np.ceil(float(uv[:, 0].max())) + 3))
+    y1 = int(min(H, np.ceil(float(uv[:, 1].max())) + 3))
+    if x1 <= x0 or y1 <= y0:
+        return rgb, alpha
+    Kc = K.clone()
+    Kc[0, 2] -= x0
+    Kc[1, 2] -= y0
+    box_rgb, box_a = shade(v, f, Camera.identity(Kc[None], (y1 - y0, x1 - x0)))
+    rgb[y0:y1, x0:x1] = box_rgb[0]
+    alpha[y0:y1, x0:x1] = box_a[0]
+    return rgb, alpha
