@@ -226,15 +226,19 @@ def fit(keypoints, model: BodyModel | None = None, convention: str = "mediapipe3
     torso_mask = torch.tensor([n in TORSO for n in names], device=model.device, dtype=model.dtype)
 
     def energies(p: BodyParams, cam: Camera, obs: torch.Tensor, s: torch.Tensor, mask,
-                 start_pose: torch.Tensor):
-        out = model(p, vertices=False)
-        return {
-            "reprojection": reproj(out, cam, obs, s, mask),
-            "joint_limits": limits(p.body_pose),
-            "pose_prior": pose_prior(p.body_pose, model.free_pose_joints),
-            "init_prior": pose_prior(p.body_pose - start_pose, model.free_pose_joints),
-            "shape_prior": shape_prior(p.shape, model.shape_name),
+                 start_pose: torch.Tensor, names):
+        """The energies a stage weighs (only those: this runs at every step)."""
+        terms = {
+            "reprojection": lambda: reproj(model(p, vertices=False), cam, obs, s, mask),
+            "joint_limits": lambda: limits(p.body_pose),
+            "pose_prior": lambda: pose_prior(p.body_pose, model.free_pose_joints),
+            "init_prior": lambda: pose_prior(p.body_pose - start_pose, model.free_pose_joints),
+            "shape_prior": lambda: shape_prior(p.shape, model.shape_name),
         }
+        unknown = set(names) - set(terms)
+        if unknown:
+            raise ValueError(f"Unknown energies {sorted(unknown)} in the config; known: {sorted(terms)}.")
+        return {name: terms[name]() for name in names}
 
     params = init
     stage_steps = []
@@ -244,8 +248,7 @@ def fit(keypoints, model: BodyModel | None = None, convention: str = "mediapipe3
         kwargs = dict(free=list(stage.free), weights=dict(stage.weights), steps=stage.steps,
                       lr=stage.lr, optimizer=stage.optimizer, ftol=cfg.ftol,
                       check_every=cfg.check_every, free_pose_joints=model.free_pose_joints,
-                      project=lambda p: BodyParams(p.global_orient, p.body_pose,
-                                                   model.clamp_shape(p.shape), p.transl))
+                      clamp_shape=model.clamp_shape)
         flip = (cfg.try_flip and i == 0 and "global_orient" in stage.free
                 and bool((ambiguous := _torso_is_ambiguous(kp, names) & active).any()))
         if flip:
@@ -255,13 +258,14 @@ def fit(keypoints, model: BodyModel | None = None, convention: str = "mediapipe3
             cam2 = Camera.identity(torch.cat([K, K]), image_size)
             kp2, s2 = torch.cat([kp, kp]), torch.cat([scale, scale])
             pose2 = torch.cat([init.body_pose, init.body_pose])
-            res = run_stage(both, lambda p: energies(p, cam2, kp2, s2, mask, pose2),
+            res = run_stage(both, lambda p: energies(p, cam2, kp2, s2, mask, pose2, stage.weights),
                             active=torch.cat([active, ambiguous]), **kwargs)
             take_flip = ambiguous & (res.energy[B:] < res.energy[:B])
             idx = torch.arange(B, device=kp.device) + B * take_flip.long()
             result = res.index(idx)
         else:
-            result = run_stage(params, lambda p: energies(p, camera, kp, scale, mask, init.body_pose),
+            result = run_stage(params, lambda p: energies(p, camera, kp, scale, mask, init.body_pose,
+                                                          stage.weights),
                                active=active, **kwargs)
         params = result.params
         stage_steps.append(result.steps)

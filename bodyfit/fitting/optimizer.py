@@ -39,7 +39,7 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
               free: list[str], weights: dict[str, float], steps: int, lr: float,
               optimizer: str = "adam", ftol: float = 1e-5, check_every: int = 10,
               free_pose_joints: list[int] | None = None,
-              project: Callable[[BodyParams], BodyParams] | None = None,
+              clamp_shape: Callable[[torch.Tensor], torch.Tensor] | None = None,
               active: torch.Tensor | None = None) -> StageResult:
     """Minimize ``sum_b sum_name weights[name] * energy_fn(params)[name][b]``.
 
@@ -48,7 +48,7 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
         energy_fn: BodyParams -> {name: (B,) energy}; names must include every key of weights.
         free: names of the free fields of BodyParams.
         free_pose_joints: when body_pose is free, only these joints move.
-        project: applied to the parameters after each step (e.g. clamp phenotypes to [0,1]).
+        clamp_shape: applied to the shape after each step (e.g. phenotypes to [0,1]).
         active: (B,) bool, samples to optimize; the others keep their parameters.
     Returns:
         StageResult with the final parameters and per-sample energies.
@@ -116,8 +116,8 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
         with torch.no_grad():
             for name, leaf in leaves.items():
                 leaf[frozen] = last_good[name][frozen]
-            if project is not None and "shape" in leaves:
-                leaves["shape"].copy_(project(assemble()).shape)
+            if clamp_shape is not None and "shape" in leaves:
+                leaves["shape"].copy_(clamp_shape(leaves["shape"]))
         if step % check_every == 0 or step == steps:
             with torch.no_grad():
                 total, _ = objective()
