@@ -56,20 +56,3 @@ def keypoint_names(convention: str) -> list[str]:
             f"Unknown keypoint convention {convention!r}; known: {sorted(CONVENTIONS)}."
         ) from None
 
-
-def flip_permutation(convention: str) -> list[int]:
-    """Index permutation that swaps left and right keypoints (for horizontal flips)."""
-    names = keypoint_names(convention)
-
-    def mirror(n: str) -> str:
-        if n.startswith("left_"):
-            return "right_" + n[5:]
-        if n.startswith("right_"):
-            return "left_" + n[6:]
-        if n.endswith("_left"):
-            return n[:-5] + "_right"
-        if n.endswith("_right"):
-            return n[:-6] + "_left"
-        return n
-
-    return [names.index(mirror(n)) for n in names]
