@@ -552,24 +552,30 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos_clip: torch.Tensor,
     """Analytic antialiasing of silhouette edges (Laine et al. 2020, section 3.4), so that
     silhouettes move the image smoothly and gradients reach the vertex positions.
 
-    For each pair of horizontally or vertically adjacent pixels with different triangle ids,
-    the nearer one (smaller z/w; an empty pixel is farthest) is p, its triangle T the
-    occluder, the other pixel q. The segment from p's centre to q's centre leaves T through
-    one edge at parameter t in [0, 1]. If that edge is a silhouette edge (a mesh boundary, a
-    non-manifold edge, or one whose neighbour triangle faces the other way in screen space),
-    the pixel the edge intrudes into is blended with the other one by the covered fraction
+    The outline is found from the mesh's silhouette edges: boundary or non-manifold edges, and
+    edges between a triangle facing the camera and one facing away (in screen space). Each
+    silhouette edge is followed across the pixel grid: an edge at least as vertical as
+    horizontal is crossed at every pixel row it spans, between two horizontally adjacent pixel
+    centres; a flatter edge at every column, between vertically adjacent ones. Of the two
+    pixels, p is on the edge's triangle side and q on the other, and t in [0, 1] is where the
+    edge crosses the segment from p's centre to q's. The crossing is kept where the edge is
+    what shows there: p is covered, at about the edge's depth (within 5%), and q is empty or
+    farther than the edge. Per pixel pair the outermost crossing (largest t) is used. Then the
+    pixel the edge intrudes into is blended with the other one by the covered fraction
     ``|t - 0.5|``: ``color[q] += (t - 0.5) * (color[p] - color[q])`` when t > 0.5, else
-    ``color[p] += (t - 0.5) * (color[p] - color[q])``. t is differentiable in pos_clip. Each
-    edge is handled by the pairs it crosses more squarely (horizontal pairs for edges at
-    least as vertical as horizontal, vertical pairs otherwise), so a silhouette moving by d
-    pixels along its normal changes the summed coverage by d per pixel of edge length, as the
-    true area does (checked in the tests against the analytic area derivative).
-    Deviation from nvdiffrast: only the nearer pixel's triangle is tried as the occluder.
+    ``color[p] += (t - 0.5) * (color[p] - color[q])``. t is differentiable in pos_clip. An edge
+    moving by d pixels along its normal changes the summed coverage by d per pixel of edge
+    length, as the true area does (checked in the tests against the analytic area derivative
+    and, on a body, against finite differences).
+    Deviation from nvdiffrast: nvdiffrast looks for the crossed edge among the edges of the
+    nearer pixel's triangle only; on a closed mesh seen at a few pixels per triangle, the
+    outline's triangles are edge-on and thinner than a pixel, so the crossed edge usually
+    belongs to another triangle and most of the silhouette gradient would be lost.
 
     Args:
         color: (B,H,W,C) shaded image (e.g. from :func:`interpolate` / :func:`texture`).
-        rast: (B,H,W,4) from :func:`rasterize` with the same pos_clip and tri (only its
-            triangle ids and z/w are used, without gradients).
+        rast: (B,H,W,4) from :func:`rasterize` with the same pos_clip and tri (its triangle
+            ids and barycentrics are used, without gradients).
         pos_clip: (B,V,4) or (V,4) clip-space positions (as given to rasterize).
         tri: (F,3) int32/int64.
         topology_hash: optional (F,3) table from :func:`antialias_construct_topology_hash`
@@ -613,77 +619,135 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos_clip: torch.Tensor,
                              f"antialias_construct_topology_hash(tri), got {got}.")
         nb = nb.to(device=pos.device, dtype=torch.long)
     dtype = torch.promote_types(color.dtype, pos.dtype)
-    # screen-space facing per (batch, triangle), for the silhouette test
-    with torch.no_grad():
-        v = pos[:, tri]
-        wd = torch.where(v[..., 3] > 0, v[..., 3], torch.ones_like(v[..., 3]))
-        sx, sy = v[..., 0] / wd, v[..., 1] / wd
-        facing = ((sx[..., 1] - sx[..., 0]) * (sy[..., 2] - sy[..., 0]) -
-                  (sx[..., 2] - sx[..., 0]) * (sy[..., 1] - sy[..., 0])) > 0  # (B,F)
-        nbc = nb.clamp(min=0)
-        sil = (nb < 0)[None] | (facing[:, :, None] != facing[:, nbc])  # (B,F,3)
-    z = torch.where(ids > 0, rast[..., 2].detach(), torch.full_like(rast[..., 2], float("inf")))
+    crossings = _silhouette_crossings(ids, rast, pos.to(dtype), tri, nb)
+    if crossings is None:
+        return color
+    p, q, t = crossings
     flat = color.to(dtype).reshape(B * H * W, C)
-    out = flat
-    for dy, dx in ((0, 1), (1, 0)):
-        ia = ids[:, :H - dy, :W - dx]
-        ib = ids[:, dy:, dx:]
-        za = z[:, :H - dy, :W - dx]
-        zb = z[:, dy:, dx:]
-        bb, yy, xx = torch.nonzero(ia != ib, as_tuple=True)
+    alpha = (t - 0.5)[:, None]
+    target = torch.where(alpha[:, 0] > 0, q, p)
+    return flat.index_add(0, target, alpha * (flat[p] - flat[q])).view(B, H, W, C)
+
+
+def _silhouette_crossings(ids, rast, pos, tri, nb):
+    """Where the visible silhouette edges cross between adjacent pixel centres (see
+    :func:`antialias`): flat pixel indices p (edge's side), q (other side) and the crossing
+    parameter t along p -> q (differentiable in pos), one per pixel pair; None if there is none.
+    """
+    B, H, W = ids.shape
+    F = tri.shape[0]
+    # unique edges (face f, edge k = v_k -> v_k+1): keep each interior edge once (f < neighbour)
+    f_idx = torch.arange(F, device=tri.device)[:, None].expand(F, 3)
+    keep = (nb < 0) | (f_idx < nb)
+    ef, ek = f_idx[keep], torch.arange(3, device=tri.device).expand(F, 3)[keep]
+    en = nb[keep]
+    va, vb, vc = tri[ef, ek], tri[ef, (ek + 1) % 3], tri[ef, (ek + 2) % 3]
+    w = pos[..., 3]
+    wd = torch.where(w > 0, w, torch.ones_like(w))
+    X = (pos[..., 0] / wd + 1) * (W * 0.5) - 0.5  # (B,V) pixel coordinates, centres at integers
+    Y = (pos[..., 1] / wd + 1) * (H * 0.5) - 0.5
+    with torch.no_grad():
+        Xd, Yd = X.detach(), Y.detach()
+        v = tri
+        area = ((Xd[:, v[:, 1]] - Xd[:, v[:, 0]]) * (Yd[:, v[:, 2]] - Yd[:, v[:, 0]])
+                - (Xd[:, v[:, 2]] - Xd[:, v[:, 0]]) * (Yd[:, v[:, 1]] - Yd[:, v[:, 0]]))
+        facing = area > 0  # (B,F)
+        front = (w[:, tri] > 0).all(-1)  # (B,F) triangles fully in front of the camera
+        sil = (en < 0)[None] | (facing[:, ef] != facing[:, en.clamp(min=0)])
+        sil &= front[:, ef] & (front[:, en.clamp(min=0)] | (en < 0)[None])
+        bb, ei = torch.nonzero(sil, as_tuple=True)
         if bb.numel() == 0:
-            continue
-        a_front = (za[bb, yy, xx] <= zb[bb, yy, xx]) & (ia[bb, yy, xx] > 0)
-        pa = (bb * H + yy) * W + xx  # flat index of pixel a; b is at +dy rows, +dx columns
-        pb = pa + dy * W + dx
-        p = torch.where(a_front, pa, pb)
-        q = torch.where(a_front, pb, pa)
-        f = torch.where(a_front, ia[bb, yy, xx], ib[bb, yy, xx]) - 1
-        Xp = (p % W).to(dtype)
-        Yp = ((p // W) % H).to(dtype)
-        Xq = (q % W).to(dtype)
-        Yq = ((q // W) % H).to(dtype)
-        # Candidate outline edges: the silhouette edges of p's triangle and of its three
-        # neighbours that face the same way. At a closed mesh's outline the front triangles are
-        # seen edge-on and thin, so the outline crossed between p and q often belongs to a
-        # neighbour of p's triangle rather than to p's triangle itself.
-        cand = torch.cat([f[:, None], nb[f]], 1)  # (N,4), -1 where no neighbour
-        ok = (cand >= 0)
-        cand = cand.clamp(min=0)
-        ok &= facing[bb[:, None], cand] == facing[bb, f][:, None]
-        c = pos[bb[:, None, None], tri[cand]].to(dtype)  # (N,4,3,4)
-        X = (c[..., 0] / c[..., 3] + 1) * (W * 0.5) - 0.5
-        Y = (c[..., 1] / c[..., 3] + 1) * (H * 0.5) - 0.5
-        X1, Y1 = X.roll(-1, 2), Y.roll(-1, 2)  # edge k runs v_k -> v_{k+1}
-        area = ((X[..., 1] - X[..., 0]) * (Y[..., 2] - Y[..., 0])
-                - (X[..., 2] - X[..., 0]) * (Y[..., 1] - Y[..., 0]))
-        sgn = torch.sign(area.detach())[..., None]  # (N,4,1)
+            return None
+        a, b, c = va[ei], vb[ei], vc[ei]
+        x0, y0, x1, y1 = Xd[bb, a], Yd[bb, a], Xd[bb, b], Yd[bb, b]
+        # side of the edge's own triangle: sign of the edge function at its third vertex
+        side = torch.sign((x1 - x0) * (Yd[bb, c] - y0) - (y1 - y0) * (Xd[bb, c] - x0))
+        steep = (y1 - y0).abs() >= (x1 - x0).abs()
+        # along = the coordinate the edge is stepped through (rows for steep edges)
+        lo = torch.where(steep, torch.minimum(y0, y1), torch.minimum(x0, x1))
+        hi = torch.where(steep, torch.maximum(y0, y1), torch.maximum(x0, x1))
+        first = torch.ceil(lo).clamp(min=0)
+        last = torch.floor(hi).clamp(max=torch.where(steep, H - 1, W - 1).to(hi.dtype))
+        count = (last - first + 1).clamp(min=0).long()
+        count = torch.where(side != 0, count, torch.zeros_like(count))
+        e = torch.repeat_interleave(torch.arange(count.numel(), device=count.device), count)
+        if e.numel() == 0:
+            return None
+        step = torch.arange(e.numel(), device=e.device) - (torch.cumsum(count, 0) - count)[e]
+        s_along = first[e] + step  # row (steep) or column (flat) of the pair
+    bb, a, b, c, steep, side = bb[e], a[e], b[e], c[e], steep[e], side[e]
+    # crossing of the edge with the line through the pixel centres, differentiable
+    xa, ya, xb, yb = X[bb, a], Y[bb, a], X[bb, b], Y[bb, b]
+    ua, ub = torch.where(steep, ya, xa), torch.where(steep, yb, xb)  # along the stepping axis
+    ca, cb = torch.where(steep, xa, ya), torch.where(steep, xb, yb)  # across it
+    s = (s_along - ua) / torch.where((ub - ua).detach() != 0, ub - ua, torch.ones_like(ub))
+    cross = ca + s * (cb - ca)
+    with torch.no_grad():
+        lo_c = torch.floor(cross.detach())
+        n_across = torch.where(steep, W, H).to(lo_c.dtype)
+        ok = (lo_c >= 0) & (lo_c + 1 <= n_across - 1) & (s.detach() >= 0) & (s.detach() <= 1)
+        # is the pixel centre at lo_c + 1 on the triangle's side?
+        P1x = torch.where(steep, lo_c + 1, s_along)
+        P1y = torch.where(steep, s_along, lo_c + 1)
+        x0, y0, x1, y1 = xa.detach(), ya.detach(), xb.detach(), yb.detach()
+        upper_in = torch.sign((x1 - x0) * (P1y - y0) - (y1 - y0) * (P1x - x0)) == side
+        cp = torch.where(upper_in, lo_c + 1, lo_c)  # across-coordinate of p
+        cq = torch.where(upper_in, lo_c, lo_c + 1)
+        sa = s_along.long()
 
-        def edge(Px, Py):
-            return ((X1 - X) * (Py[:, None, None] - Y) - (Y1 - Y) * (Px[:, None, None] - X)) * sgn
+        def flat_index(cross_coord):
+            cc = cross_coord.long().clamp(min=0)
+            row = torch.where(steep, sa, cc)
+            col = torch.where(steep, cc, sa)
+            return (bb * H + row.clamp(max=H - 1)) * W + col.clamp(max=W - 1)
 
-        ep, eq = edge(Xp, Yp), edge(Xq, Yq)  # (N,4,3), > 0 on the triangle's side
-        # The outline's line is crossed between p and q: p on the inner side, q outside.
-        crosses = (eq < 0) & (ep.detach() >= 0) & sil[bb[:, None], cand] & ok[..., None] & (sgn != 0)
-        t = torch.where(crosses, ep / torch.where(crosses, ep - eq, torch.ones_like(ep)),
-                        torch.full_like(ep, 2.0)).flatten(1)  # (N,12)
-        tmin, k = t.min(1)
-        X, Y, X1, Y1 = (a.flatten(1) for a in (X, Y, X1, Y1))
-        # each edge is handled by one pair direction only, the one it crosses more squarely
-        # (horizontal pairs: edges at least as vertical as horizontal); with both directions
-        # the coverage gradient would be counted twice
-        ex = (X1 - X).detach().gather(1, k[:, None])[:, 0].abs()
-        ey = (Y1 - Y).detach().gather(1, k[:, None])[:, 0].abs()
-        squarely = ey >= ex if dx == 1 else ex > ey
-        use = (tmin <= 1) & squarely
-        if not bool(use.any()):
-            continue
-        alpha = (tmin - 0.5)[use, None]
-        p, q = p[use], q[use]
-        delta = alpha * (flat[p] - flat[q])
-        target = torch.where(alpha[:, 0] > 0, q, p)
-        out = out.index_add(0, target, delta)
-    return out.view(B, H, W, C)
+        p, q = flat_index(cp), flat_index(cq)
+        idf = ids.reshape(-1)
+        ok &= (idf[p] > 0) & (idf[p] != idf[q])
+        # depth test in clip w (metres for clip_matrix): 1/w is affine along the screen edge
+        sd = s.detach().clamp(0, 1)
+        w_edge = 1 / ((1 - sd) / w[bb, a].detach() + sd / w[bb, b].detach())
+        w_pix = _pixel_w(rast, ids, tri, w.detach())
+        wp, wq = w_pix[p], w_pix[q]
+        ok &= (wp - w_edge).abs() <= 0.05 * w_edge
+        ok &= (idf[q] == 0) | (wq > w_edge)
+    t = torch.where(upper_in, lo_c + 1 - cross, cross - lo_c)  # distance from p's centre
+    p, q, t = p[ok], q[ok], t[ok]
+    if p.numel() == 0:
+        return None
+    # One crossing per pixel pair, the outermost (largest t); then one per blended pixel, the
+    # largest |t - 0.5|: on a dense mesh the outline's edge chain zigzags between steep edges
+    # (handled by horizontal pairs) and flat ones (vertical pairs), and both would blend the
+    # same outline pixel.
+    keep = _argmax_per_key(torch.minimum(p, q) * 2 + ((p - q).abs() > 1).long(), t.detach())
+    p, q, t = p[keep], q[keep], t[keep]
+    target = torch.where(t.detach() > 0.5, q, p)
+    keep = _argmax_per_key(target, (t.detach() - 0.5).abs())
+    return p[keep], q[keep], t[keep]
+
+
+def _argmax_per_key(key: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    """Indices of the highest-scoring entry per distinct key (the first one on ties)."""
+    uniq, inv = torch.unique(key, return_inverse=True)
+    best = torch.full((uniq.numel(),), -float("inf"), dtype=score.dtype, device=score.device)
+    best = best.scatter_reduce(0, inv, score, "amax")
+    idx = torch.arange(score.numel(), device=score.device)
+    first = torch.full((uniq.numel(),), score.numel(), dtype=torch.long, device=score.device)
+    return first.scatter_reduce(0, inv, torch.where(score == best[inv], idx,
+                                                   torch.full_like(idx, score.numel())), "amin")
+
+
+def _pixel_w(rast, ids, tri, w):
+    """(B*H*W,) clip w of the surface at each pixel (perspective-correct barycentrics), inf
+    where empty."""
+    B, H, W = ids.shape
+    idf = ids.reshape(-1)
+    out = torch.full((B * H * W,), float("inf"), dtype=w.dtype, device=w.device)
+    pix = torch.nonzero(idf > 0).squeeze(1)
+    r = rast.reshape(-1, 4)[pix].detach().to(w.dtype)
+    wv = w[(pix // (H * W))[:, None], tri[idf[pix] - 1]]
+    out[pix] = r[:, 0] * wv[:, 0] + r[:, 1] * wv[:, 1] + (1 - r[:, 0] - r[:, 1]) * wv[:, 2]
+    return out
 
 
 # --------------------------------------------------------------------------------------------
