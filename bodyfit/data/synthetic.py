@@ -121,3 +121,98 @@ def corrupt_keypoints(clean: torch.Tensor, scale: torch.Tensor, image_size: tupl
     conf = torch.where(drop | ~inside | (kp_weight == 0), torch.zeros_like(conf), conf)
     noisy = torch.where(conf[..., None] > 0, noisy, torch.zeros_like(noisy))
     return torch.cat([noisy, conf[..., None]], -1)
+
+
+@dataclass
+class SyntheticViews:
+    """A synthetic multi-view scene: ``views`` (bodyfit.fitting.multiview.Views) rendered from
+    the ground-truth ``params`` (BodyParams (B), world frame = OpenCV axes, y down, the bodies
+    near the origin); ``vertices`` (B,N,3) and ``joints`` (B,J,3) the true ones, metres."""
+
+    views: object
+    params: BodyParams
+    vertices: torch.Tensor
+    joints: torch.Tensor
+
+
+def look_at_camera(center, target=(0.0, 0.0, 0.0), image_size=(256, 256), fov_deg: float = 50.0,
+                   dtype=torch.float32):
+    """A Camera (batch 1) at ``center`` (metres, world frame with y down) looking at ``target``,
+    its image rows along world +y."""
+    from bodyfit.cameras import Camera
+
+    c = torch.as_tensor(center, dtype=dtype)
+    z = torch.as_tensor(target, dtype=dtype) - c
+    z = z / z.norm()
+    x = torch.linalg.cross(torch.tensor([0.0, 1.0, 0.0], dtype=dtype), z)
+    x = x / x.norm()
+    y = torch.linalg.cross(z, x)
+    R = torch.stack([x, y, z])
+    return Camera(default_intrinsics(image_size, 1, fov_deg, dtype), R[None], (-R @ c)[None],
+                  tuple(image_size))
+
+
+def body_texture(rest_vertices: torch.Tensor) -> torch.Tensor:
+    """(V,3) RGB in [0,1]: a smooth, non-repeating pattern on the body (sines of the rest-pose
+    coordinates at a few frequencies), the same in every view; for texture-consistency tests."""
+    x = rest_vertices
+    return torch.stack([0.5 + 0.4 * torch.sin(9 * x[:, 0] + 5 * x[:, 1] - 3 * x[:, 2]),
+                        0.5 + 0.4 * torch.sin(-4 * x[:, 0] + 11 * x[:, 2] + 1.0),
+                        0.5 + 0.4 * torch.sin(7 * x[:, 1] + 6 * x[:, 2] - 8 * x[:, 0] + 2.0)], -1)
+
+
+@torch.no_grad()
+def synthetic_views(model: BodyModel, batch_size: int = 1, n_views: int = 2,
+                    image_size: tuple[int, int] = (256, 256), convention: str = "mediapipe33",
+                    noise: float = 0.015, dropout: float = 0.1, distance: float = 4.0,
+                    generator: torch.Generator | None = None, masks: bool = True,
+                    images: bool = True, iuv: bool = False) -> SyntheticViews:
+    """Random bodies seen by ``n_views`` cameras spread over 180 degrees around them.
+
+    Keypoints are projected with detector-like noise (``corrupt_keypoints``); masks are the
+    rendered coverage; pictures show the body with :func:`body_texture` over a grey background
+    (the same colours in every view); IUV is rendered with Anny's DensePose chart.
+    """
+    from bodyfit.fitting.multiview import Views
+    from bodyfit.renderers import ops
+    from bodyfit.renderers.views import to_clip
+
+    g = generator
+    dt = model.dtype
+    params = sample_params(model, batch_size, g)
+    out = model(params)
+    verts, joints = out.vertices, out.joints
+    kp_index, kp_weight = model.keypoint_map(convention)
+    colors = body_texture(model(model.default_params(1)).vertices[0]) if images else None
+    chart = None
+    if iuv:
+        from bodyfit.densepose import anny_chart
+
+        chart = anny_chart(model)
+    start = float(torch.rand((), generator=g)) * 2 * math.pi
+    cameras, kps, mask_list, image_list, iuv_list = [], [], [], [], []
+    for v in range(n_views):
+        ang = start + math.pi * v / max(n_views - 1, 1) if n_views > 1 else start
+        cam = look_at_camera((distance * math.sin(ang), -0.1, -distance * math.cos(ang)),
+                             image_size=image_size, dtype=dt)
+        cameras.append(cam)
+        camb = type(cam)(cam.K.expand(batch_size, 3, 3), cam.R.expand(batch_size, 3, 3),
+                         cam.t.expand(batch_size, 3), cam.image_size)
+        clean = camb.project(joints[:, kp_index])
+        box_h = (clean.amax(1) - clean.amin(1)).amax(1)
+        kps.append(corrupt_keypoints(clean, box_h, image_size, kp_weight, noise, dropout, g))
+        pos = to_clip(verts, camb)
+        rast, _ = ops.rasterize(pos, model.faces, image_size)
+        cover = (rast[..., 3] > 0).to(dt)
+        mask_list.append(cover if masks else None)
+        if images:
+            rgb, _ = ops.interpolate(colors.to(dt), rast, model.faces)
+            image_list.append(rgb + (1 - cover[..., None]) * 0.5)
+        if iuv:
+            from bodyfit.densepose import render_iuv
+
+            iuv_list.append(render_iuv(verts, camb, chart))
+    views = Views(cameras=cameras, keypoints=torch.stack(kps, 1),
+                  masks=mask_list if masks else None, images=image_list if images else None,
+                  iuv=iuv_list if iuv else None, names=[f"cam{v}" for v in range(n_views)])
+    return SyntheticViews(views, params, verts, joints)

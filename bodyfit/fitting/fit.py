@@ -130,6 +130,41 @@ def _torso_is_ambiguous(keypoints: torch.Tensor, names: list[str]) -> torch.Tens
     return seen & (width < 0.4 * height)
 
 
+def initial_params(kp: torch.Tensor, K: torch.Tensor, model: BodyModel, convention: str,
+                   cfg: DictConfig, init: BodyParams | None = None, regressor=None) -> BodyParams:
+    """Where the optimizer starts, in the camera frame of ``K`` (B,3,3): ``init`` if given,
+    else the keypoint regressor's prediction (``cfg.init == "regressor"`` and one is shipped for
+    this model and convention), else the mean body turned by the shoulders' order and placed on
+    the torso by similar triangles. Non-finite samples fall back to the default body.
+
+    Args:
+        kp: (B,K,3) keypoints, pixels + confidence (cleaned: finite, confidence in [0,1]).
+    Raises:
+        ValueError: ``init`` with the wrong shapes for ``model``.
+    """
+    names = keypoint_names(convention)
+    B = kp.shape[0]
+    if init is None and cfg.init == "regressor":
+        regressor = regressor if regressor is not None else load_regressor(model, convention)
+        if regressor is not None:
+            init = regressor.predict(kp, K, model)
+    if init is None:
+        kp_index, kp_weight = model.keypoint_map(convention)
+        init = model.default_params(B)
+        # Facing away when the subject's left shoulder is on the image's left.
+        away = _facing_away(kp, names)
+        init.global_orient[away] = _flip_about_vertical(init.global_orient[away])
+        init.transl = torch.zeros_like(init.transl)
+        joints0 = model(init, vertices=False).joints
+        init.transl = init_translation(joints0, kp, kp_index, kp_weight, K, TORSO, names)
+    model.check_params(init)
+    init = init.to(model.dtype)
+    bad_init = ~init.is_finite()
+    if bad_init.any():  # never start from NaN: fall back to the default body for those samples
+        init = init.where(~bad_init, model.default_params(B))
+    return init
+
+
 def fit(keypoints, model: BodyModel | None = None, convention: str = "mediapipe33",
         image_size: tuple[int, int] | None = None, K: torch.Tensor | None = None,
         boxes: torch.Tensor | None = None, init: BodyParams | None = None,
@@ -202,24 +237,7 @@ def fit(keypoints, model: BodyModel | None = None, convention: str = "mediapipe3
 
     # Initialization.
     t_start = time.perf_counter()
-    if init is None and cfg.init == "regressor":
-        regressor = regressor if regressor is not None else load_regressor(model, convention)
-        if regressor is not None:
-            init = regressor.predict(kp, K, model)
-    if init is None:
-        init = model.default_params(B)
-        # Facing away when the subject's left shoulder is on the image's left.
-        away = _facing_away(kp, names)
-        init.global_orient[away] = _flip_about_vertical(init.global_orient[away])
-        init.transl = torch.zeros_like(init.transl)
-        joints0 = model(init, vertices=False).joints
-        init.transl = init_translation(joints0, kp, kp_index, kp_weight, K, TORSO, names)
-    model.check_params(init)
-    init = init.to(model.dtype)
-    bad_init = ~init.is_finite()
-    if bad_init.any():  # never start from NaN: fall back to the default body for those samples
-        init = init.where(~bad_init, model.default_params(B))
-
+    init = initial_params(kp, K, model, convention, cfg, init=init, regressor=regressor)
     t_init = time.perf_counter()
     reproj = ReprojectionEnergy(kp_index, kp_weight, cfg.sigma).to(model.device)
     limits = joint_limits(model).to(model.device)

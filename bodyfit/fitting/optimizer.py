@@ -40,7 +40,7 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
               optimizer: str = "adam", ftol: float = 1e-5, check_every: int = 10,
               free_pose_joints: list[int] | None = None,
               clamp_shape: Callable[[torch.Tensor], torch.Tensor] | None = None,
-              active: torch.Tensor | None = None) -> StageResult:
+              active: torch.Tensor | None = None, shared_shape: bool = False) -> StageResult:
     """Minimize ``sum_b sum_name weights[name] * energy_fn(params)[name][b]``.
 
     Args:
@@ -50,6 +50,8 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
         free_pose_joints: when body_pose is free, only these joints move.
         clamp_shape: applied to the shape after each step (e.g. phenotypes to [0,1]).
         active: (B,) bool, samples to optimize; the others keep their parameters.
+        shared_shape: one shape for the whole batch (the frames of one person): a free shape
+            starts from the mean of the active samples' shapes and moves as one.
     Returns:
         StageResult with the final parameters and per-sample energies.
     Raises:
@@ -66,6 +68,8 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
         value = getattr(base, name)
         if name == "body_pose" and free_pose_joints is not None:
             value = value[:, free_pose_joints]
+        if name == "shape" and shared_shape:
+            value = value[active].mean(0, keepdim=True) if bool(active.any()) else value[:1]
         leaves[name] = value.clone().requires_grad_(True)
 
     def assemble() -> BodyParams:
@@ -75,6 +79,8 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
                 pose = fields["body_pose"].clone()
                 pose[:, free_pose_joints] = leaf
                 fields["body_pose"] = pose
+            elif name == "shape" and shared_shape:
+                fields["shape"] = leaf.expand(B, -1)
             else:
                 fields[name] = leaf
         return BodyParams(**fields)
@@ -108,14 +114,16 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
             loss.backward()
             for leaf in leaves.values():
                 if leaf.grad is not None:
-                    leaf.grad[~keep] = 0.0
+                    if leaf.shape[0] == B:
+                        leaf.grad[~keep] = 0.0
                     leaf.grad.nan_to_num_(0.0, 0.0, 0.0)
             return loss
 
         opt.step(closure)
         with torch.no_grad():
             for name, leaf in leaves.items():
-                leaf[frozen] = last_good[name][frozen]
+                if leaf.shape[0] == B:
+                    leaf[frozen] = last_good[name][frozen]
             if clamp_shape is not None and "shape" in leaves:
                 leaves["shape"].copy_(clamp_shape(leaves["shape"]))
         if step % check_every == 0 or step == steps:
@@ -124,11 +132,15 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
                 bad = ~torch.isfinite(total) & ~frozen
                 if bad.any():
                     for name, leaf in leaves.items():
-                        leaf[bad] = last_good[name][bad]
+                        rows = bad if leaf.shape[0] == B else slice(None)
+                        leaf[rows] = last_good[name][rows]
                     failed |= bad
                     frozen = frozen | bad
                 for name, leaf in leaves.items():
-                    last_good[name][~frozen] = leaf[~frozen]
+                    if leaf.shape[0] == B:
+                        last_good[name][~frozen] = leaf[~frozen]
+                    elif bool(torch.isfinite(leaf).all()):
+                        last_good[name].copy_(leaf)
                 if prev is not None:
                     rel = (prev - total).abs() / prev.abs().clamp(min=1e-12) / check_every
                     converged = rel < ftol

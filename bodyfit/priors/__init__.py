@@ -1,8 +1,10 @@
-"""Priors on body parameters: anatomical joint limits, shape and pose priors."""
+"""Priors on body parameters: anatomical joint limits, shape and pose priors, temporal
+smoothness."""
 from __future__ import annotations
 
 from bodyfit.priors.joint_limits import JointLimits, anny_joint_limits, smpl_joint_limits
 from bodyfit.priors.shape import pose_prior, shape_prior
+from bodyfit.priors.temporal import temporal_smoothness
 
 
 def joint_limits(model) -> JointLimits:
@@ -11,4 +13,4 @@ def joint_limits(model) -> JointLimits:
 
 
 __all__ = ["JointLimits", "joint_limits", "anny_joint_limits", "smpl_joint_limits",
-           "pose_prior", "shape_prior"]
+           "pose_prior", "shape_prior", "temporal_smoothness"]
