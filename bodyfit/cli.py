@@ -2,6 +2,9 @@
 
     bodyfit fit IMAGE... --out DIR [--model anny|smpl|smplh|smplx] [--model-path PATH]
                          [--device cpu] [key=value ...]
+    bodyfit fit-views IMAGE... --calib CALIB --out DIR [--keypoints-only] [key=value ...]
+    bodyfit fit-video VIDEO --out DIR [--every N] [--max-frames M] [--calib CALIB --view NAME]
+                      [--keypoints-only] [key=value ...]
     bodyfit demo [--out DIR] [--frames 0 50] [key=value ...]
 
 Exit codes: 0 every picture fitted; 1 some pictures failed (each is reported); 2 bad usage.
@@ -31,6 +34,30 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--out", required=True, help="output folder")
     common(f)
 
+    mv = sub.add_parser("fit-views", help="one moment seen by calibrated cameras: one body fitted "
+                        "to all views; writes DIR/{fit.npz,fit.json,mesh.ply,overlay_<view>.png}")
+    mv.add_argument("images", nargs="+", metavar="IMAGE_OR_KEY=VALUE",
+                    help="one picture per calibrated camera, in the calibration's order, and "
+                         "overrides key=value (bodyfit/configs/fit_views.yaml)")
+    mv.add_argument("--calib", required=True, help="calibration: Qualisys/Pose2Sim .qca.txt")
+    mv.add_argument("--out", required=True, help="output folder")
+    mv.add_argument("--keypoints-only", action="store_true",
+                    help="no silhouette or texture-consistency energies (faster)")
+    common(mv)
+
+    vid = sub.add_parser("fit-video", help="a video of one person: one shape, smooth motion; "
+                         "writes DIR/<frame>/ per frame")
+    vid.add_argument("images", nargs="+", metavar="VIDEO_OR_KEY=VALUE",
+                     help="a video file, and overrides key=value (bodyfit/configs/fit_views.yaml)")
+    vid.add_argument("--out", required=True, help="output folder")
+    vid.add_argument("--every", type=int, default=1, help="use every N-th frame (default 1)")
+    vid.add_argument("--max-frames", type=int, default=100, help="at most this many frames (default 100)")
+    vid.add_argument("--calib", default=None, help="optional .qca.txt calibration of the camera")
+    vid.add_argument("--view", default=None, help="which camera of --calib filmed the video")
+    vid.add_argument("--keypoints-only", action="store_true",
+                     help="no silhouette or texture-consistency energies (faster)")
+    common(vid)
+
     d = sub.add_parser("demo", help="fit real frames of the Pose2Sim demo (4 views), offline")
     d.add_argument("--out", default="bodyfit_demo", help="output folder (default: bodyfit_demo)")
     d.add_argument("--frames", type=int, nargs="+", default=[0], help="frame indices (default: 0)")
@@ -46,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [a for a in rest if a.startswith("-")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    words = (args.images if args.command == "fit" else args.overrides) + rest
+    words = (args.overrides if args.command == "demo" else args.images) + rest
     overrides = [a for a in words if "=" in a and not Path(a).exists()]
     images = [a for a in words if a not in overrides]
     if args.command == "demo" and images:
@@ -57,11 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     from bodyfit.pipeline import fit_pictures
 
     try:
-        load_config(overrides)
+        load_config(overrides, name="fit" if args.command in ("fit", "demo") else "fit_views")
         model = body_model(args.model, model_path=args.model_path, device=args.device)
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"bodyfit: {e}", file=sys.stderr)
         return 2
+    if args.command == "fit-views":
+        return _fit_views(args, images, overrides, model)
+    if args.command == "fit-video":
+        return _fit_video(args, images, overrides, model)
 
     extra = {}
     if args.command == "fit":
@@ -88,6 +119,79 @@ def main(argv: list[str] | None = None) -> int:
     failed = [r for r in reports if not r.ok]
     print(f"{len(reports) - len(failed)} fitted, {len(failed)} failed; results in {args.out}")
     return 1 if failed else 0
+
+
+def _fit_views(args, images, overrides, model) -> int:
+    from bodyfit.data.calibration import load_calibration, undistort_image
+    from bodyfit.data.images import read_image
+    from bodyfit.pipeline import fit_view_pictures
+
+    try:
+        calib = load_calibration(args.calib)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"bodyfit fit-views: {e}", file=sys.stderr)
+        return 2
+    if len(images) != len(calib):
+        print(f"bodyfit fit-views: {len(images)} pictures for the {len(calib)} cameras of "
+              f"{args.calib} ({', '.join(c.name for c in calib)}): give one per camera, in that "
+              f"order.", file=sys.stderr)
+        return 2
+    pictures = []
+    for path, cam in zip(images, calib):
+        try:
+            pictures.append(undistort_image(read_image(path), cam))
+        except (FileNotFoundError, ValueError) as e:
+            print(f"view {cam.name} left out: {e}", file=sys.stderr)
+            pictures.append(None)
+    keep = [i for i, p in enumerate(pictures) if p is not None]
+    report = fit_view_pictures([pictures[i] for i in keep], [calib[i].camera for i in keep],
+                               args.out, model, overrides, names=[calib[i].name for i in keep],
+                               dense=not args.keypoints_only,
+                               log=lambda m: print(m, file=sys.stderr))
+    if not report.ok:
+        print(f"bodyfit fit-views: not fitted: {report.error}", file=sys.stderr)
+        return 1
+    errs = ", ".join(f"{k} {v:.1f} px" for k, v in report.summary["reprojection_error_px"].items())
+    print(f"fitted {len(report.summary['views'])} views ({errs}) in "
+          f"{report.summary['runtime_s']['total']:.1f} s -> {args.out}")
+    return 0 if len(keep) == len(calib) else 1
+
+
+def _fit_video(args, images, overrides, model) -> int:
+    from bodyfit.data.calibration import load_calibration, undistort_image
+    from bodyfit.data.images import read_video_frames
+    from bodyfit.pipeline import fit_video_frames
+
+    if len(images) != 1:
+        print(f"bodyfit fit-video: give one video file, got {images}", file=sys.stderr)
+        return 2
+    cam = None
+    if args.calib is not None:
+        try:
+            calib = {c.name: c for c in load_calibration(args.calib)}
+        except (ValueError, FileNotFoundError) as e:
+            print(f"bodyfit fit-video: {e}", file=sys.stderr)
+            return 2
+        if args.view not in calib:
+            print(f"bodyfit fit-video: --view must name one camera of {args.calib}: "
+                  f"{', '.join(calib)}", file=sys.stderr)
+            return 2
+        cam = calib[args.view]
+    try:
+        frames = read_video_frames(images[0], every=args.every, max_frames=args.max_frames)
+        if cam is not None:
+            frames = ((name, undistort_image(im, cam)) for name, im in frames)
+        reports = fit_video_frames(frames, args.out, cam.camera if cam is not None else None, model,
+                                   overrides, dense=not args.keypoints_only,
+                                   progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"bodyfit fit-video: {e}", file=sys.stderr)
+        return 1
+    failed = [r for r in reports if not r.ok]
+    for r in failed:
+        print(f"frame {r.name} not fitted: {r.error}", file=sys.stderr)
+    print(f"{len(reports) - len(failed)} frames fitted, {len(failed)} failed; results in {args.out}")
+    return 1 if failed or not reports else 0
 
 
 if __name__ == "__main__":

@@ -21,3 +21,12 @@ def pa_mpjpe(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     R, t, s = roma.rigid_points_registration(pred, gt, compute_scaling=True)
     aligned = s[:, None, None] * torch.einsum("bij,bnj->bni", R, pred) + t[:, None]
     return (aligned - gt).norm(dim=-1).mean(1) * 1000.0
+
+
+def pve(pred_vertices: torch.Tensor, gt_vertices: torch.Tensor, pred_joints: torch.Tensor,
+        gt_joints: torch.Tensor) -> torch.Tensor:
+    """Per-vertex error: (B,V,3) vertices and (B,J,3) joints, metres -> (B,) mm, after moving
+    both bodies so that their joint means coincide (root alignment, as for MPJPE)."""
+    p = pred_vertices - pred_joints.mean(1, keepdim=True)
+    g = gt_vertices - gt_joints.mean(1, keepdim=True)
+    return (p - g).norm(dim=-1).mean(1) * 1000.0

@@ -78,3 +78,38 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray) -> Path:
         raise ValueError(f"OpenCV cannot encode an image with extension {p.suffix!r} ({str(p)!r}).")
     buf.tofile(str(p))
     return p
+
+
+def read_video_frames(path: str | os.PathLike, every: int = 1, max_frames: int | None = None):
+    """Yield ``(name, (H,W,3) uint8 RGB)`` for every ``every``-th frame of a video file, at most
+    ``max_frames`` of them; names are ``frame_000000`` (the frame's index in the video).
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: OpenCV cannot decode it, or bad arguments.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"Video file not found: {str(p)!r}")
+    if every < 1 or (max_frames is not None and max_frames < 1):
+        raise ValueError(f"every and max_frames must be >= 1, got {every} and {max_frames}.")
+    cap = cv2.VideoCapture(str(p))
+    if not cap.isOpened():
+        raise ValueError(f"Video file {str(p)!r} cannot be decoded (corrupt or not a video).")
+
+    def frames():
+        index = taken = 0
+        try:
+            while max_frames is None or taken < max_frames:
+                ok, bgr = cap.read()
+                if not ok:
+                    break
+                if index % every == 0:
+                    taken += 1
+                    yield f"frame_{index:06d}", np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+                index += 1
+            if taken == 0:
+                raise ValueError(f"Video file {str(p)!r} holds no decodable frame.")
+        finally:
+            cap.release()
+
+    return frames()

@@ -1,0 +1,124 @@
+import pytest
+import torch
+
+from bodyfit.body_models import body_model
+from bodyfit.cameras import Camera
+from bodyfit.data.synthetic import look_at_camera, sample_params, synthetic_views
+from bodyfit.fitting.multiview import Views, camera_to_world, fit_views
+from bodyfit.fitting.texture import TextureConsistencyEnergy
+from bodyfit.priors import temporal_smoothness
+
+FAST = ["stages.0.steps=20", "stages.1.steps=50", "stages.2.steps=25"]
+
+
+@pytest.fixture(scope="module")
+def low_poly():
+    return body_model("anny", topology="notoes_collapse3pc")
+
+
+@pytest.fixture(scope="module")
+def scene(low_poly):
+    return synthetic_views(low_poly, 2, n_views=2, generator=torch.Generator().manual_seed(3))
+
+
+def _pve_mm(result, scene):
+    return float((result.vertices - scene.vertices).norm(dim=-1).mean() * 1000)
+
+
+def test_camera_to_world_is_exact(low_poly):
+    p = sample_params(low_poly, 3, torch.Generator().manual_seed(0))
+    p.transl = torch.tensor([[0.1, -0.2, 3.0]]).expand(3, 3).clone()
+    cam = look_at_camera((2.0, -0.5, -3.0))
+    R, t = cam.R.expand(3, 3, 3), cam.t.expand(3, 3)
+    world = camera_to_world(low_poly, p, R, t)
+    j_cam = low_poly(p, vertices=False).joints
+    j_world = low_poly(world, vertices=False).joints
+    back = torch.einsum("bij,bnj->bni", R, j_world) + t[:, None]
+    assert torch.allclose(back, j_cam, atol=1e-4)
+
+
+def test_two_views_recover_the_body_and_the_silhouette_helps(low_poly, scene):
+    kp_only = fit_views(scene.views, low_poly, overrides=FAST + ["stages.2.weights.silhouette=0",
+                                                                  "stages.2.weights.texture=0"])
+    assert kp_only.valid.all()
+    assert kp_only.skipped_energies == ["densepose", "temporal"]
+    assert float(kp_only.reprojection_error_px.mean()) < 5.0  # pixels, 256 px pictures
+    with_sil = fit_views(scene.views, low_poly, overrides=FAST + ["stages.2.weights.texture=0"])
+    assert _pve_mm(kp_only, scene) < 90
+    assert _pve_mm(with_sil, scene) < 0.8 * _pve_mm(kp_only, scene)
+
+
+def test_bad_view_is_left_out_and_reported(low_poly, scene):
+    bad = Camera(torch.zeros(1, 3, 3), torch.eye(3)[None], torch.zeros(1, 3), (256, 256))
+    v = scene.views
+    views = Views(cameras=[v.cameras[0], bad], keypoints=v.keypoints, names=["good", "broken"])
+    r = fit_views(views, low_poly, overrides=FAST)
+    assert r.names == ["good"] and r.valid.all()
+    assert "broken" in r.view_messages[0] and "singular" in r.view_messages[0]
+    only_bad = Views(cameras=[bad], keypoints=v.keypoints[:, :1], names=["broken"])
+    with pytest.raises(ValueError, match="no usable calibrated view"):
+        fit_views(only_bad, low_poly)
+
+
+def test_mismatched_observations_raise(low_poly, scene):
+    v = scene.views
+    with pytest.raises(ValueError, match="mask of cam0"):
+        fit_views(Views(v.cameras, v.keypoints, masks=[torch.ones(2, 10, 10), None], names=v.names), low_poly)
+    with pytest.raises(ValueError, match="IUV of cam1 .* resize the IUV"):
+        fit_views(Views(v.cameras, v.keypoints, iuv=[None, torch.zeros(2, 3, 64, 64)], names=v.names), low_poly)
+    with pytest.raises(ValueError, match=r"keypoints must have shape \(B, V=2"):
+        fit_views(Views(v.cameras, v.keypoints[:, :1]), low_poly)
+
+
+def test_sequence_shares_shape_and_skips_a_frame_without_person(low_poly):
+    sv = synthetic_views(low_poly, 4, n_views=2, generator=torch.Generator().manual_seed(5),
+                         images=False, masks=False)
+    kp = sv.views.keypoints.clone()
+    kp[2] = 0.0  # nobody in frame 2
+    views = Views(sv.views.cameras, kp, names=sv.views.names)
+    r = fit_views(views, low_poly, overrides=FAST, sequence=True)
+    assert r.valid.tolist() == [True, True, False, True]
+    assert "frame not fitted" in r.messages[2]
+    assert torch.isfinite(r.vertices).all()
+    shapes = r.params.shape[r.valid]
+    assert torch.allclose(shapes, shapes[:1].expand_as(shapes))
+
+
+def test_temporal_smoothness_is_free_for_steady_motion_and_ignores_gaps():
+    t = torch.arange(5, dtype=torch.float32)
+    steady = torch.zeros(5, 2, 3)
+    steady[..., 0] = t[:, None] * 0.1
+    assert torch.allclose(temporal_smoothness(steady), torch.zeros(5), atol=1e-6)
+    jerk = steady.clone()
+    jerk[2, :, 1] = 0.3
+    e = temporal_smoothness(jerk)
+    assert e[2] > 0 and e[1] > 0 and e[0] == 0 and e[4] == 0
+    gap = temporal_smoothness(jerk, torch.tensor([True, True, False, True, True]))
+    assert torch.all(gap == 0)
+    with pytest.raises(ValueError):
+        temporal_smoothness(torch.zeros(5, 3))
+
+
+def test_texture_energy_gradient_matches_finite_differences(low_poly, scene):
+    """d/dx of the texture-consistency energy when one view's picture is the body shifted."""
+    energy = TextureConsistencyEnergy(low_poly.faces)
+    v = scene.views
+    verts = scene.vertices[:1].double()
+    cams = [Camera(c.K.double(), c.R.double(), c.t.double(), c.image_size) for c in v.cameras]
+    from bodyfit.fitting.multiview import _blur
+
+    images = [_blur(im[:1].double(), 2.0) for im in v.images]
+    direction = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+
+    def e(d):
+        from bodyfit.body_models.base import BodyOutput
+
+        return energy(BodyOutput(joints=None, vertices=verts + d * direction, faces=low_poly.faces),
+                      cams, images)[0]
+
+    d0 = torch.tensor(0.02, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(e(d0), d0)
+    eps = 1e-4
+    fd = (e(torch.tensor(0.02 + eps, dtype=torch.float64)) - e(torch.tensor(0.02 - eps, dtype=torch.float64))) / (2 * eps)
+    assert float(e(torch.tensor(0.0, dtype=torch.float64))) < float(e(d0.detach()))  # the truth agrees best
+    assert abs(float(grad) - float(fd)) < 0.05 * abs(float(fd)) + 1e-6
