@@ -84,8 +84,15 @@ class TextureConsistencyEnergy(torch.nn.Module):
             inside = (z.detach() > 1e-3) & (col >= 0) & (col < W) & (row >= 0) & (row < H)
             flat = (torch.arange(B, device=col.device)[:, None] * H + row.clamp(0, H - 1)) * W \
                 + col.clamp(0, W - 1)
-            covered = (rast[..., 3] > 0).reshape(-1)[flat]
-            d = depth[..., 0].reshape(-1)[flat]
+            # Seen only well inside the body's rendering: the 3x3 pixels around the vertex are
+            # all covered and no nearer than the vertex (allowing the tolerance), so that colours
+            # at outlines and occlusion edges (mixed with what lies behind) are left out.
+            cover = (rast[..., 3] > 0).to(cam.dtype)[:, None]
+            inner = -F.max_pool2d(-cover, 3, stride=1, padding=1)[:, 0] > 0.5
+            near = -F.max_pool2d(-torch.where(rast[..., 3:] > 0, depth, torch.full_like(depth, 1e9))
+                                 .permute(0, 3, 1, 2), 3, stride=1, padding=1)[:, 0]
+            covered = inner.reshape(-1)[flat]
+            d = near.reshape(-1)[flat]
             normals = vertex_normals(cam.detach(), self.faces)
             to_cam = -cam.detach() / cam.detach().norm(dim=-1, keepdim=True).clamp(min=1e-9)
             facing = (normals * to_cam).sum(-1)
