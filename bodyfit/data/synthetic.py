@@ -165,10 +165,11 @@ def body_texture(rest_vertices: torch.Tensor) -> torch.Tensor:
 def synthetic_views(model: BodyModel, batch_size: int = 1, n_views: int = 2,
                     image_size: tuple[int, int] = (256, 256), convention: str = "mediapipe33",
                     noise: float = 0.015, dropout: float = 0.1, distance: float = 4.0,
+                    spread_deg: float = 90.0,
                     generator: torch.Generator | None = None, masks: bool = True,
                     images: bool = True, iuv: bool = False) -> SyntheticViews:
-    """Random bodies seen by ``n_views`` cameras 90 degrees apart around them (at ``distance``
-    metres, a little above the body's centre).
+    """Random bodies seen by ``n_views`` cameras ``spread_deg`` apart around them (at
+    ``distance`` metres, a little above the body's centre).
 
     Keypoints are projected with detector-like noise (``corrupt_keypoints``); masks are the
     rendered coverage; pictures show the body with :func:`body_texture` over a grey background
@@ -193,7 +194,7 @@ def synthetic_views(model: BodyModel, batch_size: int = 1, n_views: int = 2,
     start = float(torch.rand((), generator=g)) * 2 * math.pi
     cameras, kps, mask_list, image_list, iuv_list = [], [], [], [], []
     for v in range(n_views):
-        ang = start + 0.5 * math.pi * v
+        ang = start + math.radians(spread_deg) * v
         cam = look_at_camera((distance * math.sin(ang), -0.1, -distance * math.cos(ang)),
                              image_size=image_size, dtype=dt)
         cameras.append(cam)

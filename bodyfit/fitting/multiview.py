@@ -308,7 +308,8 @@ def fit_views(views: Views, model: BodyModel | None = None, convention: str = "m
     if len(obs_images) >= 2 or (obs_images and sequence and B >= 2):
         from bodyfit.fitting.texture import TextureConsistencyEnergy
 
-        tex_energy = TextureConsistencyEnergy(model.faces, cfg.depth_tolerance).to(dev)
+        tex_energy = TextureConsistencyEnergy(model.faces, cfg.depth_tolerance,
+                                              margin=max(1, math.ceil(2 * cfg.texture_blur))).to(dev)
     if obs_dp:
         from bodyfit.densepose import anny_chart
         from bodyfit.fitting.densepose import DensePoseEnergy
@@ -329,19 +330,17 @@ def fit_views(views: Views, model: BodyModel | None = None, convention: str = "m
                  "densepose": dp_energy is not None}
 
     def texture_term(out: BodyOutput) -> torch.Tensor:
-        samples = {v: tex_energy.sample(out.vertices, work_b[v], im) for v, im in obs_images.items()}
+        rendered = {v: tex_energy.view(out.vertices, work_b[v], im) for v, im in obs_images.items()}
         total = out.vertices.new_zeros(B)
         pairs = 0
-        keys = list(samples)
-        for i in range(len(keys)):
-            for j in range(i + 1, len(keys)):
-                total = total + tex_energy.pair_energy(*samples[keys[i]], *samples[keys[j]])
-                pairs += 1
-        if sequence and B >= 2:  # the same view in consecutive frames
-            for v, (c, s) in samples.items():
-                both = active[1:] & active[:-1]
-                e = tex_energy.pair_energy(c[1:], s[1:] & both[:, None], c[:-1], s[:-1] & both[:, None])
-                total = total + F.pad(e, (1, 0))
+        for i in rendered:
+            for j in rendered:
+                if i != j:
+                    total = total + tex_energy.pair_energy(out.vertices, rendered[i], rendered[j])
+                    pairs += 1
+        if sequence and B >= 2:  # the same view in consecutive frames, both ways round
+            for r in rendered.values():
+                total = total + tex_energy.pair_energy(out.vertices, r, r, shift=1)
                 pairs += 1
         return total / max(pairs, 1)
 
