@@ -5,7 +5,7 @@
     bodyfit fit-views IMAGE... --calib CALIB --out DIR [--keypoints-only] [key=value ...]
     bodyfit fit-video VIDEO --out DIR [--every N] [--max-frames M] [--calib CALIB --view NAME]
                       [--keypoints-only] [key=value ...]
-    bodyfit demo [--out DIR] [--frames 0 50] [key=value ...]
+    bodyfit demo [--out DIR] [--frames 0 50] [--views] [key=value ...]
 
 Exit codes: 0 every picture fitted; 1 some pictures failed (each is reported); 2 bad usage.
 """
@@ -61,8 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="fit real frames of the Pose2Sim demo (4 views), offline")
     d.add_argument("--out", default="bodyfit_demo", help="output folder (default: bodyfit_demo)")
     d.add_argument("--frames", type=int, nargs="+", default=[0], help="frame indices (default: 0)")
+    d.add_argument("--views", action="store_true",
+                   help="fit one body per frame to the 4 calibrated views together (fit-views)")
     d.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="fit config overrides (bodyfit/configs/fit.yaml)")
+                   help="fit config overrides (bodyfit/configs/fit.yaml; fit_views.yaml with --views)")
     common(d)
     return ap
 
@@ -84,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     from bodyfit.pipeline import fit_pictures
 
     try:
-        load_config(overrides, name="fit" if args.command in ("fit", "demo") else "fit_views")
+        views_mode = args.command in ("fit-views", "fit-video") or getattr(args, "views", False)
+        load_config(overrides, name="fit_views" if views_mode else "fit")
         model = body_model(args.model, model_path=args.model_path, device=args.device)
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"bodyfit: {e}", file=sys.stderr)
@@ -93,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fit_views(args, images, overrides, model)
     if args.command == "fit-video":
         return _fit_video(args, images, overrides, model)
+    if args.command == "demo" and args.views:
+        return _demo_views(args, overrides, model)
 
     extra = {}
     if args.command == "fit":
@@ -155,6 +160,33 @@ def _fit_views(args, images, overrides, model) -> int:
     print(f"fitted {len(report.summary['views'])} views ({errs}) in "
           f"{report.summary['runtime_s']['total']:.1f} s -> {args.out}")
     return 0 if len(keep) == len(calib) else 1
+
+
+def _demo_views(args, overrides, model) -> int:
+    from bodyfit.data.pose2sim import ATTRIBUTION, demo_views
+    from bodyfit.pipeline import fit_view_pictures
+
+    print(f"Pose2Sim Demo_SinglePerson frames {args.frames}, 4 calibrated views fitted together. "
+          f"{ATTRIBUTION}")
+    failed = 0
+    for frame in args.frames:
+        try:
+            mv = demo_views([frame])
+        except (RuntimeError, ValueError, IndexError, FileNotFoundError) as e:
+            print(f"bodyfit demo: {e}", file=sys.stderr)
+            return 1
+        cams = [mv.cameras.index(slice(v, v + 1)) for v in range(len(mv.names))]
+        out = Path(args.out) / f"frame_{frame:03d}"
+        report = fit_view_pictures(mv.images[0], cams, out, model, overrides, names=list(mv.names),
+                                   log=lambda m: print(m, file=sys.stderr),
+                                   extra={"source": ATTRIBUTION})
+        if not report.ok:
+            print(f"frame {frame} not fitted: {report.error}", file=sys.stderr)
+            failed += 1
+            continue
+        errs = ", ".join(f"{k} {v:.1f} px" for k, v in report.summary["reprojection_error_px"].items())
+        print(f"frame {frame}: {errs}; {report.summary['runtime_s']['total']:.1f} s -> {out}")
+    return 1 if failed else 0
 
 
 def _fit_video(args, images, overrides, model) -> int:

@@ -61,3 +61,65 @@ def test_demo_fits_four_real_views(tmp_path, pose2sim_wheel):
         s = json.loads((out / d / "fit.json").read_text())
         assert s["reprojection_error_px"] / s["box_height_px"] < 0.05
         assert "Pose2Sim" in s["source"]
+
+
+@pytest.fixture(scope="module")
+def calibration_file(pose2sim_wheel, tmp_path_factory):
+    from bodyfit.data.pose2sim import DEMO_ROOT, _extract_member
+
+    return _extract_member(f"{DEMO_ROOT}/calibration/Calib.qca.txt", None)
+
+
+def test_fit_views_bad_usage_exits_2(tmp_path, calibration_file, capsys):
+    one = tmp_path / "one.png"
+    write_image(one, np.zeros((8, 8, 3), np.uint8))
+    assert main(["fit-views", str(one), "--calib", str(calibration_file), "--out", str(tmp_path)]) == 2
+    assert "1 pictures for the 4 cameras" in capsys.readouterr().err
+    assert main(["fit-views", str(one), "--calib", str(tmp_path / "none.qca.txt"), "--out", str(tmp_path)]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_fit_views_on_four_real_views(tmp_path, calibration_file):
+    from bodyfit.data.pose2sim import demo_views
+
+    mv = demo_views([0])
+    paths = []
+    for name, image in zip(mv.names, mv.images[0]):
+        paths.append(tmp_path / f"{name}.png")
+        write_image(paths[-1], image)
+    out = tmp_path / "views"
+    assert main(["fit-views", *map(str, paths), "--calib", str(calibration_file), "--out", str(out),
+                 "--keypoints-only", "--quiet"]) == 0
+    s = json.loads((out / "fit.json").read_text())
+    assert s["views"] == list(mv.names)
+    assert all(v < 0.05 for v in s["reprojection_error_over_box"].values())
+    for name in mv.names:
+        assert (out / f"overlay_{name}.png").stat().st_size > 0
+    assert np.load(out / "fit.npz")["K"].shape == (4, 3, 3)
+
+
+@pytest.mark.slow
+def test_fit_video_skips_a_frame_without_person(tmp_path, pose2sim_wheel, capsys):
+    import cv2
+
+    from bodyfit.data.pose2sim import demo_frames
+
+    frames = [im for _, im in demo_frames(frame_indices=(0, 5, 10, 15), cameras=("cam04",))]
+    frames[2] = np.full_like(frames[2], 90)  # nobody in the third frame
+    video = tmp_path / "walk.mp4"
+    h, w = frames[0].shape[0] // 2, frames[0].shape[1] // 2
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (w, h))
+    for f in frames:
+        writer.write(cv2.cvtColor(cv2.resize(f, (w, h)), cv2.COLOR_RGB2BGR))
+    writer.release()
+    out = tmp_path / "video"
+    code = main(["fit-video", str(video), "--out", str(out), "--keypoints-only", "--quiet",
+                 "stages.2.steps=10"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "frame_000002" in err
+    fitted = sorted(p.name for p in out.iterdir())
+    assert fitted == ["frame_000000", "frame_000001", "frame_000003"]
+    shapes = [np.load(out / d / "fit.npz")["phenotypes"] for d in fitted]
+    assert np.allclose(shapes[0], shapes[1]) and np.allclose(shapes[0], shapes[2])
