@@ -6,6 +6,7 @@
     bodyfit fit-video VIDEO --out DIR [--every N] [--max-frames M] [--calib CALIB --view NAME]
                       [--keypoints-only] [key=value ...]
     bodyfit demo [--out DIR] [--frames 0 50] [--views] [key=value ...]
+    bodyfit train --out DIR [key=value ...]      (torchrun --nproc_per_node N -m bodyfit.cli train ...)
 
 Exit codes: 0 every picture fitted; 1 some pictures failed (each is reported); 2 bad usage.
 """
@@ -58,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
                      help="no silhouette or texture-consistency energies (faster)")
     common(vid)
 
+    tr = sub.add_parser("train", help="the SPIN loop: fits supervise the keypoint regressor; "
+                        "resumes from DIR/checkpoint.pt")
+    tr.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="overrides of bodyfit/configs/train.yaml")
+    tr.add_argument("--out", required=True, help="run folder (checkpoint, metrics.csv, store/)")
+    common(tr)
+
     d = sub.add_parser("demo", help="fit real frames of the Pose2Sim demo (4 views), offline")
     d.add_argument("--out", default="bodyfit_demo", help="output folder (default: bodyfit_demo)")
     d.add_argument("--frames", type=int, nargs="+", default=[0], help="frame indices (default: 0)")
@@ -75,11 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [a for a in rest if a.startswith("-")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    words = (args.overrides if args.command == "demo" else args.images) + rest
+    words = (args.overrides if args.command in ("demo", "train") else args.images) + rest
     overrides = [a for a in words if "=" in a and not Path(a).exists()]
     images = [a for a in words if a not in overrides]
-    if args.command == "demo" and images:
-        parser.error(f"bodyfit demo takes no pictures, got {images}")
+    if args.command in ("demo", "train") and images:
+        parser.error(f"bodyfit {args.command} takes no pictures, got {images}")
+    if args.command == "train":
+        return _train(args, overrides)
 
     from bodyfit.body_models import body_model
     from bodyfit.fitting.fit import load_config
@@ -160,6 +170,30 @@ def _fit_views(args, images, overrides, model) -> int:
     print(f"fitted {len(report.summary['views'])} views ({errs}) in "
           f"{report.summary['runtime_s']['total']:.1f} s -> {args.out}")
     return 0 if len(keep) == len(calib) else 1
+
+
+def _train(args, overrides) -> int:
+    from bodyfit.body_models import body_model
+    from bodyfit.data.samples import pose2sim_samples, synthetic_samples
+    from bodyfit.fitting.fit import load_config
+    from bodyfit.regressors.spin import train
+
+    try:
+        cfg = load_config(overrides, name="train")
+        model = body_model(args.model, model_path=args.model_path, device=args.device)
+        if cfg.data == "pose2sim":
+            samples = pose2sim_samples(range(*cfg.frames))
+        elif cfg.data == "synthetic":
+            samples, _ = synthetic_samples(model, cfg.synthetic_samples, seed=cfg.seed + 1)
+        else:
+            raise ValueError(f"data must be 'pose2sim' or 'synthetic', got {cfg.data!r}")
+        metrics = train(samples, args.out, cfg, model, progress=not args.quiet,
+                        log=lambda m: print(m, file=sys.stderr))
+    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
+        print(f"bodyfit train: {e}", file=sys.stderr)
+        return 2
+    print(f"trained to step {metrics.get('step')}; regressor, checkpoint and store in {args.out}")
+    return 0
 
 
 def _demo_views(args, overrides, model) -> int:

@@ -45,6 +45,36 @@ def drop_groups(keypoints: torch.Tensor, names: list[str], generator: torch.Gene
     return kp
 
 
+def synthetic_losses(reg: KeypointRegressor, model, y: torch.Tensor, boxes: torch.Tensor,
+                     sb: SyntheticBatch, kp_index: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The regressor's supervised losses on synthetic pairs with exact parameters.
+
+    Args:
+        reg: the regressor (for ``decode`` and ``camera_to_transl``).
+        y: (B, out_dim) its output for the (noisy) keypoints; boxes: (B,4) the boxes they were
+            normalized with. sb: the batch's ground truth (params, K, clean (B,K,2) exact
+            keypoints, boxes, joints (B,J,3) camera frame).
+    Returns:
+        ``joints`` root-relative 3D landmark error (m), ``rotations`` squared Frobenius error of
+        the root and free-joint rotation matrices, ``shape`` squared error, ``keypoints_2d`` L1
+        error of the projected landmarks in box-height units; each a scalar.
+    """
+    params, cam = reg.decode(y, model)
+    out_pred = model(params, vertices=False)
+    gt = sb.params
+    free = model.free_pose_joints
+    rel_gt = sb.joints - gt.transl[:, None]
+    R_pred = roma.rotvec_to_rotmat(torch.cat([params.global_orient[:, None], params.body_pose[:, free]], 1))
+    R_gt = roma.rotvec_to_rotmat(torch.cat([gt.global_orient[:, None], gt.body_pose[:, free]], 1))
+    transl = reg.camera_to_transl(cam, boxes, sb.K)
+    uv = project(out_pred.joints[:, kp_index] + transl[:, None], sb.K)
+    h = (sb.boxes[:, 3] - sb.boxes[:, 1])[:, None, None]
+    return {"joints": (out_pred.joints - rel_gt).norm(dim=-1).mean(),
+            "rotations": ((R_pred - R_gt) ** 2).sum((-1, -2)).mean(),
+            "shape": ((params.shape - gt.shape) ** 2).mean(),
+            "keypoints_2d": ((uv - sb.clean) / h).abs().sum(-1).mean()}
+
+
 def train(convention: str = "mediapipe33", minutes: float = 8.0, batch_size: int = 256,
           lr: float = 1e-3, seed: int = 0, out: str | None = None, pool_size: int = 65536) -> None:
     """Train for ``minutes`` on a pool of ``pool_size`` synthetic bodies and save the weights
@@ -83,30 +113,17 @@ def train(convention: str = "mediapipe33", minutes: float = 8.0, batch_size: int
                                dropout=float(torch.rand(1, generator=g)) * 0.2, generator=g)
         kp = drop_groups(kp, names, g)
         boxes = boxes_from_keypoints(kp)  # as at prediction time
-        y = reg(normalize_keypoints(kp, boxes))
-        params, cam = reg.decode(y, model)
-        out_pred = model(params, vertices=False)
-        gt = sb.params
-        rel_gt = sb.joints - gt.transl[:, None]
-        loss_3d = (out_pred.joints - rel_gt).norm(dim=-1).mean()
-        R_pred = roma.rotvec_to_rotmat(torch.cat([params.global_orient[:, None], params.body_pose[:, free]], 1))
-        R_gt = roma.rotvec_to_rotmat(torch.cat([gt.global_orient[:, None], gt.body_pose[:, free]], 1))
-        loss_rot = ((R_pred - R_gt) ** 2).sum((-1, -2)).mean()
-        loss_shape = ((params.shape - gt.shape) ** 2).mean()
-        transl = reg.camera_to_transl(cam, boxes, sb.K)
-        uv = project(out_pred.joints[:, kp_index] + transl[:, None], sb.K)
-        h = (sb.boxes[:, 3] - sb.boxes[:, 1])[:, None, None]
-        loss_2d = ((uv - sb.clean) / h).abs().sum(-1).mean()
-        loss = loss_3d + 0.1 * loss_rot + 0.1 * loss_shape + loss_2d
+        losses = synthetic_losses(reg, model, reg(normalize_keypoints(kp, boxes)), boxes, sb, kp_index)
+        loss = losses["joints"] + 0.1 * losses["rotations"] + 0.1 * losses["shape"] + losses["keypoints_2d"]
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(reg.parameters(), 5.0)
         opt.step()
         step += 1
         if step % 100 == 0:
-            print(f"step {step} loss {loss.item():.4f} 3d {loss_3d.item()*1000:.0f}mm "
-                  f"rot {loss_rot.item():.3f} shape {loss_shape.item():.3f} 2d {loss_2d.item():.4f}",
-                  flush=True)
+            print(f"step {step} loss {loss.item():.4f} 3d {losses['joints'].item()*1000:.0f}mm "
+                  f"rot {losses['rotations'].item():.3f} shape {losses['shape'].item():.3f} "
+                  f"2d {losses['keypoints_2d'].item():.4f}", flush=True)
     path = Path(out) if out else weights_path(model.name, convention)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.half() if v.is_floating_point() else v for k, v in reg.state_dict().items()}

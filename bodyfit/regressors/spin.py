@@ -1,0 +1,267 @@
+"""The SPIN loop (Kolotouros et al. 2019) for the keypoint regressor: the regressor proposes,
+the optimizer refines, the best fit per sample is kept, and the kept fits supervise the regressor.
+
+Each step, for a batch of real samples (2D keypoints and their camera):
+
+1. the regressor predicts the body; ``bodyfit.fit`` refines it from there (a short schedule);
+2. the fit store keeps the new fit where it is plausible and its keypoint energy is lower than
+   the stored one's (``FitStore``);
+3. the regressor is trained on the stored fits (rotation matrices, shape, root-relative 3D
+   joints), on the samples' 2D keypoints through its own camera, and on a batch of synthetic
+   pairs with exact parameters, so that it keeps what it learned from them.
+
+Checkpoints (regressor, optimizer, step, position in the epoch) are written atomically and a run
+resumes from the last one exactly: the data order and the synthetic batches are functions of
+(seed, epoch, step). Data-parallel over ``torchrun`` processes (torch.distributed, gloo on CPU,
+nccl on GPUs): each rank fits and learns from its share of every batch, gradients are averaged
+by DDP, and the ranks share the store on disk.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from pathlib import Path
+
+import roma
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+
+from bodyfit.body_models.base import BodyParams
+from bodyfit.cameras import project
+from bodyfit.data.samples import KeypointSamples
+from bodyfit.regressors.fit_store import FitStore, Plausibility
+from bodyfit.regressors.keypoint_regressor import (KeypointRegressor, boxes_from_keypoints,
+                                                   load_regressor, normalize_keypoints)
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.csv"
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); joins the torchrun process group when there is one."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo" if not torch.cuda.is_available() else "nccl")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def sample_is_usable(keypoints: torch.Tensor, min_keypoints: int) -> torch.Tensor:
+    """(B,) bool: finite keypoints with at least ``min_keypoints`` of confidence > 0."""
+    finite = torch.isfinite(keypoints).all(dim=(1, 2))
+    seen = (torch.nan_to_num(keypoints[..., 2]) > 0).sum(1)
+    return finite & (seen >= min_keypoints)
+
+
+def fit_losses(reg: KeypointRegressor, model, y: torch.Tensor, boxes: torch.Tensor,
+               keypoints: torch.Tensor, K: torch.Tensor, stored: BodyParams, have: torch.Tensor,
+               kp_index: torch.Tensor, kp_weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The regressor's losses on real samples.
+
+    Args:
+        y: (B, out_dim) regressor output; boxes (B,4) the normalization boxes.
+        keypoints: (B,K,3) detected keypoints; K (B,3,3).
+        stored: BodyParams (B) the store's fits (camera frame); have: (B,) which exist.
+    Returns:
+        scalars ``fit_rotations``, ``fit_shape``, ``fit_joints`` (means over samples with a
+        stored fit; 0 without any) and ``keypoints_2d`` (conf-weighted L1 in box heights).
+    """
+    params, cam = reg.decode(y, model)
+    out = model(params, vertices=False)
+    transl = reg.camera_to_transl(cam, boxes, K)
+    uv = project(out.joints[:, kp_index] + transl[:, None], K)
+    h = (boxes[:, 3] - boxes[:, 1]).clamp(min=1.0)[:, None, None]
+    w = keypoints[..., 2] * (kp_weight > 0)
+    kp2d = (((uv - keypoints[..., :2]) / h).abs().sum(-1) * w).sum() / w.sum().clamp(min=1.0)
+    zero = y.sum() * 0.0
+    if not bool(have.any()):
+        return {"fit_rotations": zero, "fit_shape": zero, "fit_joints": zero, "keypoints_2d": kp2d}
+    free = model.free_pose_joints
+    sel = have.nonzero().flatten()
+    R_pred = roma.rotvec_to_rotmat(torch.cat([params.global_orient[sel, None], params.body_pose[sel][:, free]], 1))
+    R_fit = roma.rotvec_to_rotmat(torch.cat([stored.global_orient[sel, None], stored.body_pose[sel][:, free]], 1))
+    fit_params = stored.index(sel).clone()
+    fit_params.transl = torch.zeros_like(fit_params.transl)
+    with torch.no_grad():
+        fit_joints = model(fit_params, vertices=False).joints
+    return {"fit_rotations": ((R_pred - R_fit) ** 2).sum((-1, -2)).mean(),
+            "fit_shape": ((params.shape[sel] - stored.shape[sel]) ** 2).mean(),
+            "fit_joints": (out.joints[sel] - fit_joints).norm(dim=-1).mean(),
+            "keypoints_2d": kp2d}
+
+
+def train(samples: KeypointSamples, out_dir: str | os.PathLike, cfg: DictConfig, model=None,
+          regressor: KeypointRegressor | None = None, progress: bool = True, log=print) -> dict:
+    """Run (or resume) the SPIN loop.
+
+    Args:
+        samples: the real training samples (``bodyfit.data.samples``).
+        out_dir: run folder: ``checkpoint.pt``, ``metrics.csv``, ``store/``, ``regressor.pt``.
+        cfg: ``configs/train.yaml``.
+        model: the body model (Anny when None). regressor: the start (the shipped one).
+    Returns:
+        the last step's metrics (dict), on every rank.
+    Raises:
+        ValueError: no usable sample, or a checkpoint from a different run (other config).
+    """
+    from tqdm import tqdm
+
+    from bodyfit.body_models import body_model
+    from bodyfit.body_models.conventions import keypoint_names
+    from bodyfit.data.synthetic import corrupt_keypoints, synthetic_batch
+    from bodyfit.fitting.fit import fit, load_config
+    from bodyfit.regressors.train_keypoint import drop_groups, synthetic_losses
+
+    rank, world = _distributed()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model if model is not None else body_model("anny")
+    names = keypoint_names(samples.convention)
+    kp_index, kp_weight = model.keypoint_map(samples.convention)
+    if regressor is None:
+        regressor = load_regressor(model, samples.convention)
+        if regressor is None:
+            raise ValueError(f"no shipped regressor for {model.name!r} and {samples.convention!r}: "
+                             "pass one to start from.")
+    reg = regressor.float().train()
+    for p in reg.parameters():
+        p.requires_grad_(True)
+    net = torch.nn.parallel.DistributedDataParallel(reg) if world > 1 else reg
+    opt = torch.optim.AdamW(reg.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    store = FitStore(out / "store", Plausibility(cfg.plausibility.max_error_over_box,
+                                                 cfg.plausibility.max_joint_limits,
+                                                 (0.0, 1.0) if model.shape_name == "phenotypes" else (-3.0, 3.0)))
+    fit_cfg = load_config(list(cfg.fit_overrides))
+    N = len(samples)
+    usable = sample_is_usable(samples.keypoints, cfg.min_keypoints)
+    if not bool(usable.any()):
+        raise ValueError("no usable training sample (all have NaN or too few keypoints).")
+    steps_per_epoch = math.ceil(N / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    step = 0
+    ckpt_path = out / CHECKPOINT
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if _run_identity(ckpt["config"]) != _run_identity(OmegaConf.to_container(cfg, resolve=True)):
+            raise ValueError(f"{ckpt_path} belongs to a run with another config; use another --out "
+                             f"or the same overrides.")
+        reg.load_state_dict(ckpt["regressor"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step = ckpt["step"]
+        if rank == 0:
+            log(f"resuming from step {step} of {total_steps}")
+    metrics: dict = {}
+    bar = tqdm(total=total_steps, initial=step, desc="spin", unit="step",
+               disable=not progress or rank != 0)
+    while step < total_steps:
+        epoch, pos = divmod(step, steps_per_epoch)
+        order = torch.randperm(N, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
+        batch = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
+        mine = batch[rank::world]
+        g = torch.Generator().manual_seed(cfg.seed * 1000003 + step * 31 + rank)
+        t0 = time.perf_counter()
+        # 1-2: predict, fit from the prediction, keep the better fits
+        ok = usable[mine]
+        real = samples.index(mine[ok])
+        n_improved = n_valid = 0
+        fit_err = float("nan")
+        if len(real):
+            with torch.no_grad():
+                reg.eval()
+                init = reg.predict(real.keypoints, real.K, model)
+                reg.train()
+            result = fit(real.keypoints, model, real.convention, image_size=real.image_size,
+                         K=real.K, init=init, config=fit_cfg, vertices=False)
+            err = result.reprojection_error_px / result.box_height_px
+            plausible = store.plausible(result.params, result.valid, err,
+                                        result.energies.get("joint_limits", torch.zeros_like(err)))
+            improved = store.update(real.ids, result.params, result.energies["reprojection"], err,
+                                    plausible, step)
+            n_improved, n_valid = int(improved.sum()), int(plausible.sum())
+            fit_err = float(torch.nanmean(err))
+        # 3: learn from the stored fits, the keypoints and synthetic pairs (one forward pass)
+        sb = synthetic_batch(model, cfg.synthetic_batch, samples.convention, noise=0.0, dropout=0.0,
+                             generator=g)
+        extent = (sb.boxes[:, 3] - sb.boxes[:, 1]).clamp(min=1) / 1.2
+        syn_kp = corrupt_keypoints(sb.clean, extent, sb.image_size, kp_weight,
+                                   noise=float(torch.rand(1, generator=g)) * 0.03,
+                                   dropout=float(torch.rand(1, generator=g)) * 0.2, generator=g)
+        syn_kp = drop_groups(syn_kp, names, g)
+        real_kp = real.keypoints if len(real) else syn_kp[:0]
+        all_kp = torch.cat([real_kp, syn_kp])
+        boxes = boxes_from_keypoints(all_kp)
+        y = net(normalize_keypoints(all_kp, boxes))
+        n = len(real)
+        stored, have = store.batch(real.ids, model.default_params(n)) if n else (None, torch.zeros(0, dtype=torch.bool))
+        lw = cfg.loss
+        syn = synthetic_losses(reg, model, y[n:], boxes[n:], sb, kp_index)
+        loss = lw.synthetic * (syn["joints"] + 0.1 * syn["rotations"] + 0.1 * syn["shape"] + syn["keypoints_2d"])
+        terms = {}
+        if n:
+            terms = fit_losses(reg, model, y[:n], boxes[:n], real.keypoints, real.K, stored, have,
+                               kp_index, kp_weight)
+            loss = loss + sum(lw[k] * v for k, v in terms.items())
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(reg.parameters(), 5.0)
+        opt.step()
+        step += 1
+        counts = torch.tensor([n_improved, n_valid, int((~ok).sum()), len(mine), float(loss.detach())])
+        if world > 1:
+            dist.all_reduce(counts)
+        metrics = {"step": step, "epoch": epoch, "loss": float(counts[4]) / world,
+                   "stored_improved": int(counts[0]), "fits_plausible": int(counts[1]),
+                   "skipped_samples": int(counts[2]), "samples": int(counts[3]),
+                   "fit_error_over_box": fit_err,
+                   **{k: float(terms[k].detach()) if k in terms else float("nan")
+                      for k in ("fit_rotations", "fit_shape", "fit_joints", "keypoints_2d")},
+                   "synthetic_joints_mm": 1000 * float(syn["joints"].detach()),
+                   "seconds": time.perf_counter() - t0}
+        if rank == 0:
+            _log_metrics(out / METRICS, metrics)
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", improved=metrics["stored_improved"])
+        if step % cfg.checkpoint_every == 0 or step % steps_per_epoch == 0 or step == total_steps:
+            if world > 1:
+                dist.barrier()
+            if rank == 0:
+                _atomic_save({"regressor": reg.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                              "config": OmegaConf.to_container(cfg, resolve=True)}, ckpt_path)
+            if world > 1:
+                dist.barrier()
+    bar.close()
+    if rank == 0:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in reg.state_dict().items()}
+        _atomic_save({"config": reg.config, "state_dict": state, "steps": step,
+                      "convention": samples.convention}, out / "regressor.pt")
+    return metrics
+
+
+def _run_identity(cfg: dict) -> dict:
+    """The config keys that must match to resume (more epochs or other checkpoint spacing may
+    continue a run)."""
+    return {k: v for k, v in cfg.items() if k not in ("epochs", "checkpoint_every")}
+
+
+def _log_metrics(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+        fh.flush()
+        os.fsync(fh.fileno())
