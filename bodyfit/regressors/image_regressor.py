@@ -1,0 +1,255 @@
+"""Image regressor, HMR-style (Kanazawa et al. 2018): a person crop -> body parameters and a
+weak-perspective camera, through a convolutional backbone and the same iterative-error-feedback
+head and 6D rotations (Zhou et al. 2019) as the keypoint regressor. Trained from scratch on
+synthetic renders (no pretrained weights can be downloaded here), on a GPU when one is lent.
+
+The backbone is ResNet-18's layout (He et al. 2016) written in plain torch: timm's models need
+torchvision, which has no build for the CPU torch this project pins.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from bodyfit.regressors.keypoint_regressor import KeypointRegressor
+
+CROP_SIZE = 224
+_MEAN = torch.tensor([0.485, 0.456, 0.406])
+_STD = torch.tensor([0.229, 0.224, 0.225])
+
+
+def square_boxes(boxes: torch.Tensor, scale: float = 1.2) -> torch.Tensor:
+    """(B,4) xyxy pixel boxes -> (B,4) squares with the same centre and side ``scale`` times the
+    longer side (HMR's person crops)."""
+    c = 0.5 * (boxes[:, :2] + boxes[:, 2:])
+    half = 0.5 * scale * (boxes[:, 2:] - boxes[:, :2]).amax(1, keepdim=True).clamp(min=1.0)
+    return torch.cat([c - half, c + half], 1)
+
+
+def crop_boxes(images: torch.Tensor, boxes: torch.Tensor, size: int = CROP_SIZE) -> torch.Tensor:
+    """Crop and resize (bilinear, zeros outside the picture).
+
+    Args:
+        images: (B,H,W,3) uint8 or float in [0,1], RGB. boxes: (B,4) xyxy pixels (pixel
+            centres at integers, as everywhere in bodyfit); the crop covers [x0, x1] x [y0, y1].
+        size: output side in pixels.
+    Returns:
+        (B,3,size,size) float in [0,1].
+    Raises:
+        ValueError: wrong shapes.
+    """
+    if images.dim() != 4 or images.shape[-1] != 3 or boxes.shape != (images.shape[0], 4):
+        raise ValueError(f"need images (B,H,W,3) and boxes (B,4), got {tuple(images.shape)} and "
+                         f"{tuple(boxes.shape)}.")
+    img = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    B, H, W, _ = img.shape
+    t = torch.linspace(0, 1, size, device=img.device)
+    x0, y0, x1, y1 = (boxes[:, i:i + 1].float() for i in range(4))
+    xs = x0 + (x1 - x0) * t  # (B,size) pixel coordinates
+    ys = y0 + (y1 - y0) * t
+    grid = torch.stack([((xs + 0.5) / W * 2 - 1)[:, None, :].expand(B, size, size),
+                        ((ys + 0.5) / H * 2 - 1)[:, :, None].expand(B, size, size)], -1)
+    return F.grid_sample(img.permute(0, 3, 1, 2), grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=False)
+
+
+class _Block(torch.nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(cout)
+        self.conv2 = torch.nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(cout)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                            torch.nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return F.relu(y + (x if self.down is None else self.down(x)))
+
+
+class ResNetBackbone(torch.nn.Module):
+    """ResNet (He et al. 2016) basic-block backbone: (B,3,H,W) -> (B,C) pooled features.
+
+    Args:
+        widths: channels of the four stages ((64, 128, 256, 512) is ResNet-18).
+        blocks: basic blocks per stage ((2, 2, 2, 2) is ResNet-18).
+    """
+
+    def __init__(self, widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2)):
+        super().__init__()
+        self.stem = torch.nn.Sequential(
+            torch.nn.Conv2d(3, widths[0], 7, 2, 3, bias=False), torch.nn.BatchNorm2d(widths[0]),
+            torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2, 1))
+        layers, cin = [], widths[0]
+        for i, (w, n) in enumerate(zip(widths, blocks)):
+            for j in range(n):
+                layers.append(_Block(cin, w, 2 if (j == 0 and i > 0) else 1))
+                cin = w
+        self.layers = torch.nn.Sequential(*layers)
+        self.out_features = cin
+        for m in self.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        return self.layers(self.stem(x)).mean(dim=(2, 3))
+
+
+class ImageRegressor(torch.nn.Module):
+    """HMR: crop -> backbone features -> IEF head (3 iterations) -> parameters.
+
+    Args:
+        num_free_joints: F joints predicted (the model's ``free_pose_joints``), 6D each.
+        shape_dim: S. widths / blocks: the backbone (ResNet-18 by default).
+        hidden: IEF width. iterations: IEF steps.
+
+    ``forward(crops (B,3,224,224) in [0,1]) -> (B, 6 + 6F + S + 3)``, the keypoint regressor's
+    output layout, so ``decode`` and ``camera_to_transl`` (weak perspective relative to the
+    crop's box) are shared with it. ``predict(images, boxes, K, model)`` gives BodyParams in the
+    camera frame.
+    """
+
+    decode = KeypointRegressor.decode
+    camera_to_transl = staticmethod(KeypointRegressor.camera_to_transl)
+
+    def __init__(self, num_free_joints: int, shape_dim: int, widths=(64, 128, 256, 512),
+                 blocks=(2, 2, 2, 2), hidden: int = 1024, iterations: int = 3):
+        super().__init__()
+        self.config = dict(num_free_joints=num_free_joints, shape_dim=shape_dim, widths=tuple(widths),
+                           blocks=tuple(blocks), hidden=hidden, iterations=iterations)
+        self.backbone = ResNetBackbone(widths, blocks)
+        self.out_dim = 6 + 6 * num_free_joints + shape_dim + 3
+        feat = self.backbone.out_features
+        self.ief = torch.nn.Sequential(
+            torch.nn.Linear(feat + self.out_dim, hidden), torch.nn.ReLU(), torch.nn.Dropout(0.1),
+            torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Dropout(0.1),
+            torch.nn.Linear(hidden, self.out_dim))
+        torch.nn.init.xavier_uniform_(self.ief[-1].weight, gain=0.01)
+        init = torch.zeros(self.out_dim)
+        eye6 = torch.tensor([1.0, 0, 0, 0, 1, 0])
+        init[:6] = eye6
+        init[6:6 + 6 * num_free_joints] = eye6.repeat(num_free_joints)
+        init[-3] = 0.9 / 1.2  # a body about one (unpadded) box high in the 1.2x crop
+        self.register_buffer("init_output", init)
+        self.register_buffer("mean", _MEAN.view(1, 3, 1, 1))
+        self.register_buffer("std", _STD.view(1, 3, 1, 1))
+        self.iterations = iterations
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        feat = self.backbone((crops - self.mean) / self.std)
+        y = self.init_output.expand(crops.shape[0], -1)
+        for _ in range(self.iterations):
+            y = y + self.ief(torch.cat([feat, y], 1))
+        return y
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, boxes: torch.Tensor, K: torch.Tensor, model):
+        """(B,H,W,3) pictures, (B,4) person boxes (xyxy px), (B,3,3) K -> BodyParams (B) in the
+        camera frame (the crop is the 1.2x square around the box)."""
+        sq = square_boxes(boxes)
+        y = self(crop_boxes(images, sq).to(self.init_output))
+        params, cam = self.decode(y, model)
+        params.transl = self.camera_to_transl(cam, sq, K.to(y))
+        return params.to(model.dtype)
+
+
+def synthetic_renders(model, n: int, size: int = CROP_SIZE, generator: torch.Generator | None = None):
+    """Synthetic training crops for the image regressor: sampled bodies (as
+    ``bodyfit.data.synthetic.synthetic_batch``) wearing a smooth random texture, rendered over a
+    random smooth background and cropped with :func:`square_boxes` around their keypoints.
+
+    Returns:
+        (crops (n,3,size,size) in [0,1], SyntheticBatch ground truth, square boxes (n,4)).
+    """
+    from bodyfit.data.synthetic import body_texture, synthetic_batch
+    from bodyfit.renderers import ops
+    from bodyfit.renderers.views import to_clip
+    from bodyfit.cameras import Camera
+
+    g = generator
+    sb = synthetic_batch(model, n, noise=0.0, dropout=0.0, image_size=(512, 512), generator=g,
+                         depth_range=(3.0, 6.0))
+    with torch.no_grad():
+        verts = model(sb.params).vertices
+        rest = model(model.default_params(1)).vertices[0]
+        cam = Camera.identity(sb.K, sb.image_size)
+        pos = to_clip(verts, cam)
+        rast, _ = ops.rasterize(pos, model.faces, sb.image_size)
+        phase = torch.rand(n, 1, 3, generator=g) * 2 * math.pi
+        tex = body_texture(rest)[None] * 0.8 + 0.2 * torch.sin(rest[None, :, :1] * 7 + phase)
+        rgb, _ = ops.interpolate(tex.clamp(0, 1), rast, model.faces)
+        cover = (rast[..., 3:] > 0).float()
+        img = ops.antialias(torch.cat([rgb * cover, cover], -1), rast, pos, model.faces)
+        H, W = sb.image_size
+        yy, xx = torch.meshgrid(torch.linspace(0, 1, H), torch.linspace(0, 1, W), indexing="ij")
+        a = torch.rand(n, 1, 1, 3, generator=g)
+        b = torch.rand(n, 1, 1, 3, generator=g)
+        bg = (a + (b - a) * (0.5 + 0.5 * torch.sin(6 * xx[None, ..., None] * b + 4 * yy[None, ..., None] * a)))
+        picture = img[..., :3] + (1 - img[..., 3:]) * bg
+        sq = square_boxes(sb.boxes / 1.0)
+        crops = crop_boxes(picture, sq, size)
+    return crops, sb, sq
+
+
+def image_losses(reg: ImageRegressor, model, y: torch.Tensor, sb, boxes: torch.Tensor,
+                 kp_index: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The image regressor's supervised losses on synthetic renders (as the keypoint
+    regressor's: ``bodyfit.regressors.train_keypoint.synthetic_losses``), with the camera
+    relative to the square crop boxes."""
+    from bodyfit.regressors.train_keypoint import synthetic_losses
+
+    return synthetic_losses(reg, model, y, boxes, sb, kp_index)
+
+
+def train_image_regressor(minutes: float = 10.0, batch_size: int = 32, lr: float = 3e-4,
+                          seed: int = 0, out: str | None = None, device: str | None = None,
+                          log=print) -> ImageRegressor:
+    """Train from scratch on fresh synthetic renders for ``minutes`` (on CUDA when available)
+    and save ``{"config", "state_dict", "steps"}`` to ``out`` if given.
+
+        python -m bodyfit.regressors.image_regressor --minutes 60 --out image_regressor.pt
+    """
+    import time
+
+    from bodyfit.body_models import body_model
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    model = body_model("anny")
+    kp_index, _ = model.keypoint_map("mediapipe33")
+    reg = ImageRegressor(len(model.free_pose_joints), model.shape_dim).to(device)
+    opt = torch.optim.AdamW(reg.parameters(), lr=lr, weight_decay=1e-4)
+    deadline, step = time.time() + 60 * minutes, 0
+    while time.time() < deadline:
+        crops, sb, sq = synthetic_renders(model, batch_size, generator=g)
+        y = reg(crops.to(device)).cpu()
+        L = image_losses(reg, model, y, sb, sq, kp_index)
+        loss = L["joints"] + 0.1 * L["rotations"] + 0.1 * L["shape"] + L["keypoints_2d"]
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(reg.parameters(), 5.0)
+        opt.step()
+        step += 1
+        if step % 20 == 0:
+            log(f"step {step} loss {loss.item():.3f} joints {1000 * L['joints'].item():.0f} mm")
+    if out:
+        torch.save({"config": reg.config, "state_dict": reg.state_dict(), "steps": step}, out)
+    return reg
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Train the image regressor on synthetic renders.")
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--out", default="image_regressor.pt")
+    a = ap.parse_args()
+    train_image_regressor(a.minutes, a.batch_size, out=a.out)
