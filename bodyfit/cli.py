@@ -181,14 +181,22 @@ def _train(args, overrides) -> int:
     try:
         cfg = load_config(overrides, name="train")
         model = body_model(args.model, model_path=args.model_path, device=args.device)
+        if cfg.regressor not in ("keypoint", "image"):
+            raise ValueError(f"regressor must be 'keypoint' or 'image', got {cfg.regressor!r}")
         if cfg.data == "pose2sim":
-            samples = pose2sim_samples(range(*cfg.frames))
-        elif cfg.data == "synthetic":
+            samples = pose2sim_samples(range(*cfg.frames), crops=cfg.regressor == "image")
+        elif cfg.data == "synthetic" and cfg.regressor == "keypoint":
             samples, _ = synthetic_samples(model, cfg.synthetic_samples, seed=cfg.seed + 1)
         else:
-            raise ValueError(f"data must be 'pose2sim' or 'synthetic', got {cfg.data!r}")
-        metrics = train(samples, args.out, cfg, model, progress=not args.quiet,
-                        log=lambda m: print(m, file=sys.stderr))
+            raise ValueError(f"data must be 'pose2sim' (or 'synthetic' for the keypoint regressor), "
+                             f"got {cfg.data!r}")
+        regressor = None
+        if cfg.regressor == "image":
+            from bodyfit.regressors.image_regressor import load_image_regressor
+
+            regressor = load_image_regressor(model, cfg.image_weights)
+        metrics = train(samples, args.out, cfg, model, regressor=regressor,
+                        progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
     except (ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
         print(f"bodyfit train: {e}", file=sys.stderr)
         return 2

@@ -15,6 +15,9 @@ class KeypointSamples:
         keypoints: (N,K,3) pixels + confidence, in ``convention``.
         K: (N,3,3) intrinsics, pixels. image_size: (H, W) shared by the samples.
         convention: keypoint convention name.
+        crops: optional (N,3,224,224) uint8 person crops (for the image regressor), cut at
+            ``crop_boxes`` (N,4) xyxy pixels (``image_regressor.square_boxes`` of the
+            keypoints' box).
     """
 
     ids: list[str]
@@ -22,6 +25,8 @@ class KeypointSamples:
     K: torch.Tensor
     image_size: tuple[int, int]
     convention: str = "mediapipe33"
+    crops: torch.Tensor | None = None
+    crop_boxes: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -29,14 +34,18 @@ class KeypointSamples:
     def index(self, idx) -> "KeypointSamples":
         idx = torch.as_tensor(idx, dtype=torch.long)
         return KeypointSamples([self.ids[i] for i in idx.tolist()], self.keypoints[idx], self.K[idx],
-                               self.image_size, self.convention)
+                               self.image_size, self.convention,
+                               None if self.crops is None else self.crops[idx],
+                               None if self.crop_boxes is None else self.crop_boxes[idx])
 
 
 def pose2sim_samples(frames=range(0, 100), cameras=("cam01", "cam02", "cam03", "cam04"),
-                     cache_dir=None) -> KeypointSamples:
+                     cache_dir=None, crops: bool = False) -> KeypointSamples:
     """Pose2Sim Demo_SinglePerson frames x views with cached MediaPipe-33 keypoints
     (``bodyfit.data.pose2sim.demo_keypoints``: undistorted, on the calibration's 1088 x 1920
-    grid); ids ``cam01_f000``. Data: BSD-3-Clause, see ``bodyfit.data.pose2sim.ATTRIBUTION``."""
+    grid); ids ``cam01_f000``; with ``crops``, also the person crops for the image regressor
+    (decodes the frames: about 0.1 s each). Data: BSD-3-Clause, see
+    ``bodyfit.data.pose2sim.ATTRIBUTION``."""
     from bodyfit.data.pose2sim import demo_cameras, demo_keypoints
 
     frames = list(frames)
@@ -45,7 +54,22 @@ def pose2sim_samples(frames=range(0, 100), cameras=("cam01", "cam02", "cam03", "
     T, V = kp.shape[:2]
     ids = [f"{cam}_f{f:03d}" for f in frames for cam in cameras]
     K = cams.K.float()[None].expand(T, V, 3, 3).reshape(T * V, 3, 3).clone()
-    return KeypointSamples(ids, kp.reshape(T * V, 33, 3), K, tuple(cams.image_size))
+    kp = kp.reshape(T * V, 33, 3)
+    out = KeypointSamples(ids, kp, K, tuple(cams.image_size))
+    if crops:
+        from bodyfit.data.pose2sim import demo_views
+        from bodyfit.regressors.image_regressor import crop_boxes, square_boxes
+        from bodyfit.regressors.keypoint_regressor import boxes_from_keypoints
+
+        out.crop_boxes = square_boxes(boxes_from_keypoints(kp))
+        pieces = []
+        for t, f in enumerate(frames):  # one frame at a time: full pictures are large
+            mv = demo_views([f], cameras, cache_dir=cache_dir)
+            pics = torch.stack([torch.as_tensor(im) for im in mv.images[0]])
+            boxes = out.crop_boxes[t * V:(t + 1) * V]
+            pieces.append((crop_boxes(pics, boxes) * 255).round().to(torch.uint8))
+        out.crops = torch.cat(pieces)
+    return out
 
 
 def synthetic_samples(model, n: int, seed: int = 0, noise: float = 0.015,

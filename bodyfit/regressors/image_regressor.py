@@ -159,13 +159,15 @@ class ImageRegressor(torch.nn.Module):
         return params.to(model.dtype)
 
 
-def synthetic_renders(model, n: int, size: int = CROP_SIZE, generator: torch.Generator | None = None):
+def synthetic_renders(model, n: int, size: int = CROP_SIZE, generator: torch.Generator | None = None,
+                      image_size: tuple[int, int] = (512, 512)):
     """Synthetic training crops for the image regressor: sampled bodies (as
     ``bodyfit.data.synthetic.synthetic_batch``) wearing a smooth random texture, rendered over a
     random smooth background and cropped with :func:`square_boxes` around their keypoints.
 
     Returns:
-        (crops (n,3,size,size) in [0,1], SyntheticBatch ground truth, square boxes (n,4)).
+        (crops (n,3,size,size) in [0,1], SyntheticBatch ground truth, square boxes (n,4)), the
+        pictures being ``image_size`` (H, W) pixels.
     """
     from bodyfit.data.synthetic import body_texture, synthetic_batch
     from bodyfit.renderers import ops
@@ -173,7 +175,7 @@ def synthetic_renders(model, n: int, size: int = CROP_SIZE, generator: torch.Gen
     from bodyfit.cameras import Camera
 
     g = generator
-    sb = synthetic_batch(model, n, noise=0.0, dropout=0.0, image_size=(512, 512), generator=g,
+    sb = synthetic_batch(model, n, noise=0.0, dropout=0.0, image_size=image_size, generator=g,
                          depth_range=(3.0, 6.0))
     with torch.no_grad():
         verts = model(sb.params).vertices
@@ -192,7 +194,7 @@ def synthetic_renders(model, n: int, size: int = CROP_SIZE, generator: torch.Gen
         b = torch.rand(n, 1, 1, 3, generator=g)
         bg = (a + (b - a) * (0.5 + 0.5 * torch.sin(6 * xx[None, ..., None] * b + 4 * yy[None, ..., None] * a)))
         picture = img[..., :3] + (1 - img[..., 3:]) * bg
-        sq = square_boxes(sb.boxes / 1.0)
+        sq = square_boxes(sb.boxes)
         crops = crop_boxes(picture, sq, size)
     return crops, sb, sq
 
@@ -205,6 +207,28 @@ def image_losses(reg: ImageRegressor, model, y: torch.Tensor, sb, boxes: torch.T
     from bodyfit.regressors.train_keypoint import synthetic_losses
 
     return synthetic_losses(reg, model, y, boxes, sb, kp_index)
+
+
+def load_image_regressor(model, path=None) -> ImageRegressor:
+    """An ImageRegressor for ``model``: from a file written by :func:`train_image_regressor`, or
+    freshly initialized when ``path`` is None (no weights ship: train them on a GPU).
+
+    Raises:
+        FileNotFoundError: no file at ``path``. ValueError: weights for another model.
+    """
+    from pathlib import Path
+
+    if path is None:
+        return ImageRegressor(len(model.free_pose_joints), model.shape_dim)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"No image regressor weights at {str(path)!r}.")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = state["config"]
+    if cfg["num_free_joints"] != len(model.free_pose_joints) or cfg["shape_dim"] != model.shape_dim:
+        raise ValueError(f"Image regressor weights {path} do not match model {model.name!r}.")
+    reg = ImageRegressor(**cfg)
+    reg.load_state_dict(state["state_dict"])
+    return reg
 
 
 def train_image_regressor(minutes: float = 10.0, batch_size: int = 32, lr: float = 3e-4,

@@ -33,6 +33,7 @@ from bodyfit.body_models.base import BodyParams
 from bodyfit.cameras import project
 from bodyfit.data.samples import KeypointSamples
 from bodyfit.regressors.fit_store import FitStore, Plausibility
+from bodyfit.regressors.image_regressor import ImageRegressor, synthetic_renders
 from bodyfit.regressors.keypoint_regressor import (KeypointRegressor, boxes_from_keypoints,
                                                    load_regressor, normalize_keypoints)
 
@@ -101,6 +102,18 @@ def fit_losses(reg: KeypointRegressor, model, y: torch.Tensor, boxes: torch.Tens
             "fit_shape": ((params.shape[sel] - stored.shape[sel]) ** 2).mean(),
             "fit_joints": (out.joints[sel] - fit_joints).norm(dim=-1).mean(),
             "keypoints_2d": kp2d}
+
+
+def _predict(reg, samples: KeypointSamples, model) -> BodyParams:
+    """The regressor's bodies for real samples (camera frame)."""
+    if isinstance(reg, ImageRegressor):
+        if samples.crops is None:
+            raise ValueError("the image regressor needs samples with crops (pose2sim_samples(crops=True)).")
+        y = reg(samples.crops.float() / 255.0)
+        params, cam = reg.decode(y, model)
+        params.transl = reg.camera_to_transl(cam, samples.crop_boxes, samples.K)
+        return params.to(model.dtype)
+    return reg.predict(samples.keypoints, samples.K, model)
 
 
 def train(samples: KeypointSamples, out_dir: str | os.PathLike, cfg: DictConfig, model=None,
@@ -181,7 +194,7 @@ def train(samples: KeypointSamples, out_dir: str | os.PathLike, cfg: DictConfig,
         if len(real):
             with torch.no_grad():
                 reg.eval()
-                init = reg.predict(real.keypoints, real.K, model)
+                init = _predict(reg, real, model)
                 reg.train()
             result = fit(real.keypoints, model, real.convention, image_size=real.image_size,
                          K=real.K, init=init, config=fit_cfg, vertices=False)
@@ -193,17 +206,24 @@ def train(samples: KeypointSamples, out_dir: str | os.PathLike, cfg: DictConfig,
             n_improved, n_valid = int(improved.sum()), int(plausible.sum())
             fit_err = float(torch.nanmean(err))
         # 3: learn from the stored fits, the keypoints and synthetic pairs (one forward pass)
-        sb = synthetic_batch(model, cfg.synthetic_batch, samples.convention, noise=0.0, dropout=0.0,
-                             generator=g)
-        extent = (sb.boxes[:, 3] - sb.boxes[:, 1]).clamp(min=1) / 1.2
-        syn_kp = corrupt_keypoints(sb.clean, extent, sb.image_size, kp_weight,
-                                   noise=float(torch.rand(1, generator=g)) * 0.03,
-                                   dropout=float(torch.rand(1, generator=g)) * 0.2, generator=g)
-        syn_kp = drop_groups(syn_kp, names, g)
-        real_kp = real.keypoints if len(real) else syn_kp[:0]
-        all_kp = torch.cat([real_kp, syn_kp])
-        boxes = boxes_from_keypoints(all_kp)
-        y = net(normalize_keypoints(all_kp, boxes))
+        if isinstance(reg, ImageRegressor):
+            syn_x, sb, syn_boxes = synthetic_renders(model, cfg.synthetic_batch, generator=g,
+                                                     image_size=(256, 256))
+            real_x = real.crops.float() / 255.0 if len(real) else syn_x[:0]
+            real_boxes = real.crop_boxes if len(real) else syn_boxes[:0]
+            x, boxes = torch.cat([real_x, syn_x]), torch.cat([real_boxes, syn_boxes])
+        else:
+            sb = synthetic_batch(model, cfg.synthetic_batch, samples.convention, noise=0.0,
+                                 dropout=0.0, generator=g)
+            extent = (sb.boxes[:, 3] - sb.boxes[:, 1]).clamp(min=1) / 1.2
+            syn_kp = corrupt_keypoints(sb.clean, extent, sb.image_size, kp_weight,
+                                       noise=float(torch.rand(1, generator=g)) * 0.03,
+                                       dropout=float(torch.rand(1, generator=g)) * 0.2, generator=g)
+            syn_kp = drop_groups(syn_kp, names, g)
+            all_kp = torch.cat([real.keypoints if len(real) else syn_kp[:0], syn_kp])
+            boxes = boxes_from_keypoints(all_kp)
+            x = normalize_keypoints(all_kp, boxes)
+        y = net(x)
         n = len(real)
         stored, have = store.batch(real.ids, model.default_params(n)) if n else (None, torch.zeros(0, dtype=torch.bool))
         lw = cfg.loss
