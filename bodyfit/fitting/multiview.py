@@ -249,8 +249,8 @@ def fit_views(views: Views, model: BodyModel | None = None, convention: str = "m
             notes.insert(0, f"no view sees {cfg.min_keypoints} or more keypoints: frame not fitted")
         messages.append("; ".join(notes) if notes else None)
     kp_used = kp * seen_bv[..., None, None]
-    scale = torch.stack([(boxes_from_keypoints(kp[:, v])[:, 3] - boxes_from_keypoints(kp[:, v])[:, 1])
-                         for v in range(V)], 1).clamp(min=1.0)  # (B,V)
+    boxes = torch.stack([boxes_from_keypoints(kp[:, v]) for v in range(V)], 1)  # (B,V,4)
+    scale = (boxes[..., 3] - boxes[..., 1]).clamp(min=1.0)  # (B,V) box heights, pixels
 
     # Start: the regressor (or mean body) in the view that sees most, moved to the world frame.
     t0 = time.perf_counter()
@@ -311,13 +311,17 @@ def fit_views(views: Views, model: BodyModel | None = None, convention: str = "m
         tex_energy = TextureConsistencyEnergy(model.faces, cfg.depth_tolerance,
                                               margin=max(1, math.ceil(2 * cfg.texture_blur))).to(dev)
     if obs_dp:
-        from bodyfit.densepose import anny_chart
+        from bodyfit.densepose import anny_chart, smpl_chart
         from bodyfit.fitting.densepose import DensePoseEnergy
 
-        if model.name != "anny":
-            raise ValueError("DensePose fitting needs the model's chart: only Anny's is built in; "
-                             "for SMPL build one with bodyfit.densepose.smpl_chart.")
-        dp_energy = DensePoseEnergy(anny_chart(model), cfg.sigma)
+        if model.name == "anny":
+            chart = anny_chart(model)
+        elif model.name in ("smpl", "smplh"):  # 6890 vertices: DensePose's own chart
+            chart = smpl_chart()
+        else:
+            raise ValueError(f"DensePose fitting needs a chart on {model.name!r}'s mesh: Anny's "
+                             f"is built in and SMPL's comes from bodyfit[densepose-smpl].")
+        dp_energy = DensePoseEnergy(chart, cfg.sigma)
         gen = torch.Generator().manual_seed(0)
         for v, iuv in obs_dp.items():
             dp_targets[v] = dp_energy.targets(iuv, cfg.densepose_points, generator=gen)
@@ -333,14 +337,17 @@ def fit_views(views: Views, model: BodyModel | None = None, convention: str = "m
         rendered = {v: tex_energy.view(out.vertices, work_b[v], im) for v, im in obs_images.items()}
         total = out.vertices.new_zeros(B)
         pairs = 0
+        seen = seen_bv.to(out.vertices.dtype)
         for i in rendered:
             for j in rendered:
-                if i != j:
-                    total = total + tex_energy.pair_energy(out.vertices, rendered[i], rendered[j])
+                if i != j:  # only where both views see the person in that frame
+                    e = tex_energy.pair_energy(out.vertices, rendered[i], rendered[j])
+                    total = total + e * seen[:, i] * seen[:, j]
                     pairs += 1
-        if sequence and B >= 2:  # the same view in consecutive frames, both ways round
-            for r in rendered.values():
-                total = total + tex_energy.pair_energy(out.vertices, r, r, shift=1)
+        if sequence and B >= 2:  # the same view in consecutive frames, where both see the person
+            for v, r in rendered.items():
+                both = F.pad(seen[1:, v] * seen[:-1, v], (1, 0))
+                total = total + tex_energy.pair_energy(out.vertices, r, r, shift=1) * both
                 pairs += 1
         return total / max(pairs, 1)
 
@@ -354,7 +361,8 @@ def fit_views(views: Views, model: BodyModel | None = None, convention: str = "m
             "init_prior": lambda: pose_prior(p.body_pose - start_pose, model.free_pose_joints),
             "shape_prior": lambda: shape_prior(p.shape, model.shape_name),
             "temporal": lambda: temporal_smoothness(out.joints, active),
-            "silhouette": lambda: sum(sil_energy(out, work_b[v], m) for v, m in obs_masks.items()),
+            "silhouette": lambda: sum(sil_energy(out, work_b[v], m) * seen_bv[:, v]
+                                      for v, m in obs_masks.items()),
             "texture": lambda: texture_term(out),
             "densepose": lambda: sum(dp_energy(out, cams_b[v], dp_targets[v], scale[:, v]) for v in dp_targets),
         }

@@ -252,7 +252,7 @@ def train_image_regressor(minutes: float = 10.0, batch_size: int = 32, lr: float
     opt = torch.optim.AdamW(reg.parameters(), lr=lr, weight_decay=1e-4)
     deadline, step = time.time() + 60 * minutes, 0
     while time.time() < deadline:
-        crops, sb, sq = synthetic_renders(model, batch_size, generator=g)
+        crops, sb, sq = synthetic_renders(model, batch_size, generator=g, image_size=(256, 256))
         y = reg(crops.to(device)).cpu()
         L = image_losses(reg, model, y, sb, sq, kp_index)
         loss = L["joints"] + 0.1 * L["rotations"] + 0.1 * L["shape"] + L["keypoints_2d"]
