@@ -166,7 +166,8 @@ def _fit_views(args, images, overrides, model) -> int:
     if not report.ok:
         print(f"bodyfit fit-views: not fitted: {report.error}", file=sys.stderr)
         return 1
-    errs = ", ".join(f"{k} {v:.1f} px" for k, v in report.summary["reprojection_error_px"].items())
+    errs = ", ".join(f"{k} {v:.1f} px" for k, v in report.summary["reprojection_error_px"].items()
+                     if v is not None)
     print(f"fitted {len(report.summary['views'])} views ({errs}) in "
           f"{report.summary['runtime_s']['total']:.1f} s -> {args.out}")
     return 0 if len(keep) == len(calib) else 1
@@ -226,7 +227,8 @@ def _demo_views(args, overrides, model) -> int:
             print(f"frame {frame} not fitted: {report.error}", file=sys.stderr)
             failed += 1
             continue
-        errs = ", ".join(f"{k} {v:.1f} px" for k, v in report.summary["reprojection_error_px"].items())
+        errs = ", ".join(f"{k} {v:.1f} px" for k, v in report.summary["reprojection_error_px"].items()
+                         if v is not None)
         print(f"frame {frame}: {errs}; {report.summary['runtime_s']['total']:.1f} s -> {out}")
     return 1 if failed else 0
 

@@ -167,8 +167,9 @@ def save_views_fit(result, b: int, out_dir: Path, pictures: list[np.ndarray | No
         "model": result.model_name,
         "keypoint_convention": result.convention,
         "views": result.names,
-        "reprojection_error_px": {n: float(err[v] * scale[v]) for v, n in enumerate(result.names)},
-        "reprojection_error_over_box": {n: float(err[v] / box[v]) for v, n in enumerate(result.names)},
+        # None for a view that does not see the person in this frame
+        "reprojection_error_px": {n: _finite_or_none(err[v] * scale[v]) for v, n in enumerate(result.names)},
+        "reprojection_error_over_box": {n: _finite_or_none(err[v] / box[v]) for v, n in enumerate(result.names)},
         "energies": {k: float(v[b]) for k, v in result.energies.items()},
         "skipped_energies": result.skipped_energies,
         "messages": [m for m in (result.messages[b], *result.view_messages) if m],
@@ -190,6 +191,11 @@ def save_views_fit(result, b: int, out_dir: Path, pictures: list[np.ndarray | No
     return summary
 
 
+def _finite_or_none(x) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
 def _rescale_kp(kp: torch.Tensor, s) -> np.ndarray:
     """(K,2|3) pixel coordinates at one resolution -> at ``s`` times it (pixel centres kept)."""
     out = kp.detach().cpu().numpy().copy()
@@ -197,9 +203,10 @@ def _rescale_kp(kp: torch.Tensor, s) -> np.ndarray:
     return out
 
 
-def _work_views(pictures, detections, cameras, sequence_names=None):
-    """Views at the working resolution (longer side <= WORK_SIZE) from full pictures and
-    detections; returns (Views, the full-resolution cameras)."""
+def _work_views(pictures, detections, cameras, names=None):
+    """``Views`` at the working resolution (longer side <= WORK_SIZE) from full pictures
+    (``pictures[v][t]``), detections (``detections[v][t]``, None where nobody was found) and the
+    full-resolution cameras."""
     from bodyfit.cameras import Camera
     from bodyfit.fitting.multiview import Views, _scaled_camera
 
@@ -224,7 +231,7 @@ def _work_views(pictures, detections, cameras, sequence_names=None):
         masks.append(torch.stack(per_frame_mask))
         images.append(torch.stack(per_frame_img))
     views = Views(cameras=[Camera(c.K.float(), c.R.float(), c.t.float(), c.image_size) for c in work_cams],
-                  keypoints=torch.stack(kps, 1), masks=masks, images=images, names=sequence_names)
+                  keypoints=torch.stack(kps, 1), masks=masks, images=images, names=names)
     return views
 
 
