@@ -23,6 +23,7 @@ from bodyfit.cameras import Camera
 from bodyfit.fitting.fit import initial_params, load_config
 from bodyfit.fitting.optimizer import run_stage
 from bodyfit.fitting.reprojection import ReprojectionEnergy
+from bodyfit.fitting.silhouette import rasterize_view
 from bodyfit.priors import joint_limits, pose_prior, shape_prior, temporal_smoothness
 from bodyfit.regressors.keypoint_regressor import boxes_from_keypoints
 
@@ -333,8 +334,8 @@ def fit_views(views: Views, model: BodyModel | None = None, convention: str = "m
                  "silhouette": sil_energy is not None, "texture": tex_energy is not None,
                  "densepose": dp_energy is not None}
 
-    def texture_term(out: BodyOutput) -> torch.Tensor:
-        rendered = {v: tex_energy.view(out.vertices, work_b[v], im) for v, im in obs_images.items()}
+    def texture_term(out: BodyOutput, raster) -> torch.Tensor:
+        rendered = {v: tex_energy.view(out.vertices, work_b[v], im, raster(v)) for v, im in obs_images.items()}
         total = out.vertices.new_zeros(B)
         pairs = 0
         seen = seen_bv.to(out.vertices.dtype)
@@ -354,6 +355,13 @@ def fit_views(views: Views, model: BodyModel | None = None, convention: str = "m
     def energies(p: BodyParams, names, start_pose):
         need_vertices = any(n in DENSE_ENERGIES for n in names)
         out = model(p, vertices=need_vertices)
+        rasters = {}
+
+        def raster(v):  # one rasterization per view and step, shared by silhouette and texture
+            if v not in rasters:
+                rasters[v] = rasterize_view(out.vertices, model.faces, work_b[v])
+            return rasters[v]
+
         terms = {
             "reprojection": lambda: sum(reproj(out, cams_b[v], kp_used[:, v], scale[:, v]) for v in range(V)),
             "joint_limits": lambda: limits(p.body_pose),
@@ -361,9 +369,9 @@ def fit_views(views: Views, model: BodyModel | None = None, convention: str = "m
             "init_prior": lambda: pose_prior(p.body_pose - start_pose, model.free_pose_joints),
             "shape_prior": lambda: shape_prior(p.shape, model.shape_name),
             "temporal": lambda: temporal_smoothness(out.joints, active),
-            "silhouette": lambda: sum(sil_energy(out, work_b[v], m) * seen_bv[:, v]
+            "silhouette": lambda: sum(sil_energy(out, work_b[v], m, raster(v)) * seen_bv[:, v]
                                       for v, m in obs_masks.items()),
-            "texture": lambda: texture_term(out),
+            "texture": lambda: texture_term(out, raster),
             "densepose": lambda: sum(dp_energy(out, cams_b[v], dp_targets[v], scale[:, v]) for v in dp_targets),
         }
         unknown = set(names) - set(terms)

@@ -15,6 +15,14 @@ from bodyfit.renderers import ops
 from bodyfit.renderers.views import to_clip
 
 
+def rasterize_view(vertices: torch.Tensor, faces: torch.Tensor, camera: Camera, backend: str = "auto"):
+    """(pos_clip (B,V,4), rast (B,H,W,4)) of world-frame vertices (B,V,3) seen by ``camera``:
+    one rasterization that the image energies of a step can share."""
+    pos = to_clip(vertices, camera)
+    rast, _ = ops.rasterize(pos, faces, camera.image_size, backend=backend)
+    return pos, rast
+
+
 class SilhouetteEnergy(torch.nn.Module):
     """Person-mask energy.
 
@@ -22,7 +30,7 @@ class SilhouetteEnergy(torch.nn.Module):
         faces: (F,3) triangles of the body mesh.
         backend: rasterizer backend ('auto', 'moderngl', 'torch', 'nvdiffrast').
 
-    ``forward(output, camera, mask) -> (B,)``:
+    ``forward(output, camera, mask, raster=None) -> (B,)``:
         output: BodyOutput with vertices (B,V,3), metres, world frame.
         camera: Camera (B) whose image_size is the mask's (H, W).
         mask: (B,H,W) person mask in [0,1] (soft masks allowed).
@@ -38,20 +46,21 @@ class SilhouetteEnergy(torch.nn.Module):
         self.register_buffer("topology", ops.antialias_construct_topology_hash(faces), persistent=False)
         self.backend = backend
 
-    def coverage(self, vertices: torch.Tensor, camera: Camera) -> torch.Tensor:
-        """(B,H,W) antialiased coverage of the mesh in [0,1], differentiable in the vertices."""
-        pos = to_clip(vertices, camera)
-        rast, _ = ops.rasterize(pos, self.faces, camera.image_size, backend=self.backend)
+    def coverage(self, vertices: torch.Tensor, camera: Camera, raster=None) -> torch.Tensor:
+        """(B,H,W) antialiased coverage of the mesh in [0,1], differentiable in the vertices.
+        ``raster``: optional (pos_clip, rast) of these vertices in this camera, to share one
+        rasterization between energies."""
+        pos, rast = raster if raster is not None else rasterize_view(vertices, self.faces, camera, self.backend)
         cover = (rast[..., 3:] > 0).to(vertices.dtype)
         return ops.antialias(cover, rast, pos, self.faces, self.topology)[..., 0]
 
-    def forward(self, output: BodyOutput, camera: Camera, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, output: BodyOutput, camera: Camera, mask: torch.Tensor, raster=None) -> torch.Tensor:
         if output.vertices is None:
             raise ValueError("SilhouetteEnergy needs vertices: evaluate the model with vertices=True.")
         if mask.dim() != 3 or tuple(mask.shape[1:]) != tuple(camera.image_size):
             raise ValueError(f"mask must have shape (B,H,W) = (B,{camera.image_size[0]},"
                              f"{camera.image_size[1]}) like the camera, got {tuple(mask.shape)}.")
-        cover = self.coverage(output.vertices, camera)
+        cover = self.coverage(output.vertices, camera, raster)
         area = mask.sum(dim=(1, 2))
         err = ((cover - mask.to(cover)) ** 2).sum(dim=(1, 2))
         return torch.where(area > 0, err / area.clamp(min=1.0), torch.zeros_like(err))

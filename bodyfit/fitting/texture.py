@@ -62,9 +62,11 @@ class TextureConsistencyEnergy(torch.nn.Module):
         self.margin = margin
         self.backend = backend
 
-    def view(self, vertices: torch.Tensor, camera: Camera, image: torch.Tensor) -> dict:
+    def view(self, vertices: torch.Tensor, camera: Camera, image: torch.Tensor, raster=None) -> dict:
         """Render one view: its surface points under the body pixels and what is needed to test
-        visibility there. Returns a dict (internal layout) for :meth:`pair_energy`."""
+        visibility there. Returns a dict (internal layout) for :meth:`pair_energy`. ``raster``:
+        optional (pos_clip, rast) of these vertices in ``camera`` (``silhouette.rasterize_view``)
+        to share one rasterization between energies."""
         B = vertices.shape[0]
         H, W = camera.image_size
         if image.dim() != 4 or tuple(image.shape[1:3]) != (H, W) or image.shape[0] not in (1, B):
@@ -73,8 +75,11 @@ class TextureConsistencyEnergy(torch.nn.Module):
         if camera.batch_size != B:
             camera = Camera(camera.K.expand(B, 3, 3), camera.R.expand(B, 3, 3),
                             camera.t.expand(B, 3), camera.image_size)
-        pos = to_clip(vertices, camera)
-        rast, _ = ops.rasterize(pos, self.faces, (H, W), backend=self.backend)
+        if raster is None:
+            pos = to_clip(vertices, camera)
+            rast, _ = ops.rasterize(pos, self.faces, (H, W), backend=self.backend)
+        else:
+            rast = raster[1]
         with torch.no_grad():
             depth, _ = ops.interpolate(to_camera(vertices.detach(), camera)[..., 2:], rast, self.faces)
             cover = (rast[..., 3] > 0).to(vertices.dtype)[:, None]
