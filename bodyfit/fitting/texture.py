@@ -37,6 +37,8 @@ class TextureConsistencyEnergy(torch.nn.Module):
         margin: half-size in pixels of the window that must be all body at a consistent depth
             around a used pixel (1: 3x3); at least the blur's reach (about 2 sigma) so that no
             blurred colour mixes in the background or an occluded surface.
+        min_points: a pair's energy is its sum over the common points divided by at least this
+            many (200), so that a small overlap weighs little.
         backend: rasterizer backend.
 
     ``forward(output, cameras, images) -> (B,)``:
@@ -54,12 +56,13 @@ class TextureConsistencyEnergy(torch.nn.Module):
     """
 
     def __init__(self, faces: torch.Tensor, depth_tolerance: float = 0.02, max_pixels: int = 4000,
-                 margin: int = 1, backend: str = "auto"):
+                 margin: int = 1, min_points: int = 200, backend: str = "auto"):
         super().__init__()
         self.register_buffer("faces", faces.long(), persistent=False)
         self.depth_tolerance = depth_tolerance
         self.max_pixels = max_pixels
         self.margin = margin
+        self.min_points = min_points
         self.backend = backend
 
     def view(self, vertices: torch.Tensor, camera: Camera, image: torch.Tensor, raster=None) -> dict:
@@ -135,7 +138,9 @@ class TextureConsistencyEnergy(torch.nn.Module):
             colour_b = F.grid_sample(img_b, grid[seen][None, :, None], mode="bilinear",
                                      padding_mode="border", align_corners=False)[0, :, :, 0].T
             colour_a = a["image"][s].reshape(-1, a["image"].shape[-1])[idx[seen]]
-            out[t] = charbonnier(colour_a - colour_b).sum(-1).mean()
+            # a mean over the common points, damped where they are few (< min_points): a handful
+            # of points seen at grazing angles in both views gives a noisy, misleading energy
+            out[t] = charbonnier(colour_a - colour_b).sum(-1).sum() / max(int(seen.sum()), self.min_points)
         return out
 
     def forward(self, output: BodyOutput, cameras: list[Camera], images: list[torch.Tensor]):
