@@ -177,7 +177,7 @@ def synthetic_views(model: BodyModel, batch_size: int = 1, n_views: int = 2,
     """
     from bodyfit.fitting.multiview import Views
     from bodyfit.renderers import ops
-    from bodyfit.renderers.views import to_clip
+    from bodyfit.renderers.views import rasterize_view
 
     g = generator
     dt = model.dtype
@@ -203,8 +203,7 @@ def synthetic_views(model: BodyModel, batch_size: int = 1, n_views: int = 2,
         clean = camb.project(joints[:, kp_index])
         box_h = (clean.amax(1) - clean.amin(1)).amax(1)
         kps.append(corrupt_keypoints(clean, box_h, image_size, kp_weight, noise, dropout, g))
-        pos = to_clip(verts, camb)
-        rast, _ = ops.rasterize(pos, model.faces, image_size)
+        _, rast = rasterize_view(verts, model.faces, camb)
         cover = (rast[..., 3] > 0).to(dt)
         mask_list.append(cover if masks else None)
         if images:

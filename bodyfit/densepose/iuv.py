@@ -164,13 +164,12 @@ def render_iuv(vertices: torch.Tensor, camera: Camera, chart, backend: str = "au
         correct barycentrics, 0 on the background). U and V are differentiable with respect to
         the vertices (through the barycentrics); I is not.
     """
-    from bodyfit.renderers import ops
-    from bodyfit.renderers.views import to_clip
+    from bodyfit.renderers.views import rasterize_view
 
     if vertices.dim() != 3 or vertices.shape[-1] != 3:
         raise ValueError(f"vertices must have shape (B,V,3), got {tuple(vertices.shape)}.")
     faces = chart.faces.to(vertices.device)
-    rast, _ = ops.rasterize(to_clip(vertices, camera), faces, camera.image_size, backend=backend)
+    _, rast = rasterize_view(vertices, faces, camera, backend)
     B, H, W, _ = rast.shape
     tri = rast[..., 3].long() - 1  # (B,H,W)
     out = vertices.new_zeros(B, H, W, 3)

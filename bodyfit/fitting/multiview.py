@@ -23,9 +23,9 @@ from bodyfit.cameras import Camera
 from bodyfit.fitting.fit import initial_params, load_config
 from bodyfit.fitting.optimizer import run_stage
 from bodyfit.fitting.reprojection import ReprojectionEnergy
-from bodyfit.fitting.silhouette import rasterize_view
 from bodyfit.priors import joint_limits, pose_prior, shape_prior, temporal_smoothness
 from bodyfit.regressors.keypoint_regressor import boxes_from_keypoints
+from bodyfit.renderers.views import rasterize_view
 
 DENSE_ENERGIES = ("silhouette", "texture", "densepose")
 

@@ -12,15 +12,7 @@ import torch
 from bodyfit.body_models.base import BodyOutput
 from bodyfit.cameras import Camera
 from bodyfit.renderers import ops
-from bodyfit.renderers.views import to_clip
-
-
-def rasterize_view(vertices: torch.Tensor, faces: torch.Tensor, camera: Camera, backend: str = "auto"):
-    """(pos_clip (B,V,4), rast (B,H,W,4)) of world-frame vertices (B,V,3) seen by ``camera``:
-    one rasterization that the image energies of a step can share."""
-    pos = to_clip(vertices, camera)
-    rast, _ = ops.rasterize(pos, faces, camera.image_size, backend=backend)
-    return pos, rast
+from bodyfit.renderers.views import silhouette
 
 
 class SilhouetteEnergy(torch.nn.Module):
@@ -48,11 +40,9 @@ class SilhouetteEnergy(torch.nn.Module):
 
     def coverage(self, vertices: torch.Tensor, camera: Camera, raster=None) -> torch.Tensor:
         """(B,H,W) antialiased coverage of the mesh in [0,1], differentiable in the vertices.
-        ``raster``: optional (pos_clip, rast) of these vertices in this camera, to share one
-        rasterization between energies."""
-        pos, rast = raster if raster is not None else rasterize_view(vertices, self.faces, camera, self.backend)
-        cover = (rast[..., 3:] > 0).to(vertices.dtype)
-        return ops.antialias(cover, rast, pos, self.faces, self.topology)[..., 0]
+        ``raster``: optional ``renderers.views.rasterize_view`` of these vertices in this camera,
+        to share one rasterization between energies."""
+        return silhouette(vertices, self.faces, camera, self.backend, raster, self.topology)
 
     def forward(self, output: BodyOutput, camera: Camera, mask: torch.Tensor, raster=None) -> torch.Tensor:
         if output.vertices is None:

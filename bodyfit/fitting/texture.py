@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from bodyfit.body_models.base import BodyOutput
 from bodyfit.cameras import Camera
 from bodyfit.renderers import ops
-from bodyfit.renderers.views import to_camera, to_clip
+from bodyfit.renderers.views import rasterize_view, to_camera
 
 
 def charbonnier(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
@@ -68,7 +68,7 @@ class TextureConsistencyEnergy(torch.nn.Module):
     def view(self, vertices: torch.Tensor, camera: Camera, image: torch.Tensor, raster=None) -> dict:
         """Render one view: its surface points under the body pixels and what is needed to test
         visibility there. Returns a dict (internal layout) for :meth:`pair_energy`. ``raster``:
-        optional (pos_clip, rast) of these vertices in ``camera`` (``silhouette.rasterize_view``)
+        optional (pos_clip, rast) of these vertices in ``camera`` (``views.rasterize_view``)
         to share one rasterization between energies."""
         B = vertices.shape[0]
         H, W = camera.image_size
@@ -78,11 +78,7 @@ class TextureConsistencyEnergy(torch.nn.Module):
         if camera.batch_size != B:
             camera = Camera(camera.K.expand(B, 3, 3), camera.R.expand(B, 3, 3),
                             camera.t.expand(B, 3), camera.image_size)
-        if raster is None:
-            pos = to_clip(vertices, camera)
-            rast, _ = ops.rasterize(pos, self.faces, (H, W), backend=self.backend)
-        else:
-            rast = raster[1]
+        _, rast = raster if raster is not None else rasterize_view(vertices, self.faces, camera, self.backend)
         with torch.no_grad():
             depth, _ = ops.interpolate(to_camera(vertices.detach(), camera)[..., 2:], rast, self.faces)
             cover = (rast[..., 3] > 0).to(vertices.dtype)[:, None]

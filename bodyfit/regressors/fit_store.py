@@ -28,6 +28,22 @@ from bodyfit.body_models.base import BodyParams
 _ID = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
+def atomic_write(path: Path, write) -> None:
+    """Write a file so that readers and crashes see the old content or the new, never a part:
+    ``write(fh)`` fills a temporary file beside ``path``, which is fsync'ed and renamed over it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 @dataclass
 class Plausibility:
     """What a fit must satisfy to be stored.
@@ -141,18 +157,7 @@ class FitStore:
         return stored
 
     def _write(self, sample_id: str, record: dict) -> None:
-        path = self._path(sample_id)
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{sample_id}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **record)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(self._path(sample_id), lambda fh: np.savez(fh, **record))
 
     def batch(self, sample_ids: list[str], like: BodyParams) -> tuple[BodyParams, torch.Tensor]:
         """Stored fits of ``sample_ids`` as BodyParams (the dtype/device of ``like``; zeros where

@@ -171,7 +171,7 @@ def synthetic_renders(model, n: int, size: int = CROP_SIZE, generator: torch.Gen
     """
     from bodyfit.data.synthetic import body_texture, synthetic_batch
     from bodyfit.renderers import ops
-    from bodyfit.renderers.views import to_clip
+    from bodyfit.renderers.views import rasterize_view
     from bodyfit.cameras import Camera
 
     g = generator
@@ -181,8 +181,7 @@ def synthetic_renders(model, n: int, size: int = CROP_SIZE, generator: torch.Gen
         verts = model(sb.params).vertices
         rest = model(model.default_params(1)).vertices[0]
         cam = Camera.identity(sb.K, sb.image_size)
-        pos = to_clip(verts, cam)
-        rast, _ = ops.rasterize(pos, model.faces, sb.image_size)
+        pos, rast = rasterize_view(verts, model.faces, cam)
         phase = torch.rand(n, 1, 3, generator=g) * 2 * math.pi
         tex = body_texture(rest)[None] * 0.8 + 0.2 * torch.sin(rest[None, :, :1] * 7 + phase)
         rgb, _ = ops.interpolate(tex.clamp(0, 1), rast, model.faces)
@@ -242,6 +241,7 @@ def train_image_regressor(minutes: float = 10.0, batch_size: int = 32, lr: float
     import time
 
     from bodyfit.body_models import body_model
+    from bodyfit.regressors.train_keypoint import supervised_loss
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)
@@ -255,7 +255,7 @@ def train_image_regressor(minutes: float = 10.0, batch_size: int = 32, lr: float
         crops, sb, sq = synthetic_renders(model, batch_size, generator=g, image_size=(256, 256))
         y = reg(crops.to(device)).cpu()
         L = image_losses(reg, model, y, sb, sq, kp_index)
-        loss = L["joints"] + 0.1 * L["rotations"] + 0.1 * L["shape"] + L["keypoints_2d"]
+        loss = supervised_loss(L)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(reg.parameters(), 5.0)

@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from bodyfit.body_models.base import BodyParams
 from bodyfit.cameras import project
 from bodyfit.data.samples import KeypointSamples
-from bodyfit.regressors.fit_store import FitStore, Plausibility
+from bodyfit.regressors.fit_store import FitStore, Plausibility, atomic_write
 from bodyfit.regressors.image_regressor import ImageRegressor, synthetic_renders
 from bodyfit.regressors.keypoint_regressor import (KeypointRegressor, boxes_from_keypoints,
                                                    load_regressor, normalize_keypoints)
@@ -52,12 +52,7 @@ def _distributed() -> tuple[int, int]:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def sample_is_usable(keypoints: torch.Tensor, min_keypoints: int) -> torch.Tensor:
@@ -136,7 +131,7 @@ def train(samples: KeypointSamples, out_dir: str | os.PathLike, cfg: DictConfig,
     from bodyfit.body_models.conventions import keypoint_names
     from bodyfit.data.synthetic import corrupt_keypoints, synthetic_batch
     from bodyfit.fitting.fit import fit, load_config
-    from bodyfit.regressors.train_keypoint import drop_groups, synthetic_losses
+    from bodyfit.regressors.train_keypoint import drop_groups, supervised_loss, synthetic_losses
 
     rank, world = _distributed()
     out = Path(out_dir)
@@ -228,7 +223,7 @@ def train(samples: KeypointSamples, out_dir: str | os.PathLike, cfg: DictConfig,
         stored, have = store.batch(real.ids, model.default_params(n)) if n else (None, torch.zeros(0, dtype=torch.bool))
         lw = cfg.loss
         syn = synthetic_losses(reg, model, y[n:], boxes[n:], sb, kp_index)
-        loss = lw.synthetic * (syn["joints"] + 0.1 * syn["rotations"] + 0.1 * syn["shape"] + syn["keypoints_2d"])
+        loss = lw.synthetic * supervised_loss(syn)
         terms = {}
         if n:
             terms = fit_losses(reg, model, y[:n], boxes[:n], real.keypoints, real.K, stored, have,

@@ -75,6 +75,12 @@ def synthetic_losses(reg: KeypointRegressor, model, y: torch.Tensor, boxes: torc
             "keypoints_2d": ((uv - sb.clean) / h).abs().sum(-1).mean()}
 
 
+def supervised_loss(losses: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The weighted sum of :func:`synthetic_losses` the regressors train on: joints (m) and 2D
+    (box heights) at 1, rotations and shape at 0.1."""
+    return losses["joints"] + 0.1 * losses["rotations"] + 0.1 * losses["shape"] + losses["keypoints_2d"]
+
+
 def train(convention: str = "mediapipe33", minutes: float = 8.0, batch_size: int = 256,
           lr: float = 1e-3, seed: int = 0, out: str | None = None, pool_size: int = 65536) -> None:
     """Train for ``minutes`` on a pool of ``pool_size`` synthetic bodies and save the weights
@@ -114,7 +120,7 @@ def train(convention: str = "mediapipe33", minutes: float = 8.0, batch_size: int
         kp = drop_groups(kp, names, g)
         boxes = boxes_from_keypoints(kp)  # as at prediction time
         losses = synthetic_losses(reg, model, reg(normalize_keypoints(kp, boxes)), boxes, sb, kp_index)
-        loss = losses["joints"] + 0.1 * losses["rotations"] + 0.1 * losses["shape"] + losses["keypoints_2d"]
+        loss = supervised_loss(losses)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(reg.parameters(), 5.0)

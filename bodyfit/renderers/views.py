@@ -35,14 +35,24 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     return out / out.norm(dim=-1, keepdim=True).clamp(min=1e-12)
 
 
-def silhouette(vertices: torch.Tensor, faces: torch.Tensor, camera: Camera,
-               backend: str = "auto") -> torch.Tensor:
-    """Antialiased coverage of the mesh, (B,H,W) in [0,1], differentiable with respect to the
-    vertices at the silhouette edges (ops.antialias)."""
+def rasterize_view(vertices: torch.Tensor, faces: torch.Tensor, camera: Camera,
+                   backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """(pos_clip (B,V,4), rast (B,H,W,4)) of (B,V,3) world-frame vertices seen by ``camera``;
+    pass it on to share one rasterization between the maps or energies of a step."""
     pos = to_clip(vertices, camera)
     rast, _ = ops.rasterize(pos, faces, camera.image_size, backend=backend)
+    return pos, rast
+
+
+def silhouette(vertices: torch.Tensor, faces: torch.Tensor, camera: Camera,
+               backend: str = "auto", raster=None, topology_hash=None) -> torch.Tensor:
+    """Antialiased coverage of the mesh, (B,H,W) in [0,1], differentiable with respect to the
+    vertices at the silhouette edges (ops.antialias). ``raster``: optional
+    :func:`rasterize_view` of these vertices in this camera; ``topology_hash``: optional
+    ``ops.antialias_construct_topology_hash(faces)``."""
+    pos, rast = raster if raster is not None else rasterize_view(vertices, faces, camera, backend)
     cover = (rast[..., 3:] > 0).to(vertices.dtype)
-    return ops.antialias(cover, rast, pos, faces)[..., 0]
+    return ops.antialias(cover, rast, pos, faces, topology_hash)[..., 0]
 
 
 def render_maps(vertices: torch.Tensor, faces: torch.Tensor, camera: Camera,
@@ -61,8 +71,7 @@ def render_maps(vertices: torch.Tensor, faces: torch.Tensor, camera: Camera,
         points, ``triangle`` (B,H,W) int64 (-1 where empty), and one map per attribute (0 where
         empty). Interpolated maps are differentiable with respect to vertices and attributes.
     """
-    pos = to_clip(vertices, camera)
-    rast, _ = ops.rasterize(pos, faces, camera.image_size, backend=backend)
+    _, rast = rasterize_view(vertices, faces, camera, backend)
     mask = rast[..., 3] > 0
     cam_verts = to_camera(vertices, camera)
     normals = vertex_normals(cam_verts, faces)
@@ -91,8 +100,7 @@ def render_maps(vertices: torch.Tensor, faces: torch.Tensor, camera: Camera,
 def shade(vertices: torch.Tensor, faces: torch.Tensor, camera: Camera,
           backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Lambert-shaded mesh lit from the camera: ((B,H,W,3) RGB in [0,1], (B,H,W) alpha)."""
-    pos = to_clip(vertices, camera)
-    rast, _ = ops.rasterize(pos, faces, camera.image_size, backend=backend)
+    pos, rast = rasterize_view(vertices, faces, camera, backend)
     cam_verts = to_camera(vertices, camera)
     normals = vertex_normals(cam_verts, faces)
     view = -cam_verts / cam_verts.norm(dim=-1, keepdim=True).clamp(min=1e-12)
