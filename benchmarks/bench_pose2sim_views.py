@@ -19,7 +19,6 @@ import time
 import torch
 
 from bodyfit.body_models import body_model
-from bodyfit.cameras import Camera
 from bodyfit.data.pose2sim import ATTRIBUTION, demo_keypoints, demo_views
 from bodyfit.fitting import fit
 from bodyfit.fitting.multiview import Views, fit_views
@@ -58,8 +57,7 @@ def main() -> None:
             t0 = time.perf_counter()
             r = fit_views(views, model)
             dt = time.perf_counter() - t0
-            camh = Camera(cams[h].K.expand(T, 3, 3), cams[h].R.expand(T, 3, 3), cams[h].t.expand(T, 3),
-                          cams[h].image_size)
+            camh = cams[h].expand(T)
             proj = camh.project(r.joints[:, kp_index])
             obs = kp[:, h]
             good = obs[..., 2] > 0.5

@@ -42,6 +42,11 @@ class Camera:
     def index(self, idx) -> "Camera":
         return Camera(self.K[idx], self.R[idx], self.t[idx], self.image_size)
 
+    def expand(self, batch_size: int) -> "Camera":
+        """A camera of batch 1 repeated ``batch_size`` times (a view of the same tensors)."""
+        return Camera(self.K.expand(batch_size, 3, 3), self.R.expand(batch_size, 3, 3),
+                      self.t.expand(batch_size, 3), self.image_size)
+
     @staticmethod
     def identity(K: torch.Tensor, image_size: tuple[int, int]) -> "Camera":
         """Cameras at the world origin looking down +z, with intrinsics K (B,3,3)."""

@@ -29,7 +29,7 @@ def _out(vertices, model):
 def test_densepose_energy_is_zero_at_the_truth_and_its_gradient_matches(low_poly, scene):
     energy = DensePoseEnergy(anny_chart(low_poly))
     cam = scene.views.cameras[0]
-    camb = type(cam)(cam.K.expand(2, 3, 3), cam.R.expand(2, 3, 3), cam.t.expand(2, 3), cam.image_size)
+    camb = cam.expand(2)
     targets = energy.targets(scene.views.iuv[0], points=300, generator=torch.Generator().manual_seed(0))
     assert targets.counts.tolist() == [300, 300]
     scale = torch.full((2,), 150.0)
@@ -49,7 +49,7 @@ def test_densepose_energy_is_zero_at_the_truth_and_its_gradient_matches(low_poly
 def test_silhouette_energy_prefers_the_truth_and_checks_sizes(low_poly, scene):
     energy = SilhouetteEnergy(low_poly.faces)
     cam = scene.views.cameras[0]
-    camb = type(cam)(cam.K.expand(2, 3, 3), cam.R.expand(2, 3, 3), cam.t.expand(2, 3), cam.image_size)
+    camb = cam.expand(2)
     mask = scene.views.masks[0]
     truth = energy(_out(scene.vertices, low_poly), camb, mask)
     moved = energy(_out(scene.vertices + torch.tensor([0.05, 0, 0]), low_poly), camb, mask)

@@ -198,8 +198,7 @@ def synthetic_views(model: BodyModel, batch_size: int = 1, n_views: int = 2,
         cam = look_at_camera((distance * math.sin(ang), -0.1, -distance * math.cos(ang)),
                              image_size=image_size, dtype=dt)
         cameras.append(cam)
-        camb = type(cam)(cam.K.expand(batch_size, 3, 3), cam.R.expand(batch_size, 3, 3),
-                         cam.t.expand(batch_size, 3), cam.image_size)
+        camb = cam.expand(batch_size)
         clean = camb.project(joints[:, kp_index])
         box_h = (clean.amax(1) - clean.amin(1)).amax(1)
         kps.append(corrupt_keypoints(clean, box_h, image_size, kp_weight, noise, dropout, g))

@@ -267,9 +267,8 @@ def fit_views(views: Views, model: BodyModel | None = None, convention: str = "m
 
     # Dense observations at the working resolution.
     work = [_scaled_camera(c, cfg.render_size)[0] for c in cams]
-    expand = lambda c: Camera(c.K.expand(B, 3, 3), c.R.expand(B, 3, 3), c.t.expand(B, 3), c.image_size)  # noqa: E731
-    cams_b = [expand(c) for c in cams]
-    work_b = [expand(c) for c in work]
+    cams_b = [c.expand(B) for c in cams]
+    work_b = [c.expand(B) for c in work]
     obs_masks, obs_images, obs_dp = {}, {}, {}
     for v in range(V):
         H, W = cams[v].image_size

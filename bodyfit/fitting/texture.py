@@ -76,8 +76,7 @@ class TextureConsistencyEnergy(torch.nn.Module):
             raise ValueError(f"image must have shape (B,H,W,C) = ({B},{H},{W},C) like its camera, "
                              f"got {tuple(image.shape)}.")
         if camera.batch_size != B:
-            camera = Camera(camera.K.expand(B, 3, 3), camera.R.expand(B, 3, 3),
-                            camera.t.expand(B, 3), camera.image_size)
+            camera = camera.expand(B)
         _, rast = raster if raster is not None else rasterize_view(vertices, self.faces, camera, self.backend)
         with torch.no_grad():
             depth, _ = ops.interpolate(to_camera(vertices.detach(), camera)[..., 2:], rast, self.faces)
