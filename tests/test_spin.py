@@ -164,7 +164,7 @@ def test_the_loop_also_trains_the_image_regressor(anny, tmp_path):
     samples.crops = (crops * 255).round().to(torch.uint8)
     samples.crop_boxes = sq
     reg = ImageRegressor(len(anny.free_pose_joints), anny.shape_dim, widths=(8, 16, 32, 64),
-                         blocks=(1, 1, 1, 1), hidden=128)
+                         blocks=(1, 1, 1, 1), hidden=128, crop_size=96)  # 224 px crops resized
     before = {k: v.clone() for k, v in reg.state_dict().items()}
     cfg = load_config(FAST + ["epochs=1", "synthetic_batch=2", "batch_size=6",
                               "plausibility.max_error_over_box=1.0", "plausibility.max_joint_limits=100"],

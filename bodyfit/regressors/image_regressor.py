@@ -108,21 +108,25 @@ class ImageRegressor(torch.nn.Module):
         num_free_joints: F joints predicted (the model's ``free_pose_joints``), 6D each.
         shape_dim: S. widths / blocks: the backbone (ResNet-18 by default).
         hidden: IEF width. iterations: IEF steps.
+        crop_size: the side (pixels) crops are seen at; 224 as in HMR, 128 for CPU training.
 
-    ``forward(crops (B,3,224,224) in [0,1]) -> (B, 6 + 6F + S + 3)``, the keypoint regressor's
+    ``forward(crops (B,3,s,s) in [0,1]) -> (B, 6 + 6F + S + 3)``, the keypoint regressor's
     output layout, so ``decode`` and ``camera_to_transl`` (weak perspective relative to the
-    crop's box) are shared with it. ``predict(images, boxes, K, model)`` gives BodyParams in the
-    camera frame.
+    crop's box) are shared with it. Crops of another side s are resized (bilinear, antialiased)
+    to ``crop_size``. ``predict(images, boxes, K, model)`` gives BodyParams in the camera frame.
     """
 
     decode = KeypointRegressor.decode
     camera_to_transl = staticmethod(KeypointRegressor.camera_to_transl)
 
     def __init__(self, num_free_joints: int, shape_dim: int, widths=(64, 128, 256, 512),
-                 blocks=(2, 2, 2, 2), hidden: int = 1024, iterations: int = 3):
+                 blocks=(2, 2, 2, 2), hidden: int = 1024, iterations: int = 3,
+                 crop_size: int = CROP_SIZE):
         super().__init__()
         self.config = dict(num_free_joints=num_free_joints, shape_dim=shape_dim, widths=tuple(widths),
-                           blocks=tuple(blocks), hidden=hidden, iterations=iterations)
+                           blocks=tuple(blocks), hidden=hidden, iterations=iterations,
+                           crop_size=crop_size)
+        self.crop_size = crop_size
         self.backbone = ResNetBackbone(widths, blocks)
         self.out_dim = 6 + 6 * num_free_joints + shape_dim + 3
         feat = self.backbone.out_features
@@ -141,8 +145,15 @@ class ImageRegressor(torch.nn.Module):
         self.register_buffer("std", _STD.view(1, 3, 1, 1))
         self.iterations = iterations
 
+    def resize(self, crops: torch.Tensor) -> torch.Tensor:
+        """(B,3,s,s) crops -> (B,3,crop_size,crop_size) (bilinear, antialiased; as is if s fits)."""
+        if crops.shape[-2:] == (self.crop_size, self.crop_size):
+            return crops
+        return F.interpolate(crops, size=(self.crop_size, self.crop_size), mode="bilinear",
+                             antialias=True, align_corners=False)
+
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
-        feat = self.backbone((crops - self.mean) / self.std)
+        feat = self.backbone((self.resize(crops) - self.mean) / self.std)
         y = self.init_output.expand(crops.shape[0], -1)
         for _ in range(self.iterations):
             y = y + self.ief(torch.cat([feat, y], 1))
@@ -153,7 +164,7 @@ class ImageRegressor(torch.nn.Module):
         """(B,H,W,3) pictures, (B,4) person boxes (xyxy px), (B,3,3) K -> BodyParams (B) in the
         camera frame (the crop is the 1.2x square around the box)."""
         sq = square_boxes(boxes)
-        y = self(crop_boxes(images, sq).to(self.init_output))
+        y = self(crop_boxes(images, sq, self.crop_size).to(self.init_output))
         params, cam = self.decode(y, model)
         params.transl = self.camera_to_transl(cam, sq, K.to(y))
         return params.to(model.dtype)
@@ -230,13 +241,48 @@ def load_image_regressor(model, path=None) -> ImageRegressor:
     return reg
 
 
+@torch.no_grad()
+def evaluate_image_regressor(reg: ImageRegressor, model, n: int = 64, seed: int = 12345,
+                             batch_size: int = 32) -> dict[str, float]:
+    """Error of ``reg`` on ``n`` held-out synthetic renders (a fixed ``seed`` that training,
+    which starts its renders from its own seed, does not draw).
+
+    Returns:
+        ``mpjpe`` and ``pa_mpjpe`` (mm) of the model's joints against the truth, and
+        ``mean_body_pa_mpjpe``: the mean body in the default pose, scored the same way (what a
+        regressor that has learned nothing of pose reaches).
+    """
+    from bodyfit.metrics import mpjpe, pa_mpjpe
+
+    g = torch.Generator().manual_seed(seed)
+    was_training = reg.training
+    reg.eval()
+    dev = reg.init_output.device
+    errs, pa, mean_pa = [], [], []
+    mean_joints = model(model.default_params(1), vertices=False).joints
+    for i in range(0, n, batch_size):
+        crops, sb, _ = synthetic_renders(model, min(batch_size, n - i), size=reg.crop_size,
+                                         generator=g, image_size=(256, 256))
+        params, _ = reg.decode(reg(crops.to(dev)).cpu(), model)
+        joints = model(params, vertices=False).joints
+        errs.append(mpjpe(joints, sb.joints))
+        pa.append(pa_mpjpe(joints, sb.joints))
+        mean_pa.append(pa_mpjpe(mean_joints.expand_as(sb.joints), sb.joints))
+    reg.train(was_training)
+    return {"mpjpe": float(torch.cat(errs).mean()), "pa_mpjpe": float(torch.cat(pa).mean()),
+            "mean_body_pa_mpjpe": float(torch.cat(mean_pa).mean())}
+
+
 def train_image_regressor(minutes: float = 10.0, batch_size: int = 32, lr: float = 3e-4,
                           seed: int = 0, out: str | None = None, device: str | None = None,
-                          log=print) -> ImageRegressor:
+                          crop_size: int = CROP_SIZE, widths=(64, 128, 256, 512),
+                          eval_every: int = 0, log=print) -> ImageRegressor:
     """Train from scratch on fresh synthetic renders for ``minutes`` (on CUDA when available)
-    and save ``{"config", "state_dict", "steps"}`` to ``out`` if given.
+    and save ``{"config", "state_dict", "steps"}`` to ``out`` if given. Every ``eval_every``
+    steps (0: only at the end) :func:`evaluate_image_regressor` is logged.
 
         python -m bodyfit.regressors.image_regressor --minutes 60 --out image_regressor.pt
+        python -m bodyfit.regressors.image_regressor --minutes 30 --crop-size 128 --widths 32,64,128,256
     """
     import time
 
@@ -248,11 +294,14 @@ def train_image_regressor(minutes: float = 10.0, batch_size: int = 32, lr: float
     g = torch.Generator().manual_seed(seed)
     model = body_model("anny")
     kp_index, _ = model.keypoint_map("mediapipe33")
-    reg = ImageRegressor(len(model.free_pose_joints), model.shape_dim).to(device)
+    reg = ImageRegressor(len(model.free_pose_joints), model.shape_dim, widths=widths,
+                         crop_size=crop_size).to(device)
     opt = torch.optim.AdamW(reg.parameters(), lr=lr, weight_decay=1e-4)
-    deadline, step = time.time() + 60 * minutes, 0
+    start = time.time()
+    deadline, step = start + 60 * minutes, 0
     while time.time() < deadline:
-        crops, sb, sq = synthetic_renders(model, batch_size, generator=g, image_size=(256, 256))
+        crops, sb, sq = synthetic_renders(model, batch_size, size=crop_size, generator=g,
+                                          image_size=(256, 256))
         y = reg(crops.to(device)).cpu()
         L = image_losses(reg, model, y, sb, sq, kp_index)
         loss = supervised_loss(L)
@@ -263,6 +312,14 @@ def train_image_regressor(minutes: float = 10.0, batch_size: int = 32, lr: float
         step += 1
         if step % 20 == 0:
             log(f"step {step} loss {loss.item():.3f} joints {1000 * L['joints'].item():.0f} mm")
+        if eval_every and step % eval_every == 0:
+            e = evaluate_image_regressor(reg, model)
+            log(f"eval step {step} min {(time.time() - start) / 60:.1f} held-out MPJPE "
+                f"{e['mpjpe']:.1f} mm PA-MPJPE {e['pa_mpjpe']:.1f} mm (mean body "
+                f"{e['mean_body_pa_mpjpe']:.1f})")
+    e = evaluate_image_regressor(reg, model)
+    log(f"final step {step}: held-out MPJPE {e['mpjpe']:.1f} mm PA-MPJPE {e['pa_mpjpe']:.1f} mm "
+        f"(mean body {e['mean_body_pa_mpjpe']:.1f})")
     if out:
         torch.save({"config": reg.config, "state_dict": reg.state_dict(), "steps": step}, out)
     return reg
@@ -274,6 +331,12 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Train the image regressor on synthetic renders.")
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--crop-size", type=int, default=CROP_SIZE)
+    ap.add_argument("--widths", default="64,128,256,512", help="backbone stage widths")
+    ap.add_argument("--eval-every", type=int, default=0)
     ap.add_argument("--out", default="image_regressor.pt")
     a = ap.parse_args()
-    train_image_regressor(a.minutes, a.batch_size, out=a.out)
+    train_image_regressor(a.minutes, a.batch_size, a.lr, out=a.out, crop_size=a.crop_size,
+                          widths=tuple(int(w) for w in a.widths.split(",")),
+                          eval_every=a.eval_every)

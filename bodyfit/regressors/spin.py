@@ -24,7 +24,6 @@ import os
 import time
 from pathlib import Path
 
-import roma
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
@@ -34,6 +33,8 @@ from bodyfit.cameras import project
 from bodyfit.data.samples import KeypointSamples
 from bodyfit.regressors.fit_store import FitStore, Plausibility, atomic_write
 from bodyfit.regressors.image_regressor import ImageRegressor, synthetic_renders
+from bodyfit.regressors.train_keypoint import (drop_groups, keypoint_loss, parameter_losses,
+                                               supervised_loss, synthetic_losses)
 from bodyfit.regressors.keypoint_regressor import (KeypointRegressor, boxes_from_keypoints,
                                                    load_regressor, normalize_keypoints)
 
@@ -76,27 +77,16 @@ def fit_losses(reg: KeypointRegressor, model, y: torch.Tensor, boxes: torch.Tens
         stored fit; 0 without any) and ``keypoints_2d`` (conf-weighted L1 in box heights).
     """
     params, cam = reg.decode(y, model)
-    out = model(params, vertices=False)
-    transl = reg.camera_to_transl(cam, boxes, K)
-    uv = project(out.joints[:, kp_index] + transl[:, None], K)
-    h = (boxes[:, 3] - boxes[:, 1]).clamp(min=1.0)[:, None, None]
-    w = keypoints[..., 2] * (kp_weight > 0)
-    kp2d = (((uv - keypoints[..., :2]) / h).abs().sum(-1) * w).sum() / w.sum().clamp(min=1.0)
-    zero = y.sum() * 0.0
+    joints = model(params, vertices=False).joints
+    uv = project(joints[:, kp_index] + reg.camera_to_transl(cam, boxes, K)[:, None], K)
+    kp2d = keypoint_loss(uv, keypoints[..., :2], keypoints[..., 2] * (kp_weight > 0),
+                         boxes[:, 3] - boxes[:, 1])
     if not bool(have.any()):
+        zero = y.sum() * 0.0
         return {"fit_rotations": zero, "fit_shape": zero, "fit_joints": zero, "keypoints_2d": kp2d}
-    free = model.free_pose_joints
     sel = have.nonzero().flatten()
-    R_pred = roma.rotvec_to_rotmat(torch.cat([params.global_orient[sel, None], params.body_pose[sel][:, free]], 1))
-    R_fit = roma.rotvec_to_rotmat(torch.cat([stored.global_orient[sel, None], stored.body_pose[sel][:, free]], 1))
-    fit_params = stored.index(sel).clone()
-    fit_params.transl = torch.zeros_like(fit_params.transl)
-    with torch.no_grad():
-        fit_joints = model(fit_params, vertices=False).joints
-    return {"fit_rotations": ((R_pred - R_fit) ** 2).sum((-1, -2)).mean(),
-            "fit_shape": ((params.shape[sel] - stored.shape[sel]) ** 2).mean(),
-            "fit_joints": (out.joints[sel] - fit_joints).norm(dim=-1).mean(),
-            "keypoints_2d": kp2d}
+    fit = parameter_losses(model, params.index(sel), joints[sel], stored.index(sel))
+    return {"fit_" + k: v for k, v in fit.items()} | {"keypoints_2d": kp2d}
 
 
 def _predict(reg, samples: KeypointSamples, model) -> BodyParams:
@@ -131,7 +121,6 @@ def train(samples: KeypointSamples, out_dir: str | os.PathLike, cfg: DictConfig,
     from bodyfit.body_models.conventions import keypoint_names
     from bodyfit.data.synthetic import corrupt_keypoints, synthetic_batch
     from bodyfit.fitting.fit import fit, load_config
-    from bodyfit.regressors.train_keypoint import drop_groups, supervised_loss, synthetic_losses
 
     rank, world = _distributed()
     out = Path(out_dir)
@@ -202,9 +191,9 @@ def train(samples: KeypointSamples, out_dir: str | os.PathLike, cfg: DictConfig,
             fit_err = float(torch.nanmean(err))
         # 3: learn from the stored fits, the keypoints and synthetic pairs (one forward pass)
         if isinstance(reg, ImageRegressor):
-            syn_x, sb, syn_boxes = synthetic_renders(model, cfg.synthetic_batch, generator=g,
-                                                     image_size=(256, 256))
-            real_x = real.crops.float() / 255.0 if len(real) else syn_x[:0]
+            syn_x, sb, syn_boxes = synthetic_renders(model, cfg.synthetic_batch, size=reg.crop_size,
+                                                     generator=g, image_size=(256, 256))
+            real_x = reg.resize(real.crops.float() / 255.0) if len(real) else syn_x[:0]
             real_boxes = real.crop_boxes if len(real) else syn_boxes[:0]
             x, boxes = torch.cat([real_x, syn_x]), torch.cat([real_boxes, syn_boxes])
         else:

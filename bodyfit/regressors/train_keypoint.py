@@ -45,6 +45,41 @@ def drop_groups(keypoints: torch.Tensor, names: list[str], generator: torch.Gene
     return kp
 
 
+def parameter_losses(model, params: BodyParams, joints: torch.Tensor, target: BodyParams,
+                     target_joints: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """A regressor's losses against target bodies (synthetic truth or stored fits).
+
+    Args:
+        params: (B) the prediction with transl 0 (``decode``'s output); joints (B,J,3) its
+            joints (m). target: (B) the target bodies; target_joints: their root-relative joints
+            (B,J,3), or None to compute them with ``model`` (without gradient).
+    Returns:
+        ``joints`` mean root-relative 3D joint error (m), ``rotations`` squared Frobenius error
+        of the root and free-joint rotation matrices, ``shape`` squared error; each a scalar.
+    """
+    if target_joints is None:
+        t = target.clone()
+        t.transl = torch.zeros_like(t.transl)
+        with torch.no_grad():
+            target_joints = model(t, vertices=False).joints
+    free = model.free_pose_joints
+
+    def rotmats(p):
+        return roma.rotvec_to_rotmat(torch.cat([p.global_orient[:, None], p.body_pose[:, free]], 1))
+
+    return {"joints": (joints - target_joints).norm(dim=-1).mean(),
+            "rotations": ((rotmats(params) - rotmats(target)) ** 2).sum((-1, -2)).mean(),
+            "shape": ((params.shape - target.shape) ** 2).mean()}
+
+
+def keypoint_loss(uv: torch.Tensor, keypoints: torch.Tensor, weight: torch.Tensor,
+                  height: torch.Tensor) -> torch.Tensor:
+    """Weighted mean L1 2D error in box heights: uv, keypoints (B,K,2) px, weight (B,K),
+    height (B,) px. Scalar."""
+    err = ((uv - keypoints) / height.clamp(min=1.0)[:, None, None]).abs().sum(-1)
+    return (err * weight).sum() / weight.sum().clamp(min=1.0)
+
+
 def synthetic_losses(reg: KeypointRegressor, model, y: torch.Tensor, boxes: torch.Tensor,
                      sb: SyntheticBatch, kp_index: torch.Tensor) -> dict[str, torch.Tensor]:
     """The regressor's supervised losses on synthetic pairs with exact parameters.
@@ -55,24 +90,16 @@ def synthetic_losses(reg: KeypointRegressor, model, y: torch.Tensor, boxes: torc
             normalized with. sb: the batch's ground truth (params, K, clean (B,K,2) exact
             keypoints, boxes, joints (B,J,3) camera frame).
     Returns:
-        ``joints`` root-relative 3D landmark error (m), ``rotations`` squared Frobenius error of
-        the root and free-joint rotation matrices, ``shape`` squared error, ``keypoints_2d`` L1
-        error of the projected landmarks in box-height units; each a scalar.
+        :func:`parameter_losses` and ``keypoints_2d``, :func:`keypoint_loss` of the projected
+        landmarks against the exact ones in heights of ``sb.boxes``; each a scalar.
     """
     params, cam = reg.decode(y, model)
-    out_pred = model(params, vertices=False)
-    gt = sb.params
-    free = model.free_pose_joints
-    rel_gt = sb.joints - gt.transl[:, None]
-    R_pred = roma.rotvec_to_rotmat(torch.cat([params.global_orient[:, None], params.body_pose[:, free]], 1))
-    R_gt = roma.rotvec_to_rotmat(torch.cat([gt.global_orient[:, None], gt.body_pose[:, free]], 1))
-    transl = reg.camera_to_transl(cam, boxes, sb.K)
-    uv = project(out_pred.joints[:, kp_index] + transl[:, None], sb.K)
-    h = (sb.boxes[:, 3] - sb.boxes[:, 1])[:, None, None]
-    return {"joints": (out_pred.joints - rel_gt).norm(dim=-1).mean(),
-            "rotations": ((R_pred - R_gt) ** 2).sum((-1, -2)).mean(),
-            "shape": ((params.shape - gt.shape) ** 2).mean(),
-            "keypoints_2d": ((uv - sb.clean) / h).abs().sum(-1).mean()}
+    joints = model(params, vertices=False).joints
+    losses = parameter_losses(model, params, joints, sb.params, sb.joints - sb.params.transl[:, None])
+    uv = project(joints[:, kp_index] + reg.camera_to_transl(cam, boxes, sb.K)[:, None], sb.K)
+    losses["keypoints_2d"] = keypoint_loss(uv, sb.clean, torch.ones_like(sb.clean[..., 0]),
+                                           sb.boxes[:, 3] - sb.boxes[:, 1])
+    return losses
 
 
 def supervised_loss(losses: dict[str, torch.Tensor]) -> torch.Tensor:
