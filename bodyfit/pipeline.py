@@ -29,25 +29,48 @@ class PictureReport:
     summary: dict | None = None
 
 
-def save_fit(result: FitResult, b: int, out_dir: Path, image: np.ndarray | None = None,
-             runtime_s: dict | None = None, extra: dict | None = None) -> dict:
-    """Write sample ``b`` of ``result`` to ``out_dir`` (fit.npz, fit.json, mesh.ply, overlay.png
-    when the picture is given). Returns the JSON summary. Refuses to store an invalid fit."""
-    import trimesh
-
+def _fit_arrays(result, b: int, out_dir: Path) -> dict[str, np.ndarray]:
+    """Sample ``b``'s parameters, joints, faces and vertices as arrays (the shape under its
+    model's name: ``phenotypes`` or ``betas``); makes ``out_dir``. Refuses an invalid fit."""
     if not bool(result.valid[b]):
         raise ValueError(f"refusing to store an invalid fit: {result.messages[b]}")
     out_dir.mkdir(parents=True, exist_ok=True)
     p = {k: v[b].detach().cpu().numpy() for k, v in result.params.as_dict().items()}
-    shape_key = "phenotypes" if result.model_name == "anny" else "betas"
     arrays = dict(global_orient=p["global_orient"], body_pose=p["body_pose"], transl=p["transl"],
-                  joints=result.joints[b].cpu().numpy(), K=result.camera.K[b].cpu().numpy(),
-                  R=result.camera.R[b].cpu().numpy(), t=result.camera.t[b].cpu().numpy(),
-                  keypoints=result.keypoints[b].cpu().numpy(), faces=result.faces.cpu().numpy())
-    arrays[shape_key] = p["shape"]
+                  joints=result.joints[b].cpu().numpy(), faces=result.faces.cpu().numpy())
+    arrays["phenotypes" if result.model_name == "anny" else "betas"] = p["shape"]
     if result.vertices is not None:
         arrays["vertices"] = result.vertices[b].cpu().numpy()
+    return arrays
+
+
+def _write_fit(out_dir: Path, arrays: dict, summary: dict, overlays: list[tuple]) -> None:
+    """fit.npz, fit.json and, with vertices, mesh.ply and the overlay pictures: ``overlays`` is
+    ``(file name, picture, R, t, K, keypoints, projected)`` per picture, R, t taking the mesh's
+    frame to that camera's."""
+    import trimesh
+
+    from bodyfit.data.images import write_image
+    from bodyfit.renderers.views import overlay_picture
+
     np.savez_compressed(out_dir / "fit.npz", **arrays)
+    (out_dir / "fit.json").write_text(json.dumps(summary, indent=2))
+    if "vertices" not in arrays:
+        return
+    trimesh.Trimesh(arrays["vertices"], arrays["faces"], process=False).export(out_dir / "mesh.ply")
+    for name, picture, R, t, K, keypoints, projected in overlays:
+        pic = overlay_picture(picture, arrays["vertices"] @ R.T + t, arrays["faces"], K, keypoints,
+                              projected)
+        write_image(out_dir / name, pic)
+
+
+def save_fit(result: FitResult, b: int, out_dir: Path, image: np.ndarray | None = None,
+             runtime_s: dict | None = None, extra: dict | None = None) -> dict:
+    """Write sample ``b`` of ``result`` to ``out_dir`` (fit.npz, fit.json, mesh.ply, overlay.png
+    when the picture is given). Returns the JSON summary. Refuses to store an invalid fit."""
+    arrays = _fit_arrays(result, b, out_dir)
+    arrays.update(K=result.camera.K[b].cpu().numpy(), R=result.camera.R[b].cpu().numpy(),
+                  t=result.camera.t[b].cpu().numpy(), keypoints=result.keypoints[b].cpu().numpy())
     seen = result.keypoints[b, :, 2] > 0
     summary = {
         "model": result.model_name,
@@ -64,16 +87,10 @@ def save_fit(result: FitResult, b: int, out_dir: Path, image: np.ndarray | None 
         "frame": "OpenCV camera: x right, y down, z forward; metres",
         **(extra or {}),
     }
-    (out_dir / "fit.json").write_text(json.dumps(summary, indent=2))
-    if result.vertices is not None:
-        trimesh.Trimesh(arrays["vertices"], arrays["faces"], process=False).export(out_dir / "mesh.ply")
-        if image is not None:
-            from bodyfit.data.images import write_image
-            from bodyfit.renderers.views import overlay_picture
-
-            pic = overlay_picture(image, arrays["vertices"], arrays["faces"], arrays["K"],
-                                  arrays["keypoints"], result.projected[b].cpu().numpy())
-            write_image(out_dir / "overlay.png", pic)
+    # the vertices are in the camera frame already
+    overlays = [] if image is None else [("overlay.png", image, np.eye(3), np.zeros(3), arrays["K"],
+                                          arrays["keypoints"], result.projected[b].cpu().numpy())]
+    _write_fit(out_dir, arrays, summary, overlays)
     return summary
 
 
@@ -140,27 +157,13 @@ def save_views_fit(result, b: int, out_dir: Path, pictures: list[np.ndarray | No
     errors, energies, messages), ``mesh.ply`` (world frame, metres) and ``overlay_<view>.png``
     for each view whose picture is given (full-resolution ``full_cameras`` when the fit ran on
     reduced pictures). Refuses to store an invalid fit."""
-    import trimesh
-
-    from bodyfit.data.images import write_image
-    from bodyfit.renderers.views import overlay_picture
-
-    if not bool(result.valid[b]):
-        raise ValueError(f"refusing to store an invalid fit: {result.messages[b]}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    arrays = _fit_arrays(result, b, out_dir)
     cams = full_cameras or result.cameras
     scale = [c.K[0, 0, 0] / r.K[0, 0, 0] for c, r in zip(cams, result.cameras)]
-    p = {k: v[b].detach().cpu().numpy() for k, v in result.params.as_dict().items()}
-    arrays = dict(global_orient=p["global_orient"], body_pose=p["body_pose"], transl=p["transl"],
-                  joints=result.joints[b].cpu().numpy(), faces=result.faces.cpu().numpy(),
-                  K=np.stack([c.K[0].cpu().numpy() for c in cams]),
+    arrays.update(K=np.stack([c.K[0].cpu().numpy() for c in cams]),
                   R=np.stack([c.R[0].cpu().numpy() for c in cams]),
                   t=np.stack([c.t[0].cpu().numpy() for c in cams]),
                   keypoints=np.stack([_rescale_kp(result.keypoints[b, v], s) for v, s in enumerate(scale)]))
-    arrays["phenotypes" if result.model_name == "anny" else "betas"] = p["shape"]
-    if result.vertices is not None:
-        arrays["vertices"] = result.vertices[b].cpu().numpy()
-    np.savez_compressed(out_dir / "fit.npz", **arrays)
     err = result.reprojection_error_px[b]
     box = result.box_height_px[b]
     summary = {
@@ -177,17 +180,10 @@ def save_views_fit(result, b: int, out_dir: Path, pictures: list[np.ndarray | No
         "frame": "world frame of the calibration; metres; cameras map X -> R X + t (OpenCV)",
         **(extra or {}),
     }
-    (out_dir / "fit.json").write_text(json.dumps(summary, indent=2))
-    if result.vertices is not None:
-        trimesh.Trimesh(arrays["vertices"], arrays["faces"], process=False).export(out_dir / "mesh.ply")
-        for v, name in enumerate(result.names):
-            if pictures is None or pictures[v] is None:
-                continue
-            cam_verts = arrays["vertices"] @ arrays["R"][v].T + arrays["t"][v]
-            projected = _rescale_kp(result.projected[b, v], scale[v])
-            pic = overlay_picture(pictures[v], cam_verts, arrays["faces"], arrays["K"][v],
-                                  arrays["keypoints"][v], projected)
-            write_image(out_dir / f"overlay_{name}.png", pic)
+    overlays = [(f"overlay_{name}.png", pictures[v], arrays["R"][v], arrays["t"][v], arrays["K"][v],
+                 arrays["keypoints"][v], _rescale_kp(result.projected[b, v], scale[v]))
+                for v, name in enumerate(result.names) if pictures is not None and pictures[v] is not None]
+    _write_fit(out_dir, arrays, summary, overlays)
     return summary
 
 
