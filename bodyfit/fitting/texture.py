@@ -6,10 +6,13 @@ gives the surface point X(p) under it (interpolated from the vertices, so it mov
 body); X(p) is projected into view b and picture b is sampled there bilinearly (differentiable
 through the projection). Where b sees X(p) too, picture a's colour at p and picture b's at the
 projection must agree: the energy is their mean robust (Charbonnier) difference. Pixels count
-only well inside the body's rendering in both views (a window of 2 margin + 1 pixels all covered, at depths within a
-tolerance of the point's), so that colours mixed at outlines and occlusion edges stay out.
+only well inside the body's rendering in both views (a window of 2 margin + 1 pixels all
+covered, at depths within a tolerance of the point's), so that colours mixed at outlines and
+occlusion edges stay out.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +26,13 @@ from bodyfit.renderers.views import rasterize_view, to_camera
 def charbonnier(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     """sqrt(x^2 + eps^2) - eps, elementwise: L1 away from 0, smooth at 0."""
     return torch.sqrt(x * x + eps * eps) - eps
+
+
+@functools.lru_cache(maxsize=8)
+def _pixel_order(n: int, device: torch.device) -> torch.Tensor:
+    """A fixed random order of n pixels, the same at every call, so the subset of body pixels a
+    view samples stays put while the body moves."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0)).to(device)
 
 
 class TextureConsistencyEnergy(torch.nn.Module):
@@ -88,9 +98,7 @@ class TextureConsistencyEnergy(torch.nn.Module):
             far = F.max_pool2d(d, k, stride=1, padding=r)
             ok = (inner > 0.5) & (far - near <= 2 * self.depth_tolerance * self.margin)
             ok = ok[:, 0].reshape(B, -1)
-            # a fixed random subset of pixels, the same at every call
-            g = torch.Generator().manual_seed(0)
-            order = torch.randperm(H * W, generator=g).to(ok.device)
+            order = _pixel_order(H * W, ok.device)
             pick = []
             for b in range(B):
                 idx = order[ok[b, order]]
