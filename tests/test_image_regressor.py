@@ -38,3 +38,18 @@ def test_image_regressor_learns_on_synthetic_renders(anny):
     params = reg.predict(torch.rand(2, 120, 80, 3), torch.tensor([[10.0, 10, 60, 110]] * 2),
                          torch.eye(3)[None].expand(2, 3, 3) * torch.tensor([100.0, 100, 1]), anny)
     assert params.is_finite().all() and params.transl[:, 2].gt(0).all()
+
+
+def test_the_regressor_start_scores_as_the_mean_body(anny):
+    from bodyfit.regressors.image_regressor import evaluate_image_regressor
+
+    torch.manual_seed(0)
+    reg = ImageRegressor(len(anny.free_pose_joints), anny.shape_dim, widths=(8, 16, 32, 64),
+                         blocks=(1, 1, 1, 1), hidden=64, crop_size=64)
+    with torch.no_grad():  # an IEF head that adds nothing: the prediction is the start
+        reg.ief[-1].weight.zero_()
+        reg.ief[-1].bias.zero_()
+    e = evaluate_image_regressor(reg, anny, n=6, batch_size=3)
+    # the start is the mean body in the default pose: the same error, and a real one
+    assert abs(e["pa_mpjpe"] - e["mean_body_pa_mpjpe"]) < 1e-3 * e["mean_body_pa_mpjpe"]
+    assert 20 < e["mean_body_pa_mpjpe"] < 500 and e["mpjpe"] >= e["pa_mpjpe"]

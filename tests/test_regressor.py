@@ -1,3 +1,4 @@
+import roma
 import torch
 import pytest
 
@@ -57,3 +58,20 @@ def test_missing_or_mismatched_weights(anny, tmp_path):
     with pytest.raises(ValueError, match="do not match"):
         load_regressor(anny, "mediapipe33", path=path)
     assert load_regressor(anny, "coco17", path=path) is not None
+
+
+def test_the_regressors_start_from_the_upright_body_in_the_default_pose(anny):
+    """The IEF start (init_output) decodes to identity rotations: no joint bent, the body
+    upright and facing the camera (a degenerate 6D start would give NaN or random rotations)."""
+    from bodyfit.regressors.image_regressor import ImageRegressor
+    from bodyfit.regressors.keypoint_regressor import KeypointRegressor
+
+    for reg in (KeypointRegressor(33, len(anny.free_pose_joints), anny.shape_dim, hidden=32),
+                ImageRegressor(len(anny.free_pose_joints), anny.shape_dim, widths=(8, 8, 8, 8),
+                               hidden=32)):
+        params, cam = reg.decode(reg.init_output[None], anny)
+        assert params.is_finite().all()
+        assert torch.allclose(params.body_pose, torch.zeros_like(params.body_pose), atol=1e-6)
+        upright = roma.rotmat_to_rotvec(anny.up_to_camera)
+        assert torch.allclose(params.global_orient[0], upright, atol=1e-5)
+        assert cam[0, 0] > 0.5

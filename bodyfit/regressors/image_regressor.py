@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from bodyfit.regressors.keypoint_regressor import KeypointRegressor
+from bodyfit.regressors.keypoint_regressor import IDENTITY_6D, KeypointRegressor
 
 CROP_SIZE = 224
 _MEAN = torch.tensor([0.485, 0.456, 0.406])
@@ -136,9 +136,8 @@ class ImageRegressor(torch.nn.Module):
             torch.nn.Linear(hidden, self.out_dim))
         torch.nn.init.xavier_uniform_(self.ief[-1].weight, gain=0.01)
         init = torch.zeros(self.out_dim)
-        eye6 = torch.tensor([1.0, 0, 0, 0, 1, 0])
-        init[:6] = eye6
-        init[6:6 + 6 * num_free_joints] = eye6.repeat(num_free_joints)
+        init[:6] = IDENTITY_6D
+        init[6:6 + 6 * num_free_joints] = IDENTITY_6D.repeat(num_free_joints)
         init[-3] = 0.9 / 1.2  # a body about one (unpadded) box high in the 1.2x crop
         self.register_buffer("init_output", init)
         self.register_buffer("mean", _MEAN.view(1, 3, 1, 1))
@@ -248,26 +247,28 @@ def evaluate_image_regressor(reg: ImageRegressor, model, n: int = 64, seed: int 
     which starts its renders from its own seed, does not draw).
 
     Returns:
-        ``mpjpe`` and ``pa_mpjpe`` (mm) of the model's joints against the truth, and
-        ``mean_body_pa_mpjpe``: the mean body in the default pose, scored the same way (what a
-        regressor that has learned nothing of pose reaches).
+        ``mpjpe`` and ``pa_mpjpe`` (mm) of the 33 MediaPipe body landmarks against the truth,
+        and ``mean_body_pa_mpjpe``: the mean body in the default pose, scored the same way (what
+        a regressor that has learned nothing of pose reaches).
     """
     from bodyfit.metrics import mpjpe, pa_mpjpe
 
+    kp_index, _ = model.keypoint_map("mediapipe33")
     g = torch.Generator().manual_seed(seed)
     was_training = reg.training
     reg.eval()
     dev = reg.init_output.device
     errs, pa, mean_pa = [], [], []
-    mean_joints = model(model.default_params(1), vertices=False).joints
+    mean_joints = model(model.default_params(1), vertices=False).joints[:, kp_index]
     for i in range(0, n, batch_size):
         crops, sb, _ = synthetic_renders(model, min(batch_size, n - i), size=reg.crop_size,
                                          generator=g, image_size=(256, 256))
         params, _ = reg.decode(reg(crops.to(dev)).cpu(), model)
-        joints = model(params, vertices=False).joints
-        errs.append(mpjpe(joints, sb.joints))
-        pa.append(pa_mpjpe(joints, sb.joints))
-        mean_pa.append(pa_mpjpe(mean_joints.expand_as(sb.joints), sb.joints))
+        pred = model(params, vertices=False).joints[:, kp_index]
+        gt = sb.joints[:, kp_index]
+        errs.append(mpjpe(pred, gt))
+        pa.append(pa_mpjpe(pred, gt))
+        mean_pa.append(pa_mpjpe(mean_joints.expand_as(gt), gt))
     reg.train(was_training)
     return {"mpjpe": float(torch.cat(errs).mean()), "pa_mpjpe": float(torch.cat(pa).mean()),
             "mean_body_pa_mpjpe": float(torch.cat(mean_pa).mean())}

@@ -17,6 +17,11 @@ from bodyfit.body_models.conventions import keypoint_names
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
+# The identity rotation in the 6D layout ``decode`` reads: the first two columns of the
+# rotation matrix as a 3x2 matrix, row by row (Zhou et al. 2019).
+IDENTITY_6D = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0])
+
+
 def boxes_from_keypoints(keypoints: torch.Tensor, pad: float = 0.1) -> torch.Tensor:
     """(B,K,3) -> (B,4) xyxy box around the visible keypoints, padded by ``pad`` of its larger
     side on each side. Samples with no visible keypoint get a unit box at the origin."""
@@ -69,9 +74,8 @@ class KeypointRegressor(torch.nn.Module):
             torch.nn.Linear(hidden + self.out_dim, hidden), torch.nn.ReLU(),
             torch.nn.Linear(hidden, self.out_dim))
         init = torch.zeros(self.out_dim)
-        eye6 = torch.tensor([1.0, 0, 0, 0, 1, 0])  # 6D of the identity: first two columns
-        init[6:6 + 6 * num_free_joints] = eye6.repeat(num_free_joints)
-        init[:6] = eye6
+        init[6:6 + 6 * num_free_joints] = IDENTITY_6D.repeat(num_free_joints)
+        init[:6] = IDENTITY_6D
         init[-3] = 0.9  # scale: a body about one box high
         self.register_buffer("init_output", init)
         self.iterations = iterations
@@ -88,7 +92,7 @@ class KeypointRegressor(torch.nn.Module):
         F = self.config["num_free_joints"]
         B = y.shape[0]
 
-        def rot(six):
+        def rot(six):  # the 6 numbers are the 3x2 matrix of the first two columns, row by row
             return roma.special_gramschmidt(six.reshape(*six.shape[:-1], 3, 2))
 
         R_global = rot(y[:, :6])
