@@ -1,6 +1,6 @@
 """The SPIN loop on real frames: does it make the keypoint regressor better?
 
-    python benchmarks/bench_spin.py [--epochs 4] [--out /tmp/bodyfit_spin]
+    python benchmarks/bench_spin.py [--epochs 4] [--out /tmp/bodyfit_spin] [--start weights.pt]
 
 Trains on Pose2Sim Demo_SinglePerson frames 0-79 (4 views: 320 samples, MediaPipe keypoints)
 and evaluates the regressor alone, before and after each epoch, on frames 80-99 (80 samples,
@@ -65,17 +65,18 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--out", default="/tmp/bodyfit_spin")
+    ap.add_argument("--start", default=None, help="regressor weights to start from (default: shipped)")
     a = ap.parse_args()
     shutil.rmtree(a.out, ignore_errors=True)
     model = body_model("anny")
     train_frames, eval_frames = list(range(0, 80)), list(range(80, 100))
     tr, ev = pose2sim_samples(train_frames), pose2sim_samples(eval_frames)
     ref_tr, ref_ev = reference(train_frames), reference(eval_frames)
-    reg = load_regressor(model, "mediapipe33").float()
+    reg = load_regressor(model, "mediapipe33", a.start).float()
     print(f"{'':12s} {'eval 2D %box':>13s} {'eval PA mm':>11s} {'train 2D %box':>14s} {'train PA mm':>12s}")
     e2, ep = evaluate(reg, model, ev, ref_ev)
     t2, tp = evaluate(reg, model, tr, ref_tr)
-    print(f"{'shipped':12s} {e2:13.2f} {ep:11.1f} {t2:14.2f} {tp:12.1f}", flush=True)
+    print(f"{'start':12s} {e2:13.2f} {ep:11.1f} {t2:14.2f} {tp:12.1f}", flush=True)
     t0 = time.perf_counter()
     for epoch in range(1, a.epochs + 1):
         cfg = load_config([f"epochs={epoch}"], name="train")
