@@ -1,6 +1,8 @@
 """What each dense energy buys, on synthetic bodies with known parameters, and what it costs.
 
-    python benchmarks/bench_dense.py [--n 8] [--topology default] [--size 256]
+    python benchmarks/bench_dense.py [--n 8] [--topology default] [--size 256] [key=value ...]
+
+(``key=value``: overrides of configs/fit_views.yaml, e.g. render_topology=default.)
 
 Each body, 3 m away, is seen by one view (keypoints, DensePose IUV and person mask rendered) or
 by two views --spread degrees apart (45) (plus pictures of the body wearing a smooth texture, for texture
@@ -23,8 +25,8 @@ from bodyfit.metrics import pa_mpjpe, pve
 ALL_DENSE = ("silhouette", "texture", "densepose")
 
 
-def run(model, sv, energies, views=None):
-    off = [f"stages.2.weights.{e}=0" for e in ALL_DENSE if e not in energies]
+def run(model, sv, energies, views=None, overrides=()):
+    off = [f"stages.2.weights.{e}=0" for e in ALL_DENSE if e not in energies] + list(overrides)
     t0 = time.perf_counter()
     r = fit_views(views or sv.views, model, overrides=off)
     dt = time.perf_counter() - t0
@@ -41,6 +43,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--spread", type=float, default=45.0, help="degrees between the two views")
+    ap.add_argument("overrides", nargs="*", help="configs/fit_views.yaml overrides")
     a = ap.parse_args()
     model = body_model("anny", topology=a.topology)
     g = torch.Generator().manual_seed(a.seed)
@@ -60,10 +63,11 @@ def main() -> None:
                  ("2 views: + silhouette", ("silhouette",), two_views),
                  ("2 views: + silhouette + texture", ("silhouette", "texture"), two_views)]
         for name, energies, views in cases:
-            e_pve, e_pa, dt = run(model, sv, energies, views)
+            e_pve, e_pa, dt = run(model, sv, energies, views, a.overrides)
             r = rows.setdefault(name, ([], [], 0.0))
             rows[name] = (r[0] + e_pve.tolist(), r[1] + e_pa.tolist(), r[2] + dt)
-    print(f"\n{a.n} bodies, Anny {a.topology}, {a.size}x{a.size} pictures, views {a.spread:.0f} deg apart")
+    print(f"\n{a.n} bodies, Anny {a.topology}, {a.size}x{a.size} pictures, views {a.spread:.0f} deg apart, "
+          f"overrides {a.overrides}")
     print(f"{'':36s} {'PVE mm':>8s} {'PA-MPJPE mm':>12s} {'s/body':>8s}")
     for name, (p, q, dt) in rows.items():
         print(f"{name:36s} {sum(p) / len(p):8.1f} {sum(q) / len(q):12.1f} {dt / a.n:8.2f}")

@@ -1,6 +1,8 @@
 """Multi-view fitting on real frames: Pose2Sim Demo_SinglePerson (4 calibrated views).
 
-    python benchmarks/bench_pose2sim_views.py [--frames 0 25 50 75]
+    python benchmarks/bench_pose2sim_views.py [--frames 0 25 50 75] [--topology T] [key=value ...]
+
+(``key=value``: overrides of configs/fit_views.yaml for the multi-view fits, e.g. render_size=192.)
 
 1. Held-out view: fit one body per frame on 3 views, project it into the 4th and compare with
    MediaPipe's keypoints there (mean px error over keypoints with confidence > 0.5, and as a
@@ -32,9 +34,11 @@ LIMBS = list(range(11, 17)) + list(range(23, 33))  # MediaPipe-33 shoulders .. f
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, nargs="+", default=[0, 25, 50, 75])
+    ap.add_argument("--topology", default="default", help="Anny mesh the vertices come from")
+    ap.add_argument("overrides", nargs="*", help="configs/fit_views.yaml overrides")
     a = ap.parse_args()
     print(ATTRIBUTION)
-    model = body_model("anny")
+    model = body_model("anny", topology=a.topology)
     mv = demo_views(a.frames, masks=True)
     kp = torch.as_tensor(demo_keypoints(a.frames))  # (T,V,33,3), undistorted, calibration grid
     T, V = kp.shape[:2]
@@ -55,7 +59,7 @@ def main() -> None:
                           images=[images[v] for v in use] if dense else None,
                           names=[mv.names[v] for v in use])
             t0 = time.perf_counter()
-            r = fit_views(views, model)
+            r = fit_views(views, model, overrides=a.overrides)
             dt = time.perf_counter() - t0
             camh = cams[h].expand(T)
             proj = camh.project(r.joints[:, kp_index])

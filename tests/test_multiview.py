@@ -126,3 +126,23 @@ def test_texture_energy_prefers_the_truth_and_its_gradient_matches_finite_differ
     assert abs(float(grad) - float(fd)) < 0.1 * abs(float(fd))
     with pytest.raises(ValueError, match="at least two views"):
         energy(BodyOutput(None, sv.vertices, model.faces), sv.views.cameras[:1], sv.views.images[:1])
+
+
+def test_dense_energies_render_a_low_poly_mesh_of_the_same_body(anny):
+    from bodyfit.fitting.multiview import render_model
+
+    coarse = render_model(anny, "notoes_collapse10pc")
+    assert render_model(anny, None) is anny and render_model(anny, "default") is anny
+    assert render_model(coarse, "notoes_collapse3pc") is coarse  # already low-poly: as is
+    p = sample_params(anny, 2, torch.Generator().manual_seed(5))
+    assert torch.allclose(coarse(p, vertices=False).joints, anny(p, vertices=False).joints)
+    assert coarse.faces.shape[0] < anny.faces.shape[0] / 5
+    # fitting the full mesh with the coarse one rendered: full-mesh result, and the silhouette
+    # (rendered from the coarse mesh, observed on the full one) still helps
+    sv = synthetic_views(anny, 1, n_views=2, generator=torch.Generator().manual_seed(6))
+    views = Views(sv.views.cameras, sv.views.keypoints, masks=sv.views.masks, names=sv.views.names)
+    base = FAST + ["render_topology=notoes_collapse10pc"]
+    kp_only = fit_views(views, anny, overrides=base + ["stages.2.weights.silhouette=0"])
+    with_sil = fit_views(views, anny, overrides=base)
+    assert with_sil.vertices.shape == sv.vertices.shape
+    assert _pve_mm(with_sil, sv) < 0.9 * _pve_mm(kp_only, sv)

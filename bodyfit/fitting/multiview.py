@@ -9,6 +9,7 @@ IUV maps are given; temporal smoothness for sequences. Stages and weights are in
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -171,6 +172,23 @@ def _as_float_image(img: torch.Tensor) -> torch.Tensor:
     return img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
 
 
+def render_model(model: BodyModel, topology: str | None) -> BodyModel:
+    """The model whose mesh the dense energies (silhouette, texture, DensePose) render: for Anny
+    on its default mesh, the same body on the low-poly ``topology`` (the same 104 bones and the
+    same joints, so only the rendered mesh is coarser); ``model`` itself for any other model or
+    when ``topology`` is None or "default"."""
+    if not topology or topology == "default" or model.name != "anny" or model.topology != "default":
+        return model
+    return _low_poly_anny(topology, model.dtype, str(model.device))
+
+
+@functools.lru_cache(maxsize=4)
+def _low_poly_anny(topology: str, dtype: torch.dtype, device: str) -> BodyModel:
+    from bodyfit.body_models import body_model
+
+    return body_model("anny", topology=topology, dtype=dtype, device=device)
+
+
 def fit_views(views: Views, model: BodyModel | None = None, convention: str = "mediapipe33",
               config=None, overrides: list[str] | None = None, sequence: bool = False,
               regressor=None, vertices: bool = True) -> ViewsFitResult:
@@ -299,23 +317,24 @@ def fit_views(views: Views, model: BodyModel | None = None, convention: str = "m
 
     reproj = ReprojectionEnergy(kp_index, kp_weight, cfg.sigma).to(dev)
     limits = joint_limits(model).to(dev)
+    mesh_model = render_model(model, cfg.get("render_topology"))
     sil_energy = tex_energy = dp_energy = None
     dp_targets = {}
     if obs_masks:
         from bodyfit.fitting.silhouette import SilhouetteEnergy
 
-        sil_energy = SilhouetteEnergy(model.faces).to(dev)
+        sil_energy = SilhouetteEnergy(mesh_model.faces).to(dev)
     if len(obs_images) >= 2 or (obs_images and sequence and B >= 2):
         from bodyfit.fitting.texture import TextureConsistencyEnergy
 
-        tex_energy = TextureConsistencyEnergy(model.faces, cfg.depth_tolerance,
+        tex_energy = TextureConsistencyEnergy(mesh_model.faces, cfg.depth_tolerance,
                                               margin=max(1, math.ceil(2 * cfg.texture_blur))).to(dev)
     if obs_dp:
         from bodyfit.densepose import anny_chart, smpl_chart
         from bodyfit.fitting.densepose import DensePoseEnergy
 
         if model.name == "anny":
-            chart = anny_chart(model)
+            chart = anny_chart(mesh_model)
         elif model.name in ("smpl", "smplh"):  # 6890 vertices: DensePose's own chart
             chart = smpl_chart()
         else:
@@ -353,12 +372,12 @@ def fit_views(views: Views, model: BodyModel | None = None, convention: str = "m
 
     def energies(p: BodyParams, names, start_pose):
         need_vertices = any(n in DENSE_ENERGIES for n in names)
-        out = model(p, vertices=need_vertices)
+        out = (mesh_model if need_vertices else model)(p, vertices=need_vertices)
         rasters = {}
 
         def raster(v):  # one rasterization per view and step, shared by silhouette and texture
             if v not in rasters:
-                rasters[v] = rasterize_view(out.vertices, model.faces, work_b[v])
+                rasters[v] = rasterize_view(out.vertices, mesh_model.faces, work_b[v])
             return rasters[v]
 
         terms = {
