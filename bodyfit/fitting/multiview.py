@@ -198,7 +198,9 @@ def fit_views(views: Views, model: BodyModel | None = None, convention: str = "m
         views: the cameras and observations (:class:`Views`).
         model: a BodyModel (Anny when None).
         convention: keypoint convention of ``views.keypoints``.
-        config / overrides: ``configs/fit_views.yaml`` and ``key=value`` overrides.
+        config / overrides: ``configs/fit_views.yaml`` and ``key=value`` overrides. The dense
+            energies render the mesh of :func:`render_model` (``render_topology``: Anny's
+            low-poly mesh of the same body by default); the result is on ``model``'s mesh.
         sequence: the B frames are consecutive frames of one person: one shape for all of them,
             temporal smoothness, and texture consistency between consecutive frames too.
         regressor: keypoint regressor for the start (the shipped one when None).

@@ -33,10 +33,10 @@ from bodyfit.cameras import project
 from bodyfit.data.samples import KeypointSamples
 from bodyfit.regressors.fit_store import FitStore, Plausibility, atomic_write
 from bodyfit.regressors.image_regressor import ImageRegressor, synthetic_renders
-from bodyfit.regressors.train_keypoint import (drop_groups, keypoint_loss, parameter_losses,
-                                               supervised_loss, synthetic_losses)
 from bodyfit.regressors.keypoint_regressor import (KeypointRegressor, boxes_from_keypoints,
                                                    load_regressor, normalize_keypoints)
+from bodyfit.regressors.train_keypoint import (drop_groups, keypoint_loss, parameter_losses,
+                                               supervised_loss, synthetic_losses)
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.csv"
