@@ -134,6 +134,7 @@ def test_dense_energies_render_a_low_poly_mesh_of_the_same_body(anny):
     coarse = render_model(anny, "notoes_collapse10pc")
     assert render_model(anny, None) is anny and render_model(anny, "default") is anny
     assert render_model(coarse, "notoes_collapse3pc") is coarse  # already low-poly: as is
+    assert render_model(anny, "notoes_collapse10pc") is coarse and coarse.anny is anny.anny  # shared
     p = sample_params(anny, 2, torch.Generator().manual_seed(5))
     assert torch.allclose(coarse(p, vertices=False).joints, anny(p, vertices=False).joints)
     assert coarse.faces.shape[0] < anny.faces.shape[0] / 5

@@ -100,6 +100,8 @@ class AnnyModel(BodyModel):
         dtype: float32 by default.
         cache_dir: where Anny caches its parsed assets (about 800 MB, built in about a minute the
             first time); defaults to ``$ANNY_CACHE_DIR`` or ``~/.cache/anny``.
+        full: an already built default-topology ``anny.Anny`` to share (see :meth:`with_mesh`);
+            built here when None.
 
     Attributes:
         vertex_regressor: (R, 13718) weights giving the R regressed landmarks (the first R of
@@ -114,11 +116,11 @@ class AnnyModel(BodyModel):
     shape_name = "phenotypes"
 
     def __init__(self, topology: str = "default", dtype: torch.dtype = torch.float32,
-                 cache_dir: str | None = None):
+                 cache_dir: str | None = None, full=None):
         super().__init__()
         import anny
 
-        full = _build_anny("default", cache_dir).to(dtype)
+        full = full if full is not None else _build_anny("default", cache_dir).to(dtype)
         self.anny = full
         # The mesh the vertices come from; joints always come from the default topology.
         self.mesh = full if topology == "default" else _build_anny(topology, cache_dir).to(dtype)
@@ -153,6 +155,22 @@ class AnnyModel(BodyModel):
         self.register_buffer("vertex_regressor", W, persistent=False)
         # A copy of the model without vertices: rest bone poses and forward kinematics only.
         self._skeleton = _strip_vertices(self.anny)
+
+    def with_mesh(self, topology: str) -> "AnnyModel":
+        """The same body on another mesh: an AnnyModel sharing this one's default Anny (so the
+        same joints and skeleton, no second copy in memory) whose vertices and faces come from
+        ``topology``. Built once per topology, dtype and device, then cached on this model.
+
+        Raises:
+            ValueError: unknown topology.
+        """
+        if topology == self.topology:
+            return self
+        cache = self.__dict__.setdefault("_mesh_siblings", {})
+        key = (topology, self.dtype, str(self.device))
+        if key not in cache:
+            cache[key] = AnnyModel(topology, self.dtype, full=self.anny).to(self.device)
+        return cache[key]
 
     # -- keypoint map ---------------------------------------------------------------------
     def keypoint_map(self, convention: str) -> tuple[torch.Tensor, torch.Tensor]:

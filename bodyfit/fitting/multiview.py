@@ -9,7 +9,6 @@ IUV maps are given; temporal smoothness for sequences. Stages and weights are in
 """
 from __future__ import annotations
 
-import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -174,19 +173,12 @@ def _as_float_image(img: torch.Tensor) -> torch.Tensor:
 
 def render_model(model: BodyModel, topology: str | None) -> BodyModel:
     """The model whose mesh the dense energies (silhouette, texture, DensePose) render: for Anny
-    on its default mesh, the same body on the low-poly ``topology`` (the same 104 bones and the
-    same joints, so only the rendered mesh is coarser); ``model`` itself for any other model or
-    when ``topology`` is None or "default"."""
+    on its default mesh, the same body on the low-poly ``topology`` (``AnnyModel.with_mesh``:
+    the same 104 bones and the same joints, so only the rendered mesh is coarser); ``model``
+    itself for any other model or when ``topology`` is None or "default"."""
     if not topology or topology == "default" or model.name != "anny" or model.topology != "default":
         return model
-    return _low_poly_anny(topology, model.dtype, str(model.device))
-
-
-@functools.lru_cache(maxsize=4)
-def _low_poly_anny(topology: str, dtype: torch.dtype, device: str) -> BodyModel:
-    from bodyfit.body_models import body_model
-
-    return body_model("anny", topology=topology, dtype=dtype, device=device)
+    return model.with_mesh(topology)
 
 
 def fit_views(views: Views, model: BodyModel | None = None, convention: str = "mediapipe33",
