@@ -95,3 +95,22 @@ def test_unknown_names_raise():
     with pytest.raises(ValueError, match="convention"):
         from bodyfit.body_models import keypoint_names
         keypoint_names("coco18")
+
+
+def test_body_model_modules_do_not_import_each_other():
+    """Layering: a model module (``*_model.py``) imports base, conventions, keypoint tables and
+    its own file helpers, never another model's module (they share tables via keypoint_tables)."""
+    import ast
+    from pathlib import Path
+
+    import bodyfit.body_models as bm
+
+    folder = Path(bm.__file__).parent
+    models = {p.stem for p in folder.glob("*_model.py")}
+    assert {"anny_model", "smpl_model"} <= models
+    for name in models:
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        others = {f"bodyfit.body_models.{m}" for m in models - {name}}
+        assert not imported & others, f"{name} imports {imported & others}"

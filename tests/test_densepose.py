@@ -1,4 +1,5 @@
-"""DensePose-style charts (bodyfit.densepose.chart) and IUV maps (bodyfit.densepose.iuv)."""
+"""DensePose-style charts (bodyfit.densepose: chart, geometry, anny_chart, smpl_chart) and IUV maps
+(bodyfit.densepose.iuv)."""
 import math
 
 import numpy as np

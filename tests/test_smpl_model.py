@@ -14,9 +14,8 @@ pytest.importorskip("scipy")
 
 from bodyfit.body_models import BodyParams, body_model  # noqa: E402
 from bodyfit.body_models.conventions import CONVENTIONS  # noqa: E402
-from bodyfit.body_models.smpl_model import (  # noqa: E402
-    SMPLFamilyModel, load_model_arrays, read_model_file,
-)
+from bodyfit.body_models.smpl_files import load_model_arrays, read_model_file  # noqa: E402
+from bodyfit.body_models.smpl_model import SMPLFamilyModel  # noqa: E402
 from synthetic_smpl import fake_chumpy, synthetic_smpl_arrays, write_synthetic_smpl  # noqa: E402
 
 

@@ -13,6 +13,8 @@ subject's left; metres. ``BodyParams`` for Anny:
 
 Landmarks (``joint_names``) are COCO-17 + 6 foot points from ``anny.KeypointsRegressor.coco``,
 the neck and mid-hip (means of those), and the hand knuckles MediaPipe uses (finger bone heads).
+Which landmark each keypoint of a convention maps to, with its weight:
+``bodyfit.body_models.keypoint_tables`` (``ANNY_KEYPOINTS``).
 
 Joints-only evaluation: the regressed keypoints are linear in skinned vertices, and skinned
 vertices are linear in the bone transforms, so each keypoint equals
@@ -30,6 +32,8 @@ import roma
 import torch
 
 from bodyfit.body_models.base import BodyModel, BodyOutput, BodyParams
+from bodyfit.body_models.keypoint_tables import (ANNY_KEYPOINT_OVERRIDES, ANNY_KEYPOINTS,
+                                                 keypoint_table_map)
 
 # Bones fitted by default: the major joints. Fingers, toes, eyes, clavicles, pelvis bones and the
 # twist bones (``*02``) stay at rest.
@@ -44,29 +48,6 @@ _BONE_LANDMARKS = {
     "left_pinky_knuckle": "finger5-1.L", "right_pinky_knuckle": "finger5-1.R",
     "left_index_knuckle": "finger2-1.L", "right_index_knuckle": "finger2-1.R",
     "left_thumb_knuckle": "finger1-2.L", "right_thumb_knuckle": "finger1-2.R",
-}
-
-# Keypoint name (any convention) -> (Anny landmark, weight). Anny's regressor was made for COCO
-# keypoints, so COCO/MediaPipe names map one to one; approximations carry a lower weight.
-ANNY_KEYPOINTS: dict[str, tuple[str, float]] = {
-    **{n: (n, 1.0) for n in [
-        "nose", "left_eye", "right_eye", "left_ear", "right_ear",
-        "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist",
-        "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
-        "right_ankle", "left_big_toe", "right_big_toe", "left_small_toe", "right_small_toe",
-        "left_heel", "right_heel", "neck", "mid_hip",
-    ]},
-    "left_eye_inner": ("left_eye", 0.3), "left_eye_outer": ("left_eye", 0.3),
-    "right_eye_inner": ("right_eye", 0.3), "right_eye_outer": ("right_eye", 0.3),
-    "left_pinky": ("left_pinky_knuckle", 0.5), "right_pinky": ("right_pinky_knuckle", 0.5),
-    "left_index": ("left_index_knuckle", 0.5), "right_index": ("right_index_knuckle", 0.5),
-    "left_thumb": ("left_thumb_knuckle", 0.3), "right_thumb": ("right_thumb_knuckle", 0.3),
-    "left_foot_index": ("left_big_toe", 0.7), "right_foot_index": ("right_big_toe", 0.7),
-}
-# OpenPose hips sit higher and closer together than COCO's (Cao et al. 2019): trust them less.
-ANNY_KEYPOINT_OVERRIDES = {
-    "openpose25": {"left_hip": ("left_hip", 0.5), "right_hip": ("right_hip", 0.5),
-                   "mid_hip": ("mid_hip", 0.5)},
 }
 
 TOPOLOGIES = ["default", "notoes_collapse3pc", "notoes_collapse5pc", "notoes_collapse10pc"]
@@ -221,19 +202,6 @@ class AnnyModel(BodyModel):
         elif vertices:
             verts = self.mesh(P, phen)["vertices"]
         return BodyOutput(joints=joints, vertices=verts, faces=self.faces)
-
-
-def keypoint_table_map(model: BodyModel, names: list[str], table: dict, overrides: dict):
-    """(index (K,) long, weight (K,) float) mapping keypoint ``names`` onto model landmarks.
-
-    Keypoints the model has no landmark for get weight 0 (and index 0)."""
-    index, weight = [], []
-    for n in names:
-        landmark, w = overrides.get(n, table.get(n, (None, 0.0)))
-        index.append(model.joint_names.index(landmark) if landmark is not None else 0)
-        weight.append(w if landmark is not None else 0.0)
-    return (torch.tensor(index, dtype=torch.long, device=model.device),
-            torch.tensor(weight, dtype=model.dtype, device=model.device))
 
 
 def _strip_vertices(model):

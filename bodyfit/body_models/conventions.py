@@ -2,8 +2,9 @@
 
 Each convention is an ordered list of keypoint names; "left"/"right" are the subject's own sides.
 Which model landmark each keypoint corresponds to, and how much it is trusted, is given per model
-(``BodyModel.keypoint_map``), because the same name sits in different places on different models
-(COCO hips are lower and wider than SMPL's hip joints, for instance).
+(``BodyModel.keypoint_map``, from the tables in ``bodyfit.body_models.keypoint_tables``), because
+the same name sits in different places on different models (COCO hips are lower and wider than
+SMPL's hip joints, for instance).
 
 Sources: COCO keypoints (Lin et al. 2014) and COCO-WholeBody feet (Jin et al. 2020); MediaPipe
 BlazePose 33 landmarks (Bazarevsky et al. 2020); OpenPose BODY_25 (Cao et al. 2019).
