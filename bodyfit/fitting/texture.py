@@ -13,14 +13,16 @@ occlusion edges stay out.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
 
-from bodyfit.body_models.base import BodyOutput
 from bodyfit.cameras import Camera
-from bodyfit.renderers import ops
-from bodyfit.renderers.views import rasterize_view, to_camera
+from bodyfit.fitting.energy import Energy, Evaluation, Problem, render_model
+from bodyfit.fitting.silhouette import resize
+from bodyfit.renderers import interpolate
+from bodyfit.renderers.views import to_camera
 
 
 def charbonnier(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
@@ -35,51 +37,92 @@ def _pixel_order(n: int, device: torch.device) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(0)).to(device)
 
 
-class TextureConsistencyEnergy(torch.nn.Module):
-    """Colour agreement of the body's surface across views or frames.
+def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B,H,W,C) Gaussian blur with standard deviation ``sigma`` pixels (separable, edges
+    replicated); ``sigma <= 0`` returns the images unchanged."""
+    if sigma <= 0:
+        return images
+    r = max(1, int(math.ceil(3 * sigma)))
+    x = torch.arange(-r, r + 1, dtype=images.dtype, device=images.device)
+    k = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    k = k / k.sum()
+    C = images.shape[-1]
+    chw = images.permute(0, 3, 1, 2)
+    chw = F.conv2d(F.pad(chw, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
+    chw = F.conv2d(F.pad(chw, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
+    return chw.permute(0, 2, 3, 1)
 
-    Args:
-        faces: (F,3) triangles of the body mesh.
-        depth_tolerance: metres between a point's depth and the rendered surface's within which
-            it counts as seen (0.02).
+
+def as_float_image(image: torch.Tensor) -> torch.Tensor:
+    """uint8 pictures -> float in [0,1]; float pictures unchanged (as float)."""
+    image = torch.as_tensor(image)
+    return image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+
+
+class TextureConsistencyEnergy(Energy):
+    """Colour agreement of the body's surface across views and frames (``texture``).
+
+    Config: ``depth_tolerance`` (metres between a point's depth and the rendered surface's
+    within which it counts as seen), ``texture_blur`` (Gaussian sigma in pixels at the render
+    resolution applied to the pictures first). Other settings:
         max_pixels: body pixels used per view and sample (a random subset, the same at every
-            call; 4000).
+            step; 4000).
         margin: half-size in pixels of the window that must be all body at a consistent depth
-            around a used pixel (1: 3x3); at least the blur's reach (about 2 sigma) so that no
-            blurred colour mixes in the background or an occluded surface.
+            around a used pixel (at least 1, and at least the blur's reach, about 2 sigma), so
+            that no blurred colour mixes in the background or an occluded surface.
         min_points: a pair's energy is its sum over the common points divided by at least this
             many (200), so that a small overlap weighs little.
-        backend: rasterizer backend.
 
-    ``forward(output, cameras, images) -> (B,)``:
-        output: BodyOutput with vertices (B,V,3), metres, world frame.
-        cameras: list of N Cameras (each batch B, or 1 shared), one per view.
-        images: list of N (B,H,W,C) float pictures in [0,1], (H, W) = that camera's image_size;
-            blur them a little first (a pixel or two) so the colour gradients reach further.
-    Returns the mean over ordered view pairs of the pair's energy (0 where a pair sees no common
-    point). ``pair_energy(view_a, view_b)`` on two :meth:`view` results gives one pair, e.g. the
-    same camera in consecutive frames.
-
-    Raises:
-        ValueError: output without vertices, fewer than two views, or an image whose size does
-            not match its camera.
+    ``prepare``: the pictures at the render resolution; available with two or more views that
+    have pictures, or one such view in a sequence of two or more frames.
+    ``forward``: the mean over ordered view pairs (only where both views see the sample) and,
+    in a sequence, over consecutive frames of each view, of :meth:`pair_energy`.
     """
 
-    def __init__(self, faces: torch.Tensor, depth_tolerance: float = 0.02, max_pixels: int = 4000,
-                 margin: int = 1, min_points: int = 200, backend: str = "auto"):
-        super().__init__()
-        self.register_buffer("faces", faces.long(), persistent=False)
-        self.depth_tolerance = depth_tolerance
-        self.max_pixels = max_pixels
-        self.margin = margin
-        self.min_points = min_points
-        self.backend = backend
+    name = "texture"
+    needs = "raster"
 
-    def view(self, vertices: torch.Tensor, camera: Camera, image: torch.Tensor, raster=None) -> dict:
-        """Render one view: its surface points under the body pixels and what is needed to test
-        visibility there. Returns a dict (internal layout) for :meth:`pair_energy`. ``raster``:
-        optional (pos_clip, rast) of these vertices in ``camera`` (``views.rasterize_view``)
-        to share one rasterization between energies."""
+    def __init__(self, model, config, max_pixels: int = 4000, min_points: int = 200):
+        super().__init__(model, config)
+        self.register_buffer("faces", render_model(model, config.render_topology).faces, persistent=False)
+        self.depth_tolerance = float(config.depth_tolerance)
+        self.blur = float(config.texture_blur)
+        self.margin = max(1, math.ceil(2 * self.blur))
+        self.max_pixels = max_pixels
+        self.min_points = min_points
+
+    def prepare(self, problem: Problem):
+        images = problem.observations.images
+        have = [v for v in range(problem.num_views) if images is not None and images[v] is not None]
+        if not (len(have) >= 2 or (have and problem.sequence and problem.batch_size >= 2)):
+            return None
+        return {v: blur(resize(as_float_image(images[v]).to(problem.keypoints),
+                               problem.render_cameras[v].image_size), self.blur) for v in have}
+
+    def forward(self, ev: Evaluation, data) -> torch.Tensor:
+        pb = ev.problem
+        vertices = ev.output.vertices
+        rendered = {v: self.view(vertices, pb.render_cameras[v], im, ev.raster(v)) for v, im in data.items()}
+        seen = pb.seen.to(vertices.dtype)
+        total = vertices.new_zeros(vertices.shape[0])
+        pairs = 0
+        for i in rendered:
+            for j in rendered:
+                if i != j:  # only where both views see the sample
+                    total = total + self.pair_energy(vertices, rendered[i], rendered[j]) * seen[:, i] * seen[:, j]
+                    pairs += 1
+        if pb.sequence and pb.batch_size >= 2:  # the same view in consecutive frames
+            for v, r in rendered.items():
+                both = F.pad(seen[1:, v] * seen[:-1, v], (1, 0))
+                total = total + self.pair_energy(vertices, r, r, shift=1) * both
+                pairs += 1
+        return total / max(pairs, 1)
+
+    def view(self, vertices: torch.Tensor, camera: Camera, image: torch.Tensor, raster) -> dict:
+        """One view: its surface points under the body pixels and what is needed to test
+        visibility there, from ``raster`` = (pos_clip, rast) of the (B,N,3) world-frame
+        ``vertices`` in ``camera`` (``renderers.views.rasterize_view``) and the (B,H,W,C)
+        picture. Returns a dict (internal layout) for :meth:`pair_energy`."""
         B = vertices.shape[0]
         H, W = camera.image_size
         if image.dim() != 4 or tuple(image.shape[1:3]) != (H, W) or image.shape[0] not in (1, B):
@@ -87,9 +130,9 @@ class TextureConsistencyEnergy(torch.nn.Module):
                              f"got {tuple(image.shape)}.")
         if camera.batch_size != B:
             camera = camera.expand(B)
-        _, rast = raster if raster is not None else rasterize_view(vertices, self.faces, camera, self.backend)
+        _, rast = raster
         with torch.no_grad():
-            depth, _ = ops.interpolate(to_camera(vertices.detach(), camera)[..., 2:], rast, self.faces)
+            depth, _ = interpolate(to_camera(vertices.detach(), camera)[..., 2:], rast, self.faces)
             cover = (rast[..., 3] > 0).to(vertices.dtype)[:, None]
             d = depth.permute(0, 3, 1, 2)
             k, r = 2 * self.margin + 1, self.margin
@@ -122,7 +165,7 @@ class TextureConsistencyEnergy(torch.nn.Module):
             rast = a["rast"][s].reshape(-1, 4)[idx][None, None]  # (1,1,N,4)
             if shift:  # the surface point named by a's pixel, on the other frame's body
                 rast = rast.detach()
-            X, _ = ops.interpolate(vertices[t:t + 1], rast, self.faces)
+            X, _ = interpolate(vertices[t:t + 1], rast, self.faces)
             X = X[0, 0]  # (N,3) surface points under the pixels, world frame
             cb = to_camera(X[None], b["camera"].index(slice(t, t + 1)))[0]
             z = cb[:, 2]
@@ -145,21 +188,3 @@ class TextureConsistencyEnergy(torch.nn.Module):
             # of points seen at grazing angles in both views gives a noisy, misleading energy
             out[t] = charbonnier(colour_a - colour_b).sum(-1).sum() / max(int(seen.sum()), self.min_points)
         return out
-
-    def forward(self, output: BodyOutput, cameras: list[Camera], images: list[torch.Tensor]):
-        if output.vertices is None:
-            raise ValueError("TextureConsistencyEnergy needs vertices: evaluate the model with "
-                             "vertices=True.")
-        if len(cameras) != len(images) or len(cameras) < 2:
-            raise ValueError(f"need one image per camera and at least two views, got "
-                             f"{len(cameras)} cameras and {len(images)} images.")
-        verts = output.vertices
-        views = [self.view(verts, c, im) for c, im in zip(cameras, images)]
-        total = verts.new_zeros(verts.shape[0])
-        n = 0
-        for i in range(len(views)):
-            for j in range(len(views)):
-                if i != j:
-                    total = total + self.pair_energy(verts, views[i], views[j])
-                    n += 1
-        return total / n

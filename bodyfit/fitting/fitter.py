@@ -1,0 +1,319 @@
+"""The one fitting engine: ``Fitter(model, config)(observations, init) -> FitResult``.
+
+Single pictures, calibrated views, sequences and batches of people all go through it: the
+observations say what was seen (``bodyfit.observations.Observations``), the config's stages say
+which energies to minimize with which free parameters (``configs/fit.yaml``), the batched
+optimizer (``fitting.optimizer.run_stage``) minimizes them, and the result has the same fields
+for every kind of input. SMPLify (Bogo et al. 2016) for the staged keypoint fit, SPIN
+(Kolotouros et al. 2019) for starting from a regressor, TexturePose (Pavlakos et al. 2019) and
+DensePose (Guler et al. 2018) for the dense terms.
+
+Bodies live in the observations' world frame (a single picture: the camera's frame, R = I,
+t = 0). The Fitter precomputes what depends only on the model and the config (energies' tables,
+the render mesh, the keypoint maps); each call prepares the observations once and then only
+evaluates what the stage's energies need at each step.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from bodyfit.body_models.base import BodyModel, BodyParams
+from bodyfit.body_models.conventions import TORSO, keypoint_names
+from bodyfit.cameras import Camera
+from bodyfit.fitting.config import FitConfig, StageConfig, load_config
+from bodyfit.fitting.energies import ENERGIES
+from bodyfit.fitting.energy import Evaluation, Problem, render_model
+from bodyfit.fitting.optimizer import StageResult, run_stage
+from bodyfit.fitting.start import flip_about_vertical, mean_start, start_in_world, torso_is_ambiguous
+from bodyfit.observations import Observations
+
+
+@dataclass
+class FitResult:
+    """The outcome of a fit of B samples seen by V views.
+
+    Attributes:
+        params: fitted BodyParams (B), world frame; samples not fitted hold the model's default.
+        joints: (B,J,3) metres, world frame. vertices: (B,N,3) metres or None. faces: (F,3).
+        cameras: the V Cameras of the observations (batch B or 1; for a single picture the
+            camera at the origin, R = I, t = 0, so the world frame is the camera's).
+        view_names: the V view names.
+        keypoints: (B,V,K,3) the observed keypoints (pixels + confidence; zeros in a view a
+            sample could not use).
+        projected: (B,V,K,2) the fitted body's keypoints projected into each view, pixels.
+        keypoint_error_px: (B,V,K) 2D error per keypoint, NaN where not seen.
+        view_error_px: (B,V) mean keypoint error per view, NaN where the view does not see the
+            sample.
+        reprojection_error_px: (B,) mean error over every seen keypoint of every view.
+        box_height_px: (B,V) person box heights, the energies' scale.
+        error_over_box: (B,) mean over the seeing views of view error / box height.
+        energies: name -> (B,) weighted energy terms of the last stage, plus "total".
+        converged: (B,) bool, the last stage met its tolerance.
+        valid: (B,) bool, the sample was fitted and every value is finite.
+        messages: per sample, None or what went wrong or was left out.
+        skipped_energies: configured energies left out for lack of observations.
+        init_params: BodyParams (B) the optimizer started from.
+        stage_steps: stage name -> steps run.
+        runtime_s: seconds spent on the start ("init") and the optimization ("fit").
+    """
+
+    params: BodyParams
+    joints: torch.Tensor
+    vertices: torch.Tensor | None
+    faces: torch.Tensor
+    cameras: list[Camera]
+    view_names: list[str]
+    keypoints: torch.Tensor
+    projected: torch.Tensor
+    keypoint_error_px: torch.Tensor
+    view_error_px: torch.Tensor
+    reprojection_error_px: torch.Tensor
+    box_height_px: torch.Tensor
+    error_over_box: torch.Tensor
+    energies: dict[str, torch.Tensor]
+    converged: torch.Tensor
+    valid: torch.Tensor
+    messages: list[str | None]
+    init_params: BodyParams
+    skipped_energies: list[str] = field(default_factory=list)
+    convention: str = "mediapipe33"
+    model_name: str = "anny"
+    stage_steps: dict[str, int] = field(default_factory=dict)
+    runtime_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return self.joints.shape[0]
+
+    def camera(self, v: int = 0) -> Camera:
+        """View ``v``'s Camera of batch B."""
+        cam = self.cameras[v]
+        B = self.batch_size
+        return cam if cam.batch_size == B else cam.expand(B)
+
+
+def _scaled_camera(cam: Camera, longest: int) -> Camera:
+    """The camera at a working resolution whose longer side is at most ``longest`` pixels
+    (pixel centres stay pixel centres)."""
+    H, W = cam.image_size
+    s = min(1.0, longest / max(H, W))
+    if s == 1.0:
+        return cam
+    K = cam.K.clone()
+    K[:, :2, :2] *= s
+    K[:, :2, 2] = (K[:, :2, 2] + 0.5) * s - 0.5
+    return Camera(K, cam.R, cam.t, (max(1, round(H * s)), max(1, round(W * s))))
+
+
+def _merge(result: StageResult, idx: torch.Tensor, other: StageResult, take: torch.Tensor) -> StageResult:
+    """``result`` with the samples ``idx[take]`` replaced by ``other``'s (other indexes idx)."""
+    rows, src = idx[take], torch.nonzero(take).flatten()
+    params = result.params.clone()
+    for name, value in params.as_dict().items():
+        value[rows] = getattr(other.params, name)[src]
+    energy = result.energy.clone()
+    energy[rows] = other.energy[src]
+    terms = {k: v.clone().index_put_((rows,), other.terms[k][src]) for k, v in result.terms.items()}
+    converged = result.converged.clone().index_put_((rows,), other.converged[src])
+    failed = result.failed.clone().index_put_((rows,), other.failed[src])
+    return StageResult(params, energy, terms, converged, failed, max(result.steps, other.steps))
+
+
+class Fitter:
+    """Fits a body model to observations.
+
+    Args:
+        model: a BodyModel (``bodyfit.body_model``); Anny (default topology) when None.
+        config: a FitConfig (``fitting.config.load_config``); ``configs/fit.yaml`` with
+            ``overrides`` when None.
+        overrides: Hydra overrides of the packaged config (only when ``config`` is None).
+        context: the rasterizer context the dense energies render with
+            (``bodyfit.renderers``); the best available when None.
+
+    ``fitter(observations, init=None, vertices=True) -> FitResult``:
+        observations: Observations (B samples, V views).
+        init: BodyParams (B) in the observations' world frame to start from; the mean body
+            placed on the torso in each sample's best view when None (a regressor's start is
+            composed by the caller: ``bodyfit.initialize``).
+        vertices: also return the fitted vertices.
+    Samples no view sees with ``min_keypoints`` keypoints, with NaN keypoints or degenerate
+    cameras in every view, are not fitted (``valid`` False, ``messages`` says why); a view a
+    sample cannot use is left out for that sample; the rest of the batch is fitted. No NaN is
+    ever returned as a fit.
+
+    Raises:
+        ConfigError: a wrong config value (at construction).
+        ValueError: ``init`` of the wrong shapes; a keypoint convention the model has no map for.
+    """
+
+    def __init__(self, model: BodyModel | None = None, config: FitConfig | None = None,
+                 overrides: list[str] | None = None, context=None):
+        if config is not None and overrides:
+            raise ValueError("give a config or overrides of the packaged one, not both.")
+        self.config = (config if config is not None else load_config(overrides)).validate()
+        if model is None:
+            from bodyfit.body_models import body_model
+
+            model = body_model("anny")
+        self.model = model
+        self.mesh_model = render_model(model, self.config.render_topology)
+        self.context = context
+        used = dict.fromkeys(n for s in self.config.stages.values() for n, w in s.weights.items() if w > 0)
+        self.energies = {name: ENERGIES[name](model, self.config) for name in used}
+
+    # ------------------------------------------------------------------ the fit
+    def __call__(self, observations: Observations, init: BodyParams | None = None,
+                 vertices: bool = True) -> FitResult:
+        cfg, model = self.config, self.model
+        t0 = time.perf_counter()
+        problem = self.problem(observations)
+        B = problem.batch_size
+        if init is None:
+            init = start_in_world(model, observations,
+                                  lambda kp, K: mean_start(model, kp, K, observations.convention))
+        else:
+            model.check_params(init)
+            if init.batch_size != B:
+                raise ValueError(f"init has batch {init.batch_size}, the observations {B}.")
+            init = init.to(model.device, model.dtype)
+            init = init.where(init.is_finite(), model.default_params(B))
+        init = init.detach()
+        t1 = time.perf_counter()
+
+        prepared = {name: e.prepare(problem) for name, e in self.energies.items()}
+        skipped = sorted(n for n, d in prepared.items() if d is None)
+        names = keypoint_names(observations.convention)
+        params, result, stage_steps = init, None, {}
+        for i, (stage_name, stage) in enumerate(cfg.stages.items()):
+            result = self._run_stage(problem, prepared, params, init, stage)
+            if (i == 0 and cfg.try_flip and "global_orient" in stage.free and problem.num_views == 1
+                    and not problem.sequence):
+                result = self._flip_trial(observations, problem, params, init, stage, result, names)
+            params = result.params
+            stage_steps[stage_name] = result.steps
+        return self._result(observations, problem, params, init, result, skipped, stage_steps,
+                            vertices, {"init": t1 - t0, "fit": time.perf_counter() - t1})
+
+    def problem(self, observations: Observations) -> Problem:
+        """The observations made ready for a fit (cleaned, on the model's device): see
+        :class:`fitting.energy.Problem`."""
+        cfg, model = self.config, self.model
+        dev, dt = model.device, model.dtype
+        obs = observations
+        kp_index, kp_weight = model.keypoint_map(obs.convention)
+        kp_index, kp_weight = kp_index.to(dev), kp_weight.to(dev, dt)
+        usable = obs.usable_views().to(dev)
+        kp = obs.clean_keypoints().to(dev, dt) * usable[..., None, None]
+        n_seen = ((kp[..., 2] > 0) & (kp_weight > 0)).sum(-1)
+        seen = usable & (n_seen >= cfg.min_keypoints)
+        active = seen.any(1)
+        messages = [list(p) for p in obs.problems()]
+        for b in torch.nonzero(~active).flatten().tolist():
+            if obs.num_views == 1 and messages[b]:
+                messages[b].insert(0, "sample not fitted")
+            elif obs.num_views == 1:
+                messages[b].insert(0, f"only {int(n_seen[b, 0])} keypoints with confidence > 0 (need "
+                                      f"{cfg.min_keypoints}): sample not fitted")
+            else:
+                messages[b].insert(0, f"no view sees {cfg.min_keypoints} or more keypoints: sample "
+                                      f"not fitted")
+        cameras = [Camera(c.K.to(dev, dt), c.R.to(dev, dt), c.t.to(dev, dt), c.image_size)
+                   for c in (obs.camera(v) for v in range(obs.num_views))]
+        return Problem(observations=obs, keypoints=kp * seen[..., None, None], seen=seen,
+                       scale=obs.box_heights().to(dev, dt), active=active, cameras=cameras,
+                       render_cameras=[_scaled_camera(c, cfg.render_size) for c in cameras],
+                       kp_index=kp_index, kp_weight=kp_weight, messages=messages)
+
+    def energies_at(self, observations: Observations, params: BodyParams,
+                    names: list[str] | None = None, init: BodyParams | None = None) -> dict[str, torch.Tensor]:
+        """Unweighted per-sample energies (name -> (B,)) at ``params``, for every energy the
+        config uses (or ``names``); ``init`` is the start ``init_prior`` measures from (``params``
+        when None). Energies whose observations are missing are left out."""
+        problem = self.problem(observations)
+        names = list(self.energies) if names is None else names
+        energies = {n: self.energies[n] if n in self.energies else ENERGIES[n](self.model, self.config)
+                    for n in names}
+        data = {n: e.prepare(problem) for n, e in energies.items()}
+        ev = self._evaluation(params, params if init is None else init, problem,
+                              [n for n in names if data[n] is not None], None)
+        return {n: e(ev, data[n]) for n, e in energies.items() if data[n] is not None}
+
+    # ------------------------------------------------------------------ internals
+    def _evaluation(self, params, init, problem, names, stage: StageConfig | None) -> Evaluation:
+        need_vertices = any(ENERGIES[n].needs in ("vertices", "raster") for n in names)
+        mask = None
+        if stage is not None and stage.keypoints == "torso":
+            kp_names = keypoint_names(problem.observations.convention)
+            mask = torch.tensor([n in TORSO for n in kp_names], device=self.model.device, dtype=self.model.dtype)
+        return Evaluation(params, init, problem, self.mesh_model if need_vertices else self.model,
+                          need_vertices, mask, self.context)
+
+    def _run_stage(self, problem: Problem, prepared: dict, params: BodyParams, init: BodyParams,
+                   stage: StageConfig) -> StageResult:
+        weights = {n: float(w) for n, w in stage.weights.items() if w > 0 and prepared.get(n) is not None}
+
+        def energy_fn(p: BodyParams) -> dict[str, torch.Tensor]:
+            ev = self._evaluation(p, init, problem, list(weights), stage)
+            return {n: self.energies[n](ev, prepared[n]) for n in weights}
+
+        return run_stage(params, energy_fn, free=list(stage.free), weights=weights, steps=stage.steps,
+                         lr=stage.lr, optimizer=stage.optimizer, ftol=self.config.ftol,
+                         check_every=self.config.check_every, free_pose_joints=self.model.free_pose_joints,
+                         clamp_shape=self.model.clamp_shape, active=problem.active,
+                         shared_shape=problem.sequence)
+
+    def _flip_trial(self, observations, problem, params, init, stage, result, names) -> StageResult:
+        """SMPLify's 180-degree trial: where the torso is side-on in the one view, the stage also
+        runs from the body turned about the vertical, and the lower energy wins."""
+        ambiguous = torso_is_ambiguous(problem.keypoints[:, 0], names) & problem.active
+        if not bool(ambiguous.any()):
+            return result
+        idx = torch.nonzero(ambiguous).flatten()
+        sub = self.problem(observations.index(idx.cpu()))
+        sub_prepared = {name: e.prepare(sub) for name, e in self.energies.items()}
+        flipped = params.index(idx).clone()
+        flipped.global_orient = flip_about_vertical(flipped.global_orient)
+        other = self._run_stage(sub, sub_prepared, flipped, init.index(idx), stage)
+        take = other.energy < result.energy[idx]
+        return _merge(result, idx, other, take)
+
+    @torch.no_grad()
+    def _result(self, observations, problem, params, init, result, skipped, stage_steps, vertices,
+                runtime) -> FitResult:
+        model = self.model
+        B, V = problem.batch_size, problem.num_views
+        out = model(params, vertices=vertices)
+        usable = observations.usable_views().to(model.device)
+        kp = observations.clean_keypoints().to(model.device, model.dtype) * usable[..., None, None]
+        projected = torch.stack([problem.cameras[v].project(out.joints[:, problem.kp_index])
+                                 for v in range(V)], 1)
+        err = (projected - kp[..., :2]).norm(dim=-1)
+        seen = (kp[..., 2] > 0) & (problem.kp_weight > 0) & problem.seen[..., None]
+        nan = torch.full_like(err, math.nan)
+        err = torch.where(seen, err, nan)
+        view_err = torch.where(seen.any(-1), torch.nanmean(err, dim=-1), nan[..., 0])
+        mean_err = torch.nanmean(err.reshape(B, -1), dim=1)
+        error_over_box = torch.nanmean(view_err / problem.scale, dim=1)
+        valid = problem.active & params.is_finite() & torch.isfinite(mean_err) & ~result.failed
+        messages = problem.messages
+        for b in range(B):
+            if problem.active[b] and not valid[b]:
+                messages[b].insert(0, "the fit diverged (non-finite energy): sample not fitted")
+        params = params.where(valid, model.default_params(B))
+        if not bool(valid.all()):
+            out = model(params, vertices=vertices)
+        energies = dict(result.terms)
+        energies["total"] = result.energy
+        return FitResult(
+            params=params, joints=out.joints, vertices=out.vertices, faces=out.faces,
+            cameras=list(observations.cameras), view_names=list(observations.names), keypoints=kp,
+            projected=projected, keypoint_error_px=err, view_error_px=view_err,
+            reprojection_error_px=mean_err, box_height_px=problem.scale, error_over_box=error_over_box,
+            energies=energies, converged=result.converged, valid=valid,
+            messages=["; ".join(m) if m else None for m in messages], init_params=init,
+            skipped_energies=skipped, convention=observations.convention, model_name=model.name,
+            stage_steps=stage_steps, runtime_s=runtime)

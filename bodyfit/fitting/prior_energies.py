@@ -1,0 +1,76 @@
+"""The priors as energies: anatomical joint limits, pose and shape priors, the pull towards the
+initialization, and temporal smoothness (``bodyfit.priors`` holds the functions themselves)."""
+from __future__ import annotations
+
+import torch
+
+from bodyfit.fitting.energy import Energy, Evaluation
+from bodyfit.priors import joint_limits, pose_prior, shape_prior, temporal_smoothness
+
+
+class JointLimitsEnergy(Energy):
+    """Squared excess beyond anatomical ranges of motion (``joint_limits``); the table is built
+    once per Fitter (``bodyfit.priors.joint_limits``)."""
+
+    name = "joint_limits"
+    needs = "params"
+
+    def __init__(self, model, config):
+        super().__init__(model, config)
+        self.limits = joint_limits(model).to(model.device)
+
+    def forward(self, ev: Evaluation, data) -> torch.Tensor:
+        return self.limits(ev.params.body_pose)
+
+
+class PosePriorEnergy(Energy):
+    """Squared rotation angles of the free joints, a weak pull to the rest pose (``pose_prior``)."""
+
+    name = "pose_prior"
+    needs = "params"
+
+    def __init__(self, model, config):
+        super().__init__(model, config)
+        self.free_joints = list(model.free_pose_joints)
+
+    def forward(self, ev: Evaluation, data) -> torch.Tensor:
+        return pose_prior(ev.params.body_pose, self.free_joints)
+
+
+class InitPriorEnergy(PosePriorEnergy):
+    """Squared change of the free joints' rotations from the fit's start (``init_prior``): keeps
+    the regressor's 3D guess where 2D keypoints are ambiguous in depth."""
+
+    name = "init_prior"
+
+    def forward(self, ev: Evaluation, data) -> torch.Tensor:
+        return pose_prior(ev.params.body_pose - ev.init.body_pose, self.free_joints)
+
+
+class ShapePriorEnergy(Energy):
+    """Betas' squared norm (SMPL) or phenotypes' distance from the average (Anny)
+    (``shape_prior``)."""
+
+    name = "shape_prior"
+    needs = "params"
+
+    def __init__(self, model, config):
+        super().__init__(model, config)
+        self.shape_name = model.shape_name
+
+    def forward(self, ev: Evaluation, data) -> torch.Tensor:
+        return shape_prior(ev.params.shape, self.shape_name)
+
+
+class TemporalEnergy(Energy):
+    """Squared joint acceleration between consecutive frames (``temporal``); only for
+    sequences of three or more frames; frames not fitted never pull their neighbours."""
+
+    name = "temporal"
+    needs = "joints"
+
+    def prepare(self, problem):
+        return () if problem.sequence and problem.batch_size >= 3 else None
+
+    def forward(self, ev: Evaluation, data) -> torch.Tensor:
+        return temporal_smoothness(ev.output.joints, ev.problem.active)
