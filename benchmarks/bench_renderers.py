@@ -1,5 +1,6 @@
 """Renderer ops speed: rasterize + interpolate + antialias, forward and forward+backward, on the
-default Anny mesh (27,420 triangles), per backend, 1 and 16 views, 256^2 and 512^2.
+default Anny mesh (27,420 triangles), per rasterizer context available on the CPU, 1 and 16
+views, 256^2 and 512^2.
 
     python benchmarks/bench_renderers.py [--repeats 5] [--depth 4.9]
 """
@@ -13,7 +14,7 @@ import torch
 
 from bodyfit.body_models import body_model
 from bodyfit.cameras import Camera, default_intrinsics
-from bodyfit.renderers import ops
+import bodyfit.renderers as dr
 from bodyfit.renderers.views import to_clip
 
 
@@ -25,9 +26,10 @@ def main() -> None:
     model = body_model("anny")
     verts = model(model.default_params(1, depth=a.depth)).vertices
     faces = model.faces
-    topo = ops.antialias_construct_topology_hash(faces)
+    topo = dr.antialias_construct_topology_hash(faces)
     print(f"{'backend':10s} {'size':>5s} {'views':>5s} {'fwd ms':>8s} {'fwd+bwd ms':>11s}")
-    for backend in ops.available_backends("cpu"):
+    for backend in dr.available_backends("cpu"):
+        glctx = dr.default_context("cpu", backend)
         for size in (256, 512):
             for views in (1, 16):
                 cam = Camera.identity(default_intrinsics((size, size), views), (size, size))
@@ -36,9 +38,9 @@ def main() -> None:
 
                 def run(backward: bool):
                     pos = to_clip(v, cam)
-                    rast, _ = ops.rasterize(pos, faces, (size, size), backend=backend)
-                    img, _ = ops.interpolate(attr, rast, faces)
-                    img = ops.antialias(img, rast, pos, faces, topology_hash=topo)
+                    rast, _ = dr.rasterize(glctx, pos, faces, (size, size))
+                    img, _ = dr.interpolate(attr, rast, faces)
+                    img = dr.antialias(img, rast, pos, faces, topology_hash=topo)
                     if backward:
                         img.sum().backward()
 

@@ -1,15 +1,21 @@
-"""Every rasterize backend against the pure-torch reference, on the Anny body."""
+"""Every rasterizer context against the pure-torch reference, on the Anny body; choosing one."""
 import logging
 
 import pytest
 import torch
 
 from bodyfit.cameras import default_intrinsics
-from bodyfit.renderers import ops
+from bodyfit.renderers import backends, ops
+
+TORCH = ops.RasterizeTorchContext()
 
 
 def _available(name):
-    return name in ops.available_backends("cuda" if name == "nvdiffrast" else "cpu")
+    return name in backends.available_backends("cuda" if name == "nvdiffrast" else "cpu")
+
+
+def _context(name):
+    return backends.default_context("cuda" if name == "nvdiffrast" else "cpu", backend=name)
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +37,8 @@ def test_backend_agrees_with_torch(body_scene, backend):
         pytest.skip(f"{backend} backend unavailable here")
     pos, tri, size = body_scene
     device = "cuda" if backend == "nvdiffrast" else "cpu"
-    ref, _ = ops.rasterize(pos, tri, size, backend="torch")
-    got, _ = ops.rasterize(pos.to(device), tri.to(device), size, backend=backend)
+    ref, _ = ops.rasterize(TORCH, pos, tri, size)
+    got, _ = ops.rasterize(_context(backend), pos.to(device), tri.to(device), size)
     got = got.cpu()
     covered = (ref[..., 3] > 0) | (got[..., 3] > 0)
     same = (ref[..., 3] == got[..., 3]) & covered
@@ -55,22 +61,41 @@ def test_moderngl_skips_triangles_behind_the_camera_like_torch():
     pos = torch.tensor([[[-0.9, -0.9, 0.5, 1.0], [0.9, -0.9, 0.5, 1.0], [0.0, 0.9, 0.5, 1.0],
                          [-0.9, -0.9, 0.0, 1.0], [0.9, -0.9, 0.0, 1.0], [0.0, 0.9, 0.0, -1.0]]])
     tri = torch.tensor([[3, 4, 5], [0, 1, 2]])
-    a, _ = ops.rasterize(pos, tri, (16, 16), backend="torch")
-    b, _ = ops.rasterize(pos, tri, (16, 16), backend="moderngl")
+    a, _ = ops.rasterize(TORCH, pos, tri, (16, 16))
+    b, _ = ops.rasterize(ops.RasterizeGLContext(), pos, tri, (16, 16))
     assert torch.isfinite(b).all()
     assert set(b[..., 3].unique().tolist()) <= {0.0, 2.0}
     assert ((a[..., 3] == b[..., 3]).float().mean()) > 0.95
 
 
-def test_auto_backend_is_reported_and_unavailable_ones_explain(caplog):
+def test_default_context_is_reported_shared_and_unavailable_ones_explain(caplog, monkeypatch):
+    monkeypatch.setattr(backends, "_defaults", {})
     with caplog.at_level(logging.INFO, logger="bodyfit"):
-        ops._reported.clear()
-        choice = ops.resolve_backend("auto")
-    assert choice == ops.available_backends("cpu")[0]
-    assert f"renderer backend: {choice}" in caplog.text
+        ctx = backends.default_context("cpu")
+    best = backends.available_backends("cpu")[0]
+    assert ctx.backend == best and best in backends.BACKENDS
+    assert "rasterizer for cpu tensors" in caplog.text and type(ctx).__name__ in caplog.text
+    assert backends.default_context("cpu") is ctx  # shared, created once
+    assert isinstance(backends.default_context("cpu", "torch"), ops.RasterizeTorchContext)
+    assert backends.resolve_backend("torch") == "torch"
+    with pytest.raises(ValueError, match="backend must be"):
+        backends.default_context("cpu", "opengl")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="nvdiffrast.*CUDA"):
-            ops.resolve_backend("nvdiffrast")
+            backends.default_context("cpu", "nvdiffrast")
+        with pytest.raises(RuntimeError, match="CUDA"):
+            ops.RasterizeCudaContext()
+
+
+def test_no_silent_fallback_without_egl(monkeypatch):
+    """RasterizeGLContext fails loudly, naming the alternative, where no EGL context exists."""
+    from bodyfit.renderers import moderngl_backend
+
+    def no_egl(self):
+        raise moderngl_backend.ModernGLUnavailable("no headless EGL context (test)")
+    monkeypatch.setattr(moderngl_backend.ModernGLTriangleIds, "__init__", no_egl)
+    with pytest.raises(RuntimeError, match="RasterizeTorchContext"):
+        ops.RasterizeGLContext()
 
 
 @pytest.mark.gpu
@@ -79,8 +104,8 @@ def test_nvdiffrast_interpolate_and_antialias_match_cpu(body_scene):
         pytest.skip("nvdiffrast backend unavailable here (needs CUDA, nvcc, diffrp-nvdiffrast)")
     pos, tri, size = body_scene
     attr = pos[..., :3].clone()
-    ref, _ = ops.rasterize(pos, tri, size, backend="torch")
-    got, _ = ops.rasterize(pos.cuda(), tri.cuda(), size, backend="nvdiffrast")
+    ref, _ = ops.rasterize(TORCH, pos, tri, size)
+    got, _ = ops.rasterize(ops.RasterizeCudaContext(), pos.cuda(), tri.cuda(), size)
     same = (ref[..., 3] == got[..., 3].cpu()) & (ref[..., 3] > 0)
     a, _ = ops.interpolate(attr, ref, tri)
     b, _ = ops.interpolate(attr.cuda(), got, tri.cuda())

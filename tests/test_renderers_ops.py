@@ -1,20 +1,23 @@
-"""nvdiffrast-style ops on the pure-torch backend: coverage, barycentrics, conventions,
-gradients, bad input."""
+"""nvdiffrast-style ops on the pure-torch context: coverage, barycentrics, conventions,
+gradients, bad input; and nvdiffrast's documented usage run as written on our contexts."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
+import bodyfit.renderers
 from bodyfit.cameras import project
-from bodyfit.renderers import ops
+from bodyfit.renderers import ops, zbuffer
 from bodyfit.renderers.ops import antialias, clip_matrix, interpolate, texture
 
+TORCH = ops.RasterizeTorchContext()
 
-def rasterize(pos_clip, tri, resolution, backend="torch"):
-    """These tests pin the pure-torch backend's exact semantics (edge ties, skipping);
-    test_renderers_backends.py checks the other backends against it."""
-    return ops.rasterize(pos_clip, tri, resolution, backend=backend)
+
+def rasterize(pos_clip, tri, resolution, **kwargs):
+    """These tests pin the pure-torch context's exact semantics (edge ties, skipping);
+    test_renderers_backends.py checks the other contexts against it."""
+    return ops.rasterize(TORCH, pos_clip, tri, resolution, **kwargs)
 
 
 def _centres(H, W):
@@ -92,7 +95,7 @@ def test_interpolate_affine_attribute_and_barycentric_sum():
     c = torch.tensor([0.25, -4.0], dtype=torch.float64)
     attr = pos[0, :, :2] @ A.T + c  # (V,C), shared by the batch
     out, da = interpolate(attr, rast, tri)
-    assert da is None and out.shape == (1, H, W, 2)
+    assert da.shape == (1, H, W, 0) and out.shape == (1, H, W, 2)  # as nvdiffrast
     px, py = _centres(H, W)
     expect = torch.stack([px, py], -1) @ A.T + c
     assert torch.allclose(out[0][cov], expect[cov], atol=1e-10)
@@ -181,7 +184,7 @@ def test_chunking_does_not_change_result(monkeypatch):
                      0.5 + torch.rand(1, V, 1)], -1)
     tri = torch.randint(0, V, (40, 3))
     ref, _ = rasterize(pos, tri, (20, 24))
-    monkeypatch.setattr(ops, "_CHUNK", 7)
+    monkeypatch.setattr(zbuffer, "_CHUNK", 7)
     small, _ = rasterize(pos, tri, (20, 24))
     assert torch.equal(ref, small)
 
@@ -220,9 +223,9 @@ def test_empty_mesh():
 def test_bad_input():
     pos = torch.zeros(1, 3, 4)
     tri = torch.tensor([[0, 1, 2]])
-    with pytest.raises(ValueError, match="pos_clip"):
+    with pytest.raises(ValueError, match="pos must"):
         rasterize(torch.zeros(1, 3, 3), tri, (4, 4))
-    with pytest.raises(ValueError, match="pos_clip"):
+    with pytest.raises(ValueError, match="pos must"):
         rasterize(torch.zeros(1, 3, 4, dtype=torch.int32), tri, (4, 4))
     with pytest.raises(ValueError, match=r"tri must have shape \(F,3\)"):
         rasterize(pos, torch.tensor([0, 1, 2]), (4, 4))
@@ -236,8 +239,18 @@ def test_bad_input():
         rasterize(pos, tri, (0, 4))
     with pytest.raises(ValueError, match="resolution"):
         rasterize(pos, tri, 4)
-    with pytest.raises(ValueError, match="backend"):
-        rasterize(pos, tri, (4, 4), backend="opengl")
+    with pytest.raises(TypeError, match="context first"):
+        ops.rasterize("torch", pos, tri, (4, 4))
+    with pytest.raises(TypeError, match="context first"):
+        ops.rasterize(pos, tri, (4, 4), (4, 4))
+    with pytest.raises(TypeError):
+        ops.rasterize(pos, tri, (4, 4))  # the call without a context
+    with pytest.raises(ValueError, match="range mode"):
+        rasterize(pos, tri, (4, 4), ranges=torch.tensor([[0, 1]]))
+    with pytest.raises(ValueError, match="ranges row"):
+        rasterize(pos[0], tri, (4, 4), ranges=torch.tensor([[0, 2]]))
+    with pytest.raises(ValueError, match="ranges must be"):
+        rasterize(pos[0], tri, (4, 4), ranges=torch.zeros(0, 2, dtype=torch.int32))
     rast = torch.zeros(1, 4, 4, 4)
     with pytest.raises(ValueError, match="attr"):
         interpolate(torch.zeros(3), rast, tri)
@@ -272,8 +285,10 @@ def test_bad_input():
         clip_matrix(eye, eye, torch.zeros(1, 3), (0, 4))
     with pytest.raises(ValueError, match="near"):
         clip_matrix(eye, eye, torch.zeros(1, 3), (4, 4), near=0.0)
-    assert ops.resolve_backend("torch") == "torch"
-    assert ops.resolve_backend("auto") in ops.BACKENDS
+    with pytest.raises(ValueError, match="diff_attrs needs rast_db"):
+        interpolate(torch.zeros(3, 2), rast, tri, diff_attrs="all")
+    with pytest.raises(ValueError, match="diff_attrs"):
+        interpolate(torch.zeros(3, 2), rast, tri, rast_db=torch.zeros(1, 4, 4, 4), diff_attrs=[2])
 
 
 def test_texture_conventions():
@@ -284,11 +299,15 @@ def test_texture_conventions():
     uv = torch.stack([(j + 0.5) / Wt, (i + 0.5) / Ht], -1)[None]
     assert torch.allclose(texture(tex, uv), tex)  # texel centres give the texel exactly
     assert torch.allclose(texture(tex, uv, filter_mode="nearest"), tex)
+    assert torch.allclose(texture(tex, uv, boundary_mode="clamp"), tex)
     # v = 0 is row 0, u = 0 is column 0; halfway between two texel centres -> mean
     probe = torch.tensor([[[[0.01, 0.01], [0.25, 1 / 6], [0.5, 0.5], [0.99, 0.99]]]],
                          dtype=torch.float64)
-    out = texture(tex, probe)[0, 0, :, 0]
+    out = texture(tex, probe, boundary_mode="clamp")[0, 0, :, 0]
     assert torch.allclose(out, torch.tensor([0.0, 0.5, 5.5, 11.0], dtype=torch.float64))
+    # nvdiffrast's default boundary mode is 'wrap'
+    assert texture(tex, probe)[0, 0, 0, 0].item() == pytest.approx(
+        texture(tex, probe, boundary_mode="wrap")[0, 0, 0, 0].item())
     # boundary modes just outside the left edge, on row 0
     outside = torch.tensor([[[[-0.125, 0.5 / Ht]]]], dtype=torch.float64)  # x = -1 texel
     assert texture(tex, outside, boundary_mode="clamp").item() == pytest.approx(0.0)
@@ -440,3 +459,110 @@ def test_rast_db_matches_finite_differences_under_perspective():
     dY = (shots[2] - shots[3])[..., :2] / (2 * h)
     fd = torch.stack([dX[..., 0], dY[..., 0], dX[..., 1], dY[..., 1]], -1)
     assert torch.allclose(rast_db[cov], fd[cov], atol=1e-8)
+
+
+def _context(kind):
+    dr = bodyfit.renderers
+    if kind == "gl":
+        try:
+            return dr.RasterizeGLContext()
+        except dr.ModernGLUnavailable as e:
+            pytest.skip(f"no OpenGL here: {e}")
+    return dr.RasterizeTorchContext()
+
+
+@pytest.mark.parametrize("kind", ["torch", "gl"])
+def test_nvdiffrast_documented_usage_runs_as_written(kind):
+    """nvdiffrast's own usage (its triangle sample), with ``dr`` being bodyfit.renderers."""
+    dr = bodyfit.renderers
+    glctx = _context(kind)
+    pos = torch.tensor([[[-0.83, -0.71, 0, 1], [0.77, -0.31, 0, 1], [-0.13, 0.88, 0, 1]]],
+                       dtype=torch.float32)
+    col = torch.tensor([[[1, 0, 0], [0, 1, 0], [0, 0, 1]]], dtype=torch.float32)
+    tri = torch.tensor([[0, 1, 2]], dtype=torch.int32)
+
+    rast, _ = dr.rasterize(glctx, pos, tri, resolution=[64, 48])
+    out, _ = dr.interpolate(col, rast, tri)
+    out = dr.antialias(out, rast, pos, tri)
+
+    assert rast.shape == (1, 64, 48, 4) and out.shape == (1, 64, 48, 3)
+    px, py = _centres(64, 48)
+    expect = _inside(pos[0, :, :2].double(), px, py)
+    covered = rast[0, ..., 3] > 0
+    # the triangle covers exactly the pixel centres inside it (OpenGL may differ on a pixel
+    # whose centre is within its 1/256-pixel vertex snapping of an edge)
+    assert (covered != expect).sum() <= (0 if kind == "torch" else 2)
+    assert expect.sum() > 500
+    # the colours blend to 1 inside, so the antialiased picture sums to the triangle's area
+    e1, e2 = pos[0, 1, :2] - pos[0, 0, :2], pos[0, 2, :2] - pos[0, 0, :2]
+    area = 0.5 * abs(float(e1[0] * e2[1] - e1[1] * e2[0])) * (48 / 2) * (64 / 2)
+    assert float(out.sum()) == pytest.approx(area, rel=0.02)
+    assert torch.allclose(out[0][covered].sum(-1).max(), torch.tensor(1.0), atol=1e-5)
+
+
+def test_contexts_agree_on_triangle_ids():
+    gl = _context("gl")
+    torch.manual_seed(7)
+    V = 40
+    pos = torch.cat([torch.rand(2, V, 2) * 2 - 1, torch.rand(2, V, 1) * 0.8,
+                     torch.ones(2, V, 1)], -1)
+    tri = torch.randint(0, V, (30, 3))
+    a, _ = ops.rasterize(TORCH, pos, tri, (40, 50))
+    b, _ = ops.rasterize(gl, pos, tri, (40, 50))
+    same = a[..., 3] == b[..., 3]
+    assert (a[..., 3] > 0).sum() > 1000
+    assert same.float().mean() > 0.99
+    assert torch.allclose(a[same], b[same], atol=1e-5)
+
+
+def test_range_mode_and_output_db():
+    pos = torch.tensor([[-0.9, -0.9, 0.2, 1.0], [0.9, -0.9, 0.2, 1.0], [0.0, 0.9, 0.2, 1.0],
+                        [-0.5, -0.5, 0.1, 1.0], [0.5, -0.5, 0.1, 1.0], [0.0, 0.5, 0.1, 1.0]])
+    tri = torch.tensor([[0, 1, 2], [3, 4, 5]], dtype=torch.int32)
+    rast, rast_db = rasterize(pos, tri, (8, 8), ranges=torch.tensor([[0, 1], [1, 1]]))
+    assert rast.shape == (2, 8, 8, 4) and rast_db.shape == (2, 8, 8, 4)
+    assert set(rast[0, ..., 3].unique().tolist()) == {0.0, 1.0}
+    assert set(rast[1, ..., 3].unique().tolist()) == {0.0, 2.0}  # ids index the whole tri
+    alone, _ = rasterize(pos, tri[1:], (8, 8))
+    assert torch.equal(rast[1, ..., :3], alone[0, ..., :3])
+    # output_db=False: an empty rast_db, as nvdiffrast returns it
+    _, db = ops.rasterize(ops.RasterizeTorchContext(output_db=False), pos[None], tri, (8, 8))
+    assert db.shape == (1, 8, 8, 0)
+    # grad_db: gradients of rast_db reach pos only when asked for
+    p = pos[None].clone().requires_grad_()
+    assert rasterize(p, tri, (8, 8))[1].requires_grad
+    assert not rasterize(p, tri, (8, 8), grad_db=False)[1].requires_grad
+
+
+def test_interpolate_pixel_derivatives():
+    """diff_attrs: for w = 1 an attribute equal to NDC (x, y) has dA/dX = 2/W, dA/dY = 2/H."""
+    H, W = 12, 10
+    pos = torch.tensor([[[-0.83, -0.71, 0.3, 1.0], [0.77, -0.31, 0.3, 1.0],
+                         [-0.13, 0.88, 0.3, 1.0]]], dtype=torch.float64)
+    tri = torch.tensor([[0, 1, 2]])
+    rast, rast_db = rasterize(pos, tri, (H, W))
+    attr = pos[..., :2].clone()
+    out, none = interpolate(attr, rast, tri)
+    assert none.shape == (1, H, W, 0)
+    out, da = interpolate(attr, rast, tri, rast_db=rast_db, diff_attrs="all")
+    cov = rast[..., 3] > 0
+    assert da.shape == (1, H, W, 4) and torch.all(da[~cov] == 0)
+    want = torch.tensor([2 / W, 0.0, 0.0, 2 / H], dtype=torch.float64)
+    assert torch.allclose(da[cov], want.expand(int(cov.sum()), 4), atol=1e-12)
+    _, da_y = interpolate(attr, rast, tri, rast_db=rast_db, diff_attrs=[1])
+    assert torch.equal(da_y, da[..., 2:])
+
+
+def test_antialias_pos_gradient_boost():
+    pos, tri = _tiny_scene()
+    rast, _ = rasterize(pos, tri, (8, 8))
+    color = (rast[..., 3:] > 0).double()
+    grads = []
+    for boost in (1.0, 2.5):
+        p = pos.clone().requires_grad_()
+        out = antialias(color, rast, p, tri, pos_gradient_boost=boost)
+        out.sum().backward()
+        grads.append(p.grad)
+        assert torch.equal(out, antialias(color, rast, pos, tri))
+    assert grads[0].abs().sum() > 0
+    assert torch.allclose(grads[1], 2.5 * grads[0])

@@ -4,7 +4,10 @@ import torch
 
 from bodyfit.body_models import body_model
 from bodyfit.cameras import Camera, default_intrinsics, project
+from bodyfit.renderers import RasterizeTorchContext
 from bodyfit.renderers.views import overlay_picture, render_maps, silhouette
+
+TORCH = RasterizeTorchContext()
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +32,7 @@ def test_silhouette_gradient_matches_central_differences(low_poly, axis):
     direction = torch.eye(3, dtype=torch.float64)[axis]
 
     def sil(d):
-        return silhouette(base + d * direction, faces, cam, backend="torch")[0]
+        return silhouette(base + d * direction, faces, cam, TORCH)[0]
 
     zero, one = torch.zeros((), dtype=torch.float64), torch.ones((), dtype=torch.float64)
     _, analytic = torch.autograd.functional.jvp(sil, zero, one)
@@ -50,7 +53,7 @@ def test_silhouette_gradient_on_the_full_mesh(anny):
     direction = torch.tensor([0.0, 1.0, 0.0])
 
     def sil(d):
-        return silhouette(base + d * direction, anny.faces, cam, backend="torch")[0]
+        return silhouette(base + d * direction, anny.faces, cam, context=TORCH)[0]
 
     zero, one = torch.zeros(()), torch.ones(())
     _, analytic = torch.autograd.functional.jvp(sil, zero, one)
@@ -103,3 +106,13 @@ def test_overlay_renders_only_the_mesh_box_and_matches_the_full_frame(low_poly):
     assert full_a.sum() > 100
     assert (full_rgb[0] - box_rgb).abs().max() < 0.05
     assert (full_a[0] - box_a).abs().max() < 0.05
+
+
+def test_views_take_a_context(low_poly):
+    p, cam = _scene(low_poly, (64, 48), depth=2.0)
+    v = low_poly(p).vertices
+    own = render_maps(v, low_poly.faces, cam, context=TORCH)["mask"]
+    default = render_maps(v, low_poly.faces, cam)["mask"]  # default_context("cpu")
+    assert own.sum() > 100 and (own == default).float().mean() > 0.99
+    with pytest.raises(TypeError, match="default_context"):
+        silhouette(v, low_poly.faces, cam, "torch")  # a backend name is no context

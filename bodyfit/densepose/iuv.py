@@ -150,14 +150,15 @@ def check_iuv(iuv, image_size: tuple[int, int] | None = None) -> torch.Tensor:
     return iuv
 
 
-def render_iuv(vertices: torch.Tensor, camera: Camera, chart, backend: str = "auto") -> torch.Tensor:
+def render_iuv(vertices: torch.Tensor, camera: Camera, chart, context=None) -> torch.Tensor:
     """Render the IUV map of posed bodies.
 
     Args:
         vertices: (B,V,3) metres, world frame, on the chart's mesh (``chart.faces``).
         camera: ``bodyfit.cameras.Camera`` (OpenCV K, R, t; image_size (H, W)).
         chart: a :class:`bodyfit.densepose.DensePoseChart`.
-        backend: renderer backend (``bodyfit.renderers.ops.rasterize``).
+        context: rasterizer context (``bodyfit.renderers.RasterizeGLContext`` etc.); None:
+            ``bodyfit.renderers.default_context`` of the vertices' device.
     Returns:
         (B,3,H,W) in the dtype of vertices: I (face part of the visible face, 0 on the
         background), U, V (the visible face's corner UVs blended with the pixel's perspective-
@@ -169,7 +170,7 @@ def render_iuv(vertices: torch.Tensor, camera: Camera, chart, backend: str = "au
     if vertices.dim() != 3 or vertices.shape[-1] != 3:
         raise ValueError(f"vertices must have shape (B,V,3), got {tuple(vertices.shape)}.")
     faces = chart.faces.to(vertices.device)
-    _, rast = rasterize_view(vertices, faces, camera, backend)
+    _, rast = rasterize_view(vertices, faces, camera, context)
     B, H, W, _ = rast.shape
     tri = rast[..., 3].long() - 1  # (B,H,W)
     out = vertices.new_zeros(B, H, W, 3)

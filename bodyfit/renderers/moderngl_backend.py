@@ -45,7 +45,7 @@ class ModernGLTriangleIds:
         except Exception as e:  # noqa: BLE001 - moderngl raises plain Exceptions here
             raise ModernGLUnavailable(
                 f"no headless EGL context ({e}); install Mesa's EGL (Debian: libegl1 "
-                "libgl1-mesa-dri) or use the torch backend") from e
+                "libgl1-mesa-dri) or use RasterizeTorchContext()") from e
         self.program = self.ctx.program(vertex_shader=_VERTEX, fragment_shader=_FRAGMENT)
         self._fbo = None
         self._size = None

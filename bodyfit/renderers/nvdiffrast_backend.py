@@ -18,8 +18,7 @@ import torch
 
 _INSTALL = ('pip install "bodyfit[nvdiffrast]" (diffrp-nvdiffrast; NVIDIA Source Code License, '
             'non-commercial use only)')
-_dr = None
-_context = None
+_dr = None  # the imported nvdiffrast.torch module
 
 
 def load_nvdiffrast():
@@ -33,8 +32,8 @@ def load_nvdiffrast():
     if _dr is not None:
         return _dr
     if not torch.cuda.is_available():
-        raise RuntimeError("the nvdiffrast backend needs a CUDA GPU; use backend='torch' or "
-                           "'moderngl' on CPU.")
+        raise RuntimeError("nvdiffrast needs a CUDA GPU; on CPU use RasterizeGLContext() or "
+                           "RasterizeTorchContext() (or default_context()).")
     cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
     if shutil.which("nvcc") is None and not (cuda_home and os.path.exists(os.path.join(cuda_home, "bin", "nvcc"))):
         raise RuntimeError("the nvdiffrast backend compiles a CUDA plugin on first use and needs "
@@ -53,15 +52,6 @@ def load_nvdiffrast():
         sys.path.insert(0, build_dir)
     _dr = dr
     return dr
-
-
-def cuda_context():
-    """The shared ``RasterizeCudaContext`` (created on first use)."""
-    global _context
-    dr = load_nvdiffrast()
-    if _context is None:
-        _context = dr.RasterizeCudaContext()
-    return _context
 
 
 def is_available() -> bool:

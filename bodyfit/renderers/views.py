@@ -2,7 +2,9 @@
 
 Everything takes vertices in metres in the world frame and an OpenCV ``Camera`` (K, R, t,
 image size); the clip-space conversion is ``ops.clip_matrix``. Maps have the picture's rows
-top-down, like the picture itself.
+top-down, like the picture itself. Functions that rasterize take ``context``: a rasterizer
+context (``RasterizeGLContext``, ``RasterizeTorchContext``, ``RasterizeCudaContext``, see
+:mod:`bodyfit.renderers.backends`), or None for ``default_context`` of the vertices' device.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import torch
 
 from bodyfit.cameras import Camera
 from bodyfit.renderers import ops
+from bodyfit.renderers.backends import RasterizeContext, default_context
 
 _MESH_RGB = torch.tensor([0.60, 0.75, 0.92])
 
@@ -36,21 +39,32 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
 
 
 def rasterize_view(vertices: torch.Tensor, faces: torch.Tensor, camera: Camera,
-                   backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """(pos_clip (B,V,4), rast (B,H,W,4)) of (B,V,3) world-frame vertices seen by ``camera``;
-    pass it on to share one rasterization between the maps or energies of a step."""
+                   context: RasterizeContext | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pos_clip (B,V,4), rast (B,H,W,4)) of (B,V,3) world-frame vertices (metres) seen by
+    ``camera``, rasterized at its image size on ``context`` (None: ``default_context`` of the
+    vertices' device); pass it on to share one rasterization between the maps or energies of a
+    step.
+
+    Raises:
+        TypeError: context is not a rasterizer context (e.g. a backend name: use
+            ``default_context(device, backend=name)``).
+    """
     pos = to_clip(vertices, camera)
-    rast, _ = ops.rasterize(pos, faces, camera.image_size, backend=backend)
+    if context is None:
+        context = default_context(vertices.device)
+    rast, _ = ops.rasterize(context, pos, faces, camera.image_size)
     return pos, rast
 
 
 def silhouette(vertices: torch.Tensor, faces: torch.Tensor, camera: Camera,
-               backend: str = "auto", raster=None, topology_hash=None) -> torch.Tensor:
+               context: RasterizeContext | None = None, raster=None,
+               topology_hash=None) -> torch.Tensor:
     """Antialiased coverage of the mesh, (B,H,W) in [0,1], differentiable with respect to the
-    vertices at the silhouette edges (ops.antialias). ``raster``: optional
-    :func:`rasterize_view` of these vertices in this camera; ``topology_hash``: optional
-    ``ops.antialias_construct_topology_hash(faces)``."""
-    pos, rast = raster if raster is not None else rasterize_view(vertices, faces, camera, backend)
+    vertices at the silhouette edges (``antialias``). ``context``: as in
+    :func:`rasterize_view`; ``raster``: optional :func:`rasterize_view` of these vertices in
+    this camera (then nothing is rasterized); ``topology_hash``: optional
+    ``antialias_construct_topology_hash(faces)``."""
+    pos, rast = raster if raster is not None else rasterize_view(vertices, faces, camera, context)
     cover = (rast[..., 3:] > 0).to(vertices.dtype)
     return ops.antialias(cover, rast, pos, faces, topology_hash)[..., 0]
 
@@ -58,20 +72,21 @@ def silhouette(vertices: torch.Tensor, faces: torch.Tensor, camera: Camera,
 def render_maps(vertices: torch.Tensor, faces: torch.Tensor, camera: Camera,
                 vertex_attributes: dict[str, torch.Tensor] | None = None,
                 face_attributes: dict[str, torch.Tensor] | None = None,
-                backend: str = "auto") -> dict[str, torch.Tensor]:
+                context: RasterizeContext | None = None) -> dict[str, torch.Tensor]:
     """Per-pixel maps of a mesh seen by ``camera``.
 
     Args:
         vertices: (B,V,3) metres, world frame. faces: (F,3).
         vertex_attributes: name -> (B,V,C) or (V,C), interpolated over the triangles.
         face_attributes: name -> (F,) or (F,C) values (e.g. part ids), constant per triangle.
+        context: rasterizer context, as in :func:`rasterize_view`.
     Returns:
         dict with ``mask`` (B,H,W) bool, ``depth`` (B,H,W) camera-frame z in metres (0 where
         empty), ``normals`` (B,H,W,3) unit camera-frame normals, ``surface`` (B,H,W,3) world
         points, ``triangle`` (B,H,W) int64 (-1 where empty), and one map per attribute (0 where
         empty). Interpolated maps are differentiable with respect to vertices and attributes.
     """
-    _, rast = rasterize_view(vertices, faces, camera, backend)
+    _, rast = rasterize_view(vertices, faces, camera, context)
     mask = rast[..., 3] > 0
     cam_verts = to_camera(vertices, camera)
     normals = vertex_normals(cam_verts, faces)
@@ -98,9 +113,11 @@ def render_maps(vertices: torch.Tensor, faces: torch.Tensor, camera: Camera,
 
 
 def shade(vertices: torch.Tensor, faces: torch.Tensor, camera: Camera,
-          backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """Lambert-shaded mesh lit from the camera: ((B,H,W,3) RGB in [0,1], (B,H,W) alpha)."""
-    pos, rast = rasterize_view(vertices, faces, camera, backend)
+          context: RasterizeContext | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lambert-shaded mesh lit from the camera: ((B,H,W,3) RGB in [0,1], premultiplied by the
+    antialiased coverage, (B,H,W) alpha), of (B,V,3) world-frame vertices (metres);
+    ``context`` as in :func:`rasterize_view`."""
+    pos, rast = rasterize_view(vertices, faces, camera, context)
     cam_verts = to_camera(vertices, camera)
     normals = vertex_normals(cam_verts, faces)
     view = -cam_verts / cam_verts.norm(dim=-1, keepdim=True).clamp(min=1e-12)
@@ -134,7 +151,8 @@ def draw_keypoints(image: np.ndarray, keypoints: np.ndarray, projected: np.ndarr
 @torch.no_grad()
 def overlay_picture(image: np.ndarray, vertices: np.ndarray, faces: np.ndarray, K: np.ndarray,
                     keypoints: np.ndarray | None = None, projected: np.ndarray | None = None,
-                    side_angle_deg: float = 90.0, alpha: float = 0.7) -> np.ndarray:
+                    side_angle_deg: float = 90.0, alpha: float = 0.7,
+                    context: RasterizeContext | None = None) -> np.ndarray:
     """The fitted mesh shaded over the picture (with keypoints if given), beside a side view.
 
     Args:
@@ -142,6 +160,8 @@ def overlay_picture(image: np.ndarray, vertices: np.ndarray, faces: np.ndarray, 
         faces: (F,3). K: (3,3) px. keypoints: (K,3) px + conf; projected: (K,2) px.
         side_angle_deg: the side view turns the mesh this much about the camera's vertical
             axis through its centre (depth errors the front view hides show there).
+        alpha: opacity of the mesh over the picture.
+        context: rasterizer context (None: ``default_context("cpu")``).
     Returns:
         (H, 2W, 3) uint8 RGB.
     """
@@ -150,7 +170,7 @@ def overlay_picture(image: np.ndarray, vertices: np.ndarray, faces: np.ndarray, 
     f = torch.as_tensor(np.asarray(faces), dtype=torch.long)
     K = torch.as_tensor(np.asarray(K), dtype=torch.float32)
     pic = torch.as_tensor(image, dtype=torch.float32) / 255.0
-    rgb, a = _shade_in_box(v, f, K, (H, W))
+    rgb, a = _shade_in_box(v, f, K, (H, W), context)
     a = a[..., None] * alpha  # rgb is premultiplied by the antialiased coverage
     front = ((pic * (1 - a) + rgb * alpha) * 255).clamp(0, 255).byte().numpy()
     if keypoints is not None:
@@ -159,12 +179,13 @@ def overlay_picture(image: np.ndarray, vertices: np.ndarray, faces: np.ndarray, 
     ang = np.radians(side_angle_deg)
     Ry = torch.tensor([[np.cos(ang), 0, np.sin(ang)], [0, 1, 0], [-np.sin(ang), 0, np.cos(ang)]],
                       dtype=torch.float32)
-    rgb_s, a_s = _shade_in_box((v - c) @ Ry.T + c, f, K, (H, W))
+    rgb_s, a_s = _shade_in_box((v - c) @ Ry.T + c, f, K, (H, W), context)
     side = (0.92 * (1 - a_s[..., None]) + rgb_s) * 255
     return np.concatenate([front, side.clamp(0, 255).byte().numpy()], axis=1)
 
 
-def _shade_in_box(v: torch.Tensor, f: torch.Tensor, K: torch.Tensor, size: tuple[int, int]):
+def _shade_in_box(v: torch.Tensor, f: torch.Tensor, K: torch.Tensor, size: tuple[int, int],
+                  context: RasterizeContext | None = None):
     """``shade`` for one view of a (H,W) picture, rendering only the mesh's bounding box (the
     principal point moves with the crop): ((H,W,3) premultiplied RGB, (H,W) alpha)."""
     H, W = size
@@ -183,7 +204,7 @@ def _shade_in_box(v: torch.Tensor, f: torch.Tensor, K: torch.Tensor, size: tuple
     Kc = K.clone()
     Kc[0, 2] -= x0
     Kc[1, 2] -= y0
-    box_rgb, box_a = shade(v, f, Camera.identity(Kc[None], (y1 - y0, x1 - x0)))
+    box_rgb, box_a = shade(v, f, Camera.identity(Kc[None], (y1 - y0, x1 - x0)), context)
     rgb[y0:y1, x0:x1] = box_rgb[0]
     alpha[y0:y1, x0:x1] = box_a[0]
     return rgb, alpha
