@@ -19,16 +19,16 @@ import torch
 
 from bodyfit.body_models import body_model
 from bodyfit.data.synthetic import synthetic_views
-from bodyfit.fitting.multiview import Views, fit_views
+from bodyfit import Fitter, Observations, fit_views, load_config
 from bodyfit.metrics import pa_mpjpe, pve
 
 ALL_DENSE = ("silhouette", "texture", "densepose")
 
 
 def run(model, sv, energies, views=None, overrides=()):
-    off = [f"stages.2.weights.{e}=0" for e in ALL_DENSE if e not in energies] + list(overrides)
+    off = [f"stages.dense.weights.{e}=0" for e in ALL_DENSE if e not in energies] + list(overrides)
     t0 = time.perf_counter()
-    r = fit_views(views or sv.views, model, overrides=off)
+    r = fit_views(views or sv.observations, model, overrides=off)
     dt = time.perf_counter() - t0
     coco = list(range(17))
     return (pve(r.vertices, sv.vertices, r.joints, sv.joints),
@@ -52,10 +52,10 @@ def main() -> None:
         b = min(a.batch, a.n - start)
         sv = synthetic_views(model, b, n_views=2, image_size=(a.size, a.size), generator=g, iuv=True,
                              spread_deg=a.spread, distance=3.0)
-        v = sv.views
-        one = Views([v.cameras[0]], v.keypoints[:, :1], masks=[v.masks[0]], images=[v.images[0]],
-                    iuv=[v.iuv[0]], names=v.names[:1])
-        two_views = Views(v.cameras, v.keypoints, masks=v.masks, images=v.images, names=v.names)
+        v = sv.observations
+        one = Observations(v.keypoints[:, :1], [v.cameras[0]], masks=[v.masks[0]], images=[v.images[0]],
+                           iuv=[v.iuv[0]], names=v.names[:1])
+        two_views = Observations(v.keypoints, v.cameras, masks=v.masks, images=v.images, names=v.names)
         cases = [("1 view: keypoints", (), one), ("1 view: + densepose", ("densepose",), one),
                  ("1 view: + silhouette", ("silhouette",), one),
                  ("1 view: + densepose + silhouette", ("densepose", "silhouette"), one),
@@ -72,40 +72,20 @@ def main() -> None:
     for name, (p, q, dt) in rows.items():
         print(f"{name:36s} {sum(p) / len(p):8.1f} {sum(q) / len(q):12.1f} {dt / a.n:8.2f}")
 
-    # CPU cost per step of each energy (forward + backward), batch 1, one view.
+    # CPU cost per step of each energy (forward + backward, batch 1): the engine's own energies
     sv = synthetic_views(model, 1, n_views=2, image_size=(a.size, a.size), generator=g, iuv=True)
-    from bodyfit.densepose import anny_chart
-    from bodyfit.fitting.densepose import DensePoseEnergy
-    from bodyfit.fitting.silhouette import SilhouetteEnergy
-    from bodyfit.fitting.texture import TextureConsistencyEnergy
-
-    params = sv.params.clone()
-    cam = sv.views.cameras[0]
-    sil = SilhouetteEnergy(model.faces)
-    tex = TextureConsistencyEnergy(model.faces)
-    dp = DensePoseEnergy(anny_chart(model))
-    targets = dp.targets(sv.views.iuv[0], 400)
-    scale = torch.tensor([float(a.size)])
-    costs = {
-        "keypoints only (joints, no vertices)": lambda out: out.joints.sum(),
-        "vertices (skinning)": lambda out: out.vertices.sum(),
-        "silhouette": lambda out: sil(out, cam, sv.views.masks[0]).sum(),
-        "texture (2 views)": lambda out: tex(out, sv.views.cameras, sv.views.images).sum(),
-        "densepose (400 points)": lambda out: dp(out, cam, targets, scale).sum(),
-    }
-    print(f"\nCPU ms per step (forward + backward, batch 1, {a.size}x{a.size}), median of 10")
-    for name, fn in costs.items():
+    fitter = Fitter(model, load_config(["render_topology=default", *a.overrides], name="fit_views"))
+    print(f"\nCPU ms per step (forward + backward, batch 1, {a.size}x{a.size}, 2 views), median of 10")
+    for names in (["reprojection"], ["silhouette"], ["texture"], ["densepose"]):
         times = []
         for _ in range(10):
-            p = params.clone()
+            p = sv.params.clone()
             p.body_pose.requires_grad_(True)
             t0 = time.perf_counter()
-            out = model(p, vertices=name != "keypoints only (joints, no vertices)")
-            fn(out).backward()
+            sum(e.sum() for e in fitter.energies_at(sv.observations, p, names).values()).backward()
             times.append(time.perf_counter() - t0)
         times.sort()
-        print(f"{name:40s} {1000 * times[5]:8.1f}")
-
+        print(f"{names[0]:40s} {1000 * times[5]:8.1f}")
 
 if __name__ == "__main__":
     main()

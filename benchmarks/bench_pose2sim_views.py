@@ -21,11 +21,10 @@ import time
 import torch
 
 from bodyfit.body_models import body_model
+from bodyfit.boxes import boxes_from_keypoints
 from bodyfit.data.pose2sim import ATTRIBUTION, demo_keypoints, demo_views
-from bodyfit.fitting import fit
-from bodyfit.fitting.multiview import Views, fit_views
+from bodyfit import Observations, fit, fit_views
 from bodyfit.metrics import pa_mpjpe
-from bodyfit.regressors.keypoint_regressor import boxes_from_keypoints
 from bodyfit.triangulation import triangulate
 
 LIMBS = list(range(11, 17)) + list(range(23, 33))  # MediaPipe-33 shoulders .. foot index
@@ -54,10 +53,10 @@ def main() -> None:
         use = [v for v in range(V) if v != h]
         row = []
         for label, dense in (("kp", False), ("dense", True)):
-            views = Views([cams[v] for v in use], kp[:, use],
-                          masks=[masks[v] for v in use] if dense else None,
-                          images=[images[v] for v in use] if dense else None,
-                          names=[mv.names[v] for v in use])
+            views = Observations(kp[:, use], [cams[v] for v in use],
+                                 masks=[masks[v] for v in use] if dense else None,
+                                 images=[images[v] for v in use] if dense else None,
+                                 names=[mv.names[v] for v in use])
             t0 = time.perf_counter()
             r = fit_views(views, model, overrides=a.overrides)
             dt = time.perf_counter() - t0

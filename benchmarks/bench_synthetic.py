@@ -16,7 +16,7 @@ import torch
 
 from bodyfit.body_models import body_model
 from bodyfit.data.synthetic import synthetic_batch
-from bodyfit.fitting import fit
+from bodyfit import fit
 from bodyfit.metrics import mpjpe, pa_mpjpe
 from bodyfit.regressors.keypoint_regressor import load_regressor
 
@@ -47,7 +47,7 @@ def main() -> None:
             rows[name][0].append(mpjpe(joints, gt))
             rows[name][1].append(pa_mpjpe(joints, gt))
         fit_time += r.runtime_s["fit"]
-        reproj.append(r.reprojection_error_px / r.box_height_px)
+        reproj.append(r.error_over_box)
         init_time += r.runtime_s["init"]
         n_done += sb.K.shape[0]
         rm = fit(sb.keypoints, model, "mediapipe33", K=sb.K, boxes=sb.boxes,

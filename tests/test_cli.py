@@ -1,16 +1,19 @@
+import importlib.util
 import json
 
 import numpy as np
 import pytest
 
-from bodyfit.cli import main
+from bodyfit.cli import main, split_words
 from bodyfit.data.images import write_image
 
-pytest.importorskip("mediapipe")
+needs_mediapipe = pytest.mark.skipif(importlib.util.find_spec("mediapipe") is None,
+                                     reason="the detector extra (mediapipe) is not installed")
 
 
 @pytest.fixture(scope="module")
 def real_frame(pose2sim_wheel):
+    pytest.importorskip("mediapipe")
     from bodyfit.data.pose2sim import demo_frames
 
     return demo_frames(frame_indices=(0,), cameras=("cam02",))[0][1]
@@ -26,7 +29,7 @@ def test_fit_writes_files_and_skips_bad_pictures(tmp_path, real_frame, capsys):
     write_image(blank, np.full((240, 320, 3), 128, np.uint8))
     out = tmp_path / "out"
     code = main(["fit", str(good), str(corrupt), str(blank), str(tmp_path / "missing.png"),
-                 "--out", str(out), "--quiet", "stages.1.steps=80"])
+                 "--out", str(out), "--quiet", "stages.body.steps=80"])
     assert code == 1
     err = capsys.readouterr().err
     assert "corrupt" in err and "blank" in err and "missing" in err
@@ -46,11 +49,37 @@ def test_fit_writes_files_and_skips_bad_pictures(tmp_path, real_frame, capsys):
 def test_bad_usage_exits_2(tmp_path, capsys):
     assert main(["fit", "x.png", "--out", str(tmp_path), "no_such_key=3"]) == 2
     assert "no_such_key" in capsys.readouterr().err
+    assert main(["fit", "x.png", "--out", str(tmp_path), "stages.body.steps=abc"]) == 2
+    assert "stages.body.steps" in capsys.readouterr().err
     assert main(["fit", "x.png", "--out", str(tmp_path), "--model", "smpl",
                  "--model-path", str(tmp_path / "nothing")]) == 2
     assert "smpl.is.tue.mpg.de" in capsys.readouterr().err
 
 
+def test_pictures_and_overrides_are_told_apart(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "init=mean").write_text("a file named like an override")
+    pictures, overrides = split_words(["dir/a=b.jpg", "init=mean", "photo.PNG", "+stages.body.weights.silhouette=1",
+                                       "~stages.camera", "noext", "--", "x.jpg=1"])
+    assert pictures == ["dir/a=b.jpg", "photo.PNG", "noext"]
+    assert overrides == ["init=mean", "+stages.body.weights.silhouette=1", "~stages.camera", "x.jpg=1"]
+
+
+@pytest.mark.slow
+def test_same_stem_pictures_get_their_own_folders(tmp_path, real_frame):
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        write_image(tmp_path / d / "walker.png", real_frame)
+    out = tmp_path / "out"
+    assert main(["fit", str(tmp_path / "a" / "walker.png"), str(tmp_path / "b" / "walker.png"), "--out", str(out),
+                 "--quiet", "stages.body.steps=10"]) == 0
+    folders = sorted(p.name for p in out.iterdir())
+    assert len(folders) == 2 and all(f.startswith("walker-") for f in folders)
+    sources = {json.loads((out / f / "fit.json").read_text())["source"] for f in folders}
+    assert sources == {str((tmp_path / d / "walker.png").resolve()) for d in ("a", "b")}
+
+
+@needs_mediapipe
 @pytest.mark.slow
 def test_demo_fits_four_real_views(tmp_path, pose2sim_wheel):
     out = tmp_path / "demo"
@@ -79,6 +108,7 @@ def test_fit_views_bad_usage_exits_2(tmp_path, calibration_file, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+@needs_mediapipe
 @pytest.mark.slow
 def test_fit_views_on_four_real_views(tmp_path, calibration_file):
     from bodyfit.data.pose2sim import demo_views
@@ -92,13 +122,14 @@ def test_fit_views_on_four_real_views(tmp_path, calibration_file):
     assert main(["fit-views", *map(str, paths), "--calib", str(calibration_file), "--out", str(out),
                  "--keypoints-only", "--quiet"]) == 0
     s = json.loads((out / "fit.json").read_text())
-    assert s["views"] == list(mv.names)
-    assert all(v < 0.05 for v in s["reprojection_error_over_box"].values())
+    assert list(s["views"]) == list(mv.names)
+    assert all(v["reprojection_error_over_box"] < 0.05 for v in s["views"].values())
     for name in mv.names:
         assert (out / f"overlay_{name}.png").stat().st_size > 0
     assert np.load(out / "fit.npz")["K"].shape == (4, 3, 3)
 
 
+@needs_mediapipe
 @pytest.mark.slow
 def test_fit_video_skips_a_frame_without_person(tmp_path, pose2sim_wheel, capsys):
     import cv2
@@ -115,7 +146,7 @@ def test_fit_video_skips_a_frame_without_person(tmp_path, pose2sim_wheel, capsys
     writer.release()
     out = tmp_path / "video"
     code = main(["fit-video", str(video), "--out", str(out), "--keypoints-only", "--quiet",
-                 "stages.2.steps=10"])
+                 "stages.dense.steps=10"])
     assert code == 1
     err = capsys.readouterr().err
     assert "frame_000002" in err

@@ -4,10 +4,11 @@ import torch
 from bodyfit.body_models import body_model
 from bodyfit.body_models.base import BodyOutput
 from bodyfit.data.synthetic import synthetic_views
+from bodyfit import Fitter, Observations, fit_views, load_config
 from bodyfit.densepose import anny_chart
-from bodyfit.fitting.densepose import DensePoseEnergy
-from bodyfit.fitting.multiview import fit_views
-from bodyfit.fitting.silhouette import SilhouetteEnergy
+from bodyfit.fitting.densepose import densepose_energy, sample_targets
+from bodyfit.fitting.silhouette import SilhouetteEnergy, mask_energy
+from bodyfit.renderers.views import silhouette
 from bodyfit.metrics import pve
 
 
@@ -27,10 +28,14 @@ def _out(vertices, model):
 
 
 def test_densepose_energy_is_zero_at_the_truth_and_its_gradient_matches(low_poly, scene):
-    energy = DensePoseEnergy(anny_chart(low_poly))
-    cam = scene.views.cameras[0]
+    chart = anny_chart(low_poly)
+    cam = scene.observations.cameras[0]
     camb = cam.expand(2)
-    targets = energy.targets(scene.views.iuv[0], points=300, generator=torch.Generator().manual_seed(0))
+    targets = sample_targets(chart, scene.observations.iuv[0], points=300, generator=torch.Generator().manual_seed(0))
+
+    def energy(out, camera, t, scale):
+        return densepose_energy(out.vertices, chart.faces, camera, t, scale, 0.3)
+
     assert targets.counts.tolist() == [300, 300]
     scale = torch.full((2,), 150.0)
     at_truth = energy(_out(scene.vertices, low_poly), camb, targets, scale)
@@ -46,28 +51,29 @@ def test_densepose_energy_is_zero_at_the_truth_and_its_gradient_matches(low_poly
     assert abs(float(grad) - float(hi - lo) / (2 * eps)) < 0.02 * abs(float(grad))
 
 
-def test_silhouette_energy_prefers_the_truth_and_checks_sizes(low_poly, scene):
-    energy = SilhouetteEnergy(low_poly.faces)
-    cam = scene.views.cameras[0]
+def test_silhouette_energy_prefers_the_truth_and_needs_masks(low_poly, scene):
+    cam = scene.observations.cameras[0]
     camb = cam.expand(2)
-    mask = scene.views.masks[0]
-    truth = energy(_out(scene.vertices, low_poly), camb, mask)
-    moved = energy(_out(scene.vertices + torch.tensor([0.05, 0, 0]), low_poly), camb, mask)
+    mask = scene.observations.masks[0]
+
+    def energy(vertices, m):
+        return mask_energy(silhouette(vertices, low_poly.faces, camb), m)
+
+    truth = energy(scene.vertices, mask)
+    moved = energy(scene.vertices + torch.tensor([0.05, 0, 0]), mask)
     assert torch.all(truth < 0.05) and torch.all(moved > 2 * truth)
-    empty = energy(_out(scene.vertices, low_poly), camb, torch.zeros_like(mask))
-    assert torch.all(empty == 0)
-    with pytest.raises(ValueError, match="mask must have shape"):
-        energy(_out(scene.vertices, low_poly), camb, mask[:, :10])
-    with pytest.raises(ValueError, match="needs vertices"):
-        energy(BodyOutput(joints=scene.joints, vertices=None, faces=low_poly.faces), camb, mask)
+    assert torch.all(energy(scene.vertices, torch.zeros_like(mask)) == 0)
+    cfg = load_config(name="fit_views")
+    no_masks = Observations(scene.observations.keypoints, scene.observations.cameras)
+    assert SilhouetteEnergy(low_poly, cfg).prepare(Fitter(low_poly, cfg).problem(no_masks)) is None
 
 
 def test_densepose_lowers_the_vertex_error_of_a_single_view_fit(low_poly):
     sv = synthetic_views(low_poly, 4, n_views=1, generator=torch.Generator().manual_seed(7),
                          iuv=True, distance=3.0, images=False, masks=False)
-    fast = ["stages.0.steps=20", "stages.1.steps=60", "stages.2.steps=40"]
-    kp = fit_views(sv.views, low_poly, overrides=fast + ["stages.2.weights.densepose=0"])
-    dp = fit_views(sv.views, low_poly, overrides=fast)
+    fast = ["stages.camera.steps=20", "stages.body.steps=60", "stages.dense.steps=40"]
+    kp = fit_views(sv.observations, low_poly, overrides=fast + ["stages.dense.weights.densepose=0"])
+    dp = fit_views(sv.observations, low_poly, overrides=fast)
     assert "densepose" not in dp.skipped_energies
     e_kp = pve(kp.vertices, sv.vertices, kp.joints, sv.joints).mean()
     e_dp = pve(dp.vertices, sv.vertices, dp.joints, sv.joints).mean()
@@ -75,10 +81,9 @@ def test_densepose_lowers_the_vertex_error_of_a_single_view_fit(low_poly):
 
 
 def test_empty_densepose_foreground_is_reported(low_poly, scene):
-    iuv = scene.views.iuv[0].clone()
+    iuv = scene.observations.iuv[0].clone()
     iuv[1] = 0.0  # nobody in the second sample's IUV
-    views = type(scene.views)(scene.views.cameras, scene.views.keypoints, iuv=[iuv],
-                              names=["cam0"])
-    r = fit_views(views, low_poly, overrides=["stages.0.steps=5", "stages.1.steps=5", "stages.2.steps=5"])
+    views = Observations(scene.observations.keypoints, scene.observations.cameras, iuv=[iuv], names=["cam0"])
+    r = fit_views(views, low_poly, overrides=["stages.camera.steps=5", "stages.body.steps=5", "stages.dense.steps=5"])
     assert r.valid.all()
     assert r.messages[0] is None and "no DensePose foreground" in r.messages[1]

@@ -3,11 +3,13 @@ import math
 import pytest
 import torch
 
+from bodyfit import ConfigError, Fitter, Observations, fit, load_config
 from bodyfit.body_models.base import BodyParams
 from bodyfit.cameras import Camera
 from bodyfit.data.synthetic import synthetic_batch
-from bodyfit.fitting import ReprojectionEnergy, fit, gmof, load_config
+from bodyfit.fitting import ENERGIES, gmof
 from bodyfit.fitting.optimizer import run_stage
+from bodyfit.fitting.reprojection import reprojection
 from bodyfit.metrics import pa_mpjpe
 
 
@@ -21,7 +23,6 @@ def test_gmof_is_quadratic_near_zero_and_saturates():
 
 def test_reprojection_gradient_matches_finite_differences(anny):
     index, weight = anny.keypoint_map("coco17")
-    energy = ReprojectionEnergy(index, weight.double(), 0.1)
     g = torch.Generator().manual_seed(1)
     joints = (torch.randn(2, len(anny.joint_names), 3, generator=g, dtype=torch.float64) * 0.3
               + torch.tensor([0, 0, 4.0], dtype=torch.float64))
@@ -30,10 +31,8 @@ def test_reprojection_gradient_matches_finite_differences(anny):
     K = torch.tensor([[500.0, 0, 250], [0, 500, 250], [0, 0, 1]], dtype=torch.float64).expand(2, 3, 3)
     cam = Camera.identity(K, (500, 500))
     scale = torch.tensor([400.0, 300.0], dtype=torch.float64)
-    from bodyfit.body_models.base import BodyOutput
-
     def f(j):
-        return energy(BodyOutput(j, None, anny.faces), cam, kp, scale)
+        return reprojection(j, cam, kp, scale, index, weight.double(), 0.1)
 
     assert torch.autograd.gradcheck(f, (joints.requires_grad_(True),), eps=1e-6, atol=1e-6)
 
@@ -46,7 +45,8 @@ def test_fit_recovers_known_bodies(anny):
     assert r.valid.all()
     err_fit = pa_mpjpe(r.joints[:, :17], sb.joints[:, :17])
     err_init = pa_mpjpe(anny(r.init_params, vertices=False).joints[:, :17], sb.joints[:, :17])
-    assert (r.reprojection_error_px / r.box_height_px).median() < 0.01
+    assert r.keypoints.shape == (6, 1, 33, 3) and r.view_error_px.shape == (6, 1)
+    assert r.error_over_box.median() < 0.01
     assert err_fit.median() < 40.0
     assert err_fit.mean() < err_init.mean()
     assert torch.isfinite(r.params.body_pose).all()
@@ -58,7 +58,7 @@ def test_bad_samples_are_reported_and_the_rest_fitted(anny):
     kp = sb.keypoints.clone()
     kp[1, 3, 0] = math.nan
     kp[2, :, 2] = 0.0
-    r = fit(kp, anny, "coco17", K=sb.K, overrides=["stages.1.steps=30"], vertices=False)
+    r = fit(kp, anny, "coco17", K=sb.K, overrides=["stages.body.steps=30"], vertices=False)
     assert r.valid.tolist() == [True, False, False, True]
     assert "NaN" in r.messages[1] and "keypoints with confidence" in r.messages[2]
     assert r.messages[0] is None and r.messages[3] is None
@@ -68,7 +68,7 @@ def test_bad_samples_are_reported_and_the_rest_fitted(anny):
 
 
 def test_bad_shapes_and_arguments_raise(anny):
-    with pytest.raises(ValueError, match=r"\(B, 33, 3\)"):
+    with pytest.raises(ValueError, match=r"\(B, V=1, 33, 3\)"):
         fit(torch.zeros(2, 17, 3), anny, "mediapipe33", image_size=(100, 100))
     with pytest.raises(ValueError, match="image size"):
         fit(torch.zeros(1, 17, 3), anny, "coco17")
@@ -78,13 +78,83 @@ def test_bad_shapes_and_arguments_raise(anny):
         fit(torch.zeros(1, 17, 3), anny, "coco18", image_size=(100, 100))
 
 
-def test_config_overrides():
-    cfg = load_config(["stages.1.steps=7", "init=mean"])
-    assert cfg.stages[1].steps == 7 and cfg.init == "mean"
-    with pytest.raises(ValueError, match="key=value"):
-        load_config(["steps"])
-    with pytest.raises(ValueError, match="no_such_key"):
-        load_config(["no_such_key=1"])
+def test_config_overrides_and_errors_name_the_key():
+    cfg = load_config(["stages.body.steps=7", "init=mean", "+stages.body.weights.silhouette=0.5"])
+    assert cfg.stages["body"].steps == 7 and cfg.init == "mean"
+    assert cfg.stages["body"].weights["silhouette"] == 0.5
+    assert list(load_config(["~stages.camera"]).stages) == ["body"]
+    assert list(load_config(name="fit_views").stages) == ["camera", "body", "dense"]
+    bad = {"steps": "key=value", "no_such_key=1": "no_such_key", "stages.body.steps=abc": "stages.body.steps",
+           "stages.body.steps=0": "stages.body.steps", "stages.body.lr=-1": "stages.body.lr",
+           "sigma=0": "sigma", "init=foo": "init", "fov_deg=179.5": "fov_deg", "check_every=0": "check_every",
+           "try_flip=maybe": "try_flip", "ftol=abc": "ftol", "+stages.body.weights.nope=1": "nope",
+           "stages.body.free=[shoulders]": "stages.body.free", "model=nope": "model/nope"}
+    for override, key in bad.items():
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load_config([override])
+
+
+def test_observations_validate_once_and_flag_bad_samples(anny):
+    cam = Camera.identity(torch.eye(3)[None] * 500 + torch.tensor([[0, 0, 250.0], [0, 0, 250], [0, 0, -499]]), (500, 500))
+    kp = torch.rand(3, 1, 17, 3) * 400
+    with pytest.raises(ValueError, match=r"\(B, V=2, 17, 3\)"):
+        Observations(kp, [cam, cam], "coco17")
+    with pytest.raises(ValueError, match="batch 2"):
+        Observations(kp, [Camera(cam.K.expand(2, 3, 3), cam.R.expand(2, 3, 3), cam.t.expand(2, 3), (500, 500))], "coco17")
+    with pytest.raises(ValueError, match="mask of view0"):
+        Observations(kp, [cam], "coco17", masks=[torch.ones(3, 10, 10)])
+    with pytest.raises(ValueError, match="no sample"):
+        Observations(kp[:0], [cam], "coco17")
+    with pytest.raises(ValueError, match="image_size"):
+        Observations.from_pictures(kp[:, 0], image_size=500, convention="coco17")
+    # per-sample problems: a zero, a negative and a NaN focal length, one good camera
+    K = cam.K.expand(4, 3, 3).clone()
+    K[0] = 0.0
+    K[1, 0, 0] = -500.0
+    K[2, 1, 1] = math.nan
+    obs = Observations.from_pictures(torch.rand(4, 17, 3) * 400, K=K, image_size=(500, 500), convention="coco17")
+    problems = obs.problems()
+    assert "focal" in problems[0][0] and "focal" in problems[1][0] and "NaN" in problems[2][0]
+    assert problems[3] == [] and obs.usable_views()[:, 0].tolist() == [False, False, False, True]
+
+
+def test_fitter_precomputes_once_and_returns_one_result_type(anny):
+    """One Fitter serves pictures and several views; energies_at names every energy in use."""
+    sb = synthetic_batch(anny, 3, "mediapipe33", noise=0.0, dropout=0.0, generator=torch.Generator().manual_seed(5))
+    fitter = Fitter(anny, load_config(["stages.camera.steps=10", "stages.body.steps=20"]))
+    assert set(fitter.energies) == {"reprojection", "joint_limits", "pose_prior", "init_prior", "shape_prior"}
+    limits = fitter.energies["joint_limits"].limits
+    obs = Observations.from_pictures(sb.keypoints, K=sb.K, image_size=sb.image_size)
+    r1 = fitter(obs, vertices=False)
+    r2 = fitter(obs.index(slice(0, 2)), vertices=False)
+    assert fitter.energies["joint_limits"].limits is limits
+    assert r1.valid.all() and r2.valid.all() and r1.batch_size == 3 and r2.batch_size == 2
+    at_truth = fitter.energies_at(obs, sb.params)
+    assert set(at_truth) == set(fitter.energies)
+    assert float(at_truth["reprojection"].max()) < 1e-6  # exact keypoints of the true body
+    assert all(v.shape == (3,) for v in at_truth.values())
+
+
+def test_flip_trial_turns_a_body_seen_from_the_side_only_where_needed(anny):
+    """A body seen side-on, started facing the wrong way: the 180-degree trial runs for the
+    ambiguous samples only and keeps the lower energy."""
+    from bodyfit.body_models.conventions import keypoint_names
+    from bodyfit.fitting.start import flip_about_vertical, torso_is_ambiguous
+
+    sb = synthetic_batch(anny, 24, "mediapipe33", noise=0.0, dropout=0.0, generator=torch.Generator().manual_seed(8))
+    ambiguous = torso_is_ambiguous(sb.keypoints, keypoint_names("mediapipe33"))
+    pick = torch.cat([torch.nonzero(ambiguous)[:1, 0], torch.nonzero(~ambiguous)[:1, 0]])
+    assert len(pick) == 2, "the seed must give one side-on and one frontal body"
+    sb_kp, sb_K, truth = sb.keypoints[pick], sb.K[pick], sb.params.index(pick)
+    obs = Observations.from_pictures(sb_kp, K=sb_K, image_size=sb.image_size)
+    fitter = Fitter(anny, load_config(["stages.camera.steps=60", "~stages.body"]))
+    start = truth.clone()
+    start.global_orient = flip_about_vertical(start.global_orient)
+    r = fitter(obs, start, vertices=False)
+    no_flip = Fitter(anny, load_config(["stages.camera.steps=60", "~stages.body", "try_flip=false"]))(
+        obs, start, vertices=False)
+    assert r.energies["total"][0] < 0.01 * no_flip.energies["total"][0]  # side-on: the flip wins
+    assert torch.allclose(r.params.global_orient[1], no_flip.params.global_orient[1], atol=1e-5)
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])

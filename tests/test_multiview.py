@@ -4,11 +4,13 @@ import torch
 from bodyfit.body_models import body_model
 from bodyfit.cameras import Camera
 from bodyfit.data.synthetic import look_at_camera, sample_params, synthetic_views
-from bodyfit.fitting.multiview import Views, camera_to_world, fit_views
+from bodyfit import Fitter, Observations, fit_views, load_config
+from bodyfit.fitting.energy import Evaluation, render_model
+from bodyfit.fitting.start import camera_to_world
 from bodyfit.fitting.texture import TextureConsistencyEnergy
 from bodyfit.priors import temporal_smoothness
 
-FAST = ["stages.0.steps=20", "stages.1.steps=50", "stages.2.steps=25"]
+FAST = ["stages.camera.steps=20", "stages.body.steps=50", "stages.dense.steps=25"]
 
 
 @pytest.fixture(scope="module")
@@ -38,47 +40,48 @@ def test_camera_to_world_is_exact(low_poly):
 
 
 def test_two_views_recover_the_body_and_the_silhouette_helps(low_poly, scene):
-    kp_only = fit_views(scene.views, low_poly, overrides=FAST + ["stages.2.weights.silhouette=0",
-                                                                  "stages.2.weights.texture=0"])
+    kp_only = fit_views(scene.observations, low_poly, overrides=FAST + ["stages.dense.weights.silhouette=0",
+                                                                  "stages.dense.weights.texture=0"])
     assert kp_only.valid.all()
     assert kp_only.skipped_energies == ["densepose", "temporal"]
     assert float(kp_only.reprojection_error_px.mean()) < 5.0  # pixels, 256 px pictures
-    with_sil = fit_views(scene.views, low_poly, overrides=FAST + ["stages.2.weights.texture=0"])
+    with_sil = fit_views(scene.observations, low_poly, overrides=FAST + ["stages.dense.weights.texture=0"])
     assert _pve_mm(kp_only, scene) < 90
     assert _pve_mm(with_sil, scene) < 0.8 * _pve_mm(kp_only, scene)
 
 
 def test_bad_view_is_left_out_and_reported(low_poly, scene):
     bad = Camera(torch.zeros(1, 3, 3), torch.eye(3)[None], torch.zeros(1, 3), (256, 256))
-    v = scene.views
-    views = Views(cameras=[v.cameras[0], bad], keypoints=v.keypoints, names=["good", "broken"])
-    r = fit_views(views, low_poly, overrides=FAST)
-    assert r.names == ["good"] and r.valid.all()
-    assert "broken" in r.view_messages[0] and "singular" in r.view_messages[0]
-    only_bad = Views(cameras=[bad], keypoints=v.keypoints[:, :1], names=["broken"])
-    with pytest.raises(ValueError, match="no usable calibrated view"):
-        fit_views(only_bad, low_poly)
+    v = scene.observations
+    r = fit_views(Observations(v.keypoints, [v.cameras[0], bad], names=["good", "broken"]), low_poly,
+                  overrides=FAST)
+    assert r.view_names == ["good", "broken"] and r.valid.all()
+    assert all("broken" in m and "focal" in m for m in r.messages)
+    assert torch.isnan(r.view_error_px[:, 1]).all() and torch.isfinite(r.view_error_px[:, 0]).all()
+    only_bad = fit_views(Observations(v.keypoints[:, :1], [bad], names=["broken"]), low_poly, overrides=FAST)
+    assert not only_bad.valid.any() and all("not fitted" in m for m in only_bad.messages)
+    assert torch.isfinite(only_bad.params.transl).all()
 
 
 def test_mismatched_observations_raise(low_poly, scene):
-    v = scene.views
+    v = scene.observations
     with pytest.raises(ValueError, match="mask of cam0"):
-        fit_views(Views(v.cameras, v.keypoints, masks=[torch.ones(2, 10, 10), None], names=v.names), low_poly)
+        Observations(v.keypoints, v.cameras, masks=[torch.ones(2, 10, 10), None], names=v.names)
     with pytest.raises(ValueError, match="IUV of cam1 .* resize the IUV"):
-        fit_views(Views(v.cameras, v.keypoints, iuv=[None, torch.zeros(2, 3, 64, 64)], names=v.names), low_poly)
+        Observations(v.keypoints, v.cameras, iuv=[None, torch.zeros(2, 3, 64, 64)], names=v.names)
     with pytest.raises(ValueError, match=r"keypoints must have shape \(B, V=2"):
-        fit_views(Views(v.cameras, v.keypoints[:, :1]), low_poly)
+        Observations(v.keypoints[:, :1], v.cameras)
 
 
 def test_sequence_shares_shape_and_skips_a_frame_without_person(low_poly):
     sv = synthetic_views(low_poly, 4, n_views=2, generator=torch.Generator().manual_seed(5),
                          images=False, masks=False)
-    kp = sv.views.keypoints.clone()
+    kp = sv.observations.keypoints.clone()
     kp[2] = 0.0  # nobody in frame 2
-    views = Views(sv.views.cameras, kp, names=sv.views.names)
-    r = fit_views(views, low_poly, overrides=FAST, sequence=True)
+    obs = Observations(kp, sv.observations.cameras, names=sv.observations.names, sequence=True)
+    r = fit_views(obs, low_poly, overrides=FAST)
     assert r.valid.tolist() == [True, True, False, True]
-    assert "frame not fitted" in r.messages[2]
+    assert "not fitted" in r.messages[2]
     assert torch.isfinite(r.vertices).all()
     shapes = r.params.shape[r.valid]
     assert torch.allclose(shapes, shapes[:1].expand_as(shapes))
@@ -109,12 +112,15 @@ def test_texture_energy_prefers_the_truth_and_its_gradient_matches_finite_differ
     model = body_model("anny", topology="notoes_collapse3pc", dtype=torch.float64)
     sv = synthetic_views(model, 1, n_views=2, spread_deg=45.0, distance=3.0,
                          generator=torch.Generator().manual_seed(2), masks=False)
-    energy = TextureConsistencyEnergy(model.faces)
+    cfg = load_config(name="fit_views")
+    energy = TextureConsistencyEnergy(model, cfg)
+    problem = Fitter(model, cfg).problem(sv.observations)
+    data = energy.prepare(problem)
     direction = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
 
     def e(d):
         out = BodyOutput(joints=None, vertices=sv.vertices + d * direction, faces=model.faces)
-        return energy(out, sv.views.cameras, sv.views.images)[0]
+        return energy(Evaluation(None, None, problem, model, True, None, output=out), data)[0]
 
     at = {d: float(e(torch.tensor(d, dtype=torch.float64))) for d in (-0.03, 0.0, 0.03)}
     assert at[0.0] < 0.5 * min(at[-0.03], at[0.03])
@@ -124,13 +130,12 @@ def test_texture_energy_prefers_the_truth_and_its_gradient_matches_finite_differ
     fd = (e(torch.tensor(0.01 + eps, dtype=torch.float64)) - e(torch.tensor(0.01 - eps, dtype=torch.float64))) / (2 * eps)
     # bilinear sampling is only piecewise smooth: 10%
     assert abs(float(grad) - float(fd)) < 0.1 * abs(float(fd))
-    with pytest.raises(ValueError, match="at least two views"):
-        energy(BodyOutput(None, sv.vertices, model.faces), sv.views.cameras[:1], sv.views.images[:1])
+    one_view = Fitter(model, cfg).problem(sv.observations.index(slice(0, 1)))
+    one_view.observations.images[1] = None
+    assert energy.prepare(one_view) is None  # one picture of one frame: nothing to compare
 
 
 def test_dense_energies_render_a_low_poly_mesh_of_the_same_body(anny):
-    from bodyfit.fitting.multiview import render_model
-
     coarse = render_model(anny, "notoes_collapse10pc")
     assert render_model(anny, None) is anny and render_model(anny, "default") is anny
     assert render_model(coarse, "notoes_collapse3pc") is coarse  # already low-poly: as is
@@ -141,9 +146,10 @@ def test_dense_energies_render_a_low_poly_mesh_of_the_same_body(anny):
     # fitting the full mesh with the coarse one rendered: full-mesh result, and the silhouette
     # (rendered from the coarse mesh, observed on the full one) still helps
     sv = synthetic_views(anny, 1, n_views=2, generator=torch.Generator().manual_seed(6))
-    views = Views(sv.views.cameras, sv.views.keypoints, masks=sv.views.masks, names=sv.views.names)
+    views = Observations(sv.observations.keypoints, sv.observations.cameras, masks=sv.observations.masks,
+                         names=sv.observations.names)
     base = FAST + ["render_topology=notoes_collapse10pc"]
-    kp_only = fit_views(views, anny, overrides=base + ["stages.2.weights.silhouette=0"])
+    kp_only = fit_views(views, anny, overrides=base + ["stages.dense.weights.silhouette=0"])
     with_sil = fit_views(views, anny, overrides=base)
     assert with_sil.vertices.shape == sv.vertices.shape
     assert _pve_mm(with_sil, sv) < 0.9 * _pve_mm(kp_only, sv)

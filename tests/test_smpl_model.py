@@ -300,9 +300,9 @@ def test_fit_runs_on_smpl_and_recovers_a_pose(model):
     sb = synthetic_batch(model, 2, "coco17", noise=0.0, dropout=0.0,
                          generator=torch.Generator().manual_seed(0))
     r = fit(sb.keypoints, model, "coco17", K=sb.K, vertices=False,
-            overrides=["init=mean", "stages.1.steps=200"])
+            overrides=["init=mean", "stages.body.steps=200"])
     assert r.valid.all()
     start = fit(sb.keypoints, model, "coco17", K=sb.K, vertices=False,
-                overrides=["init=mean", "stages.0.steps=0", "stages.1.steps=0"])
+                overrides=["init=mean", "stages.camera.steps=1", "stages.body.steps=1"])
     assert (r.reprojection_error_px < 0.5 * start.reprojection_error_px).all()
     assert (r.reprojection_error_px / r.box_height_px < 0.03).all()

@@ -74,13 +74,14 @@ class Evaluation:
     Attributes:
         params: BodyParams (B) being optimized. init: the BodyParams (B) the fit started from.
         problem: the Problem. keypoint_mask: optional (K,) weights of the stage's keypoints.
-    ``output`` is ``model``'s output (joints; vertices when the stage needs them: ``model`` is
+    ``output`` (given, or computed on first use) is ``model``'s output (joints; vertices when the stage needs them: ``model`` is
     then the render mesh's, :func:`render_model`); ``raster(v)`` the rasterization of those vertices in view ``v``'s render camera,
     computed once per step and view.
     """
 
     def __init__(self, params: BodyParams, init: BodyParams, problem: Problem, model: BodyModel,
-                 vertices: bool, keypoint_mask: torch.Tensor | None, context=None):
+                 vertices: bool, keypoint_mask: torch.Tensor | None, context=None,
+                 output: BodyOutput | None = None):
         self.params = params
         self.init = init
         self.problem = problem
@@ -88,7 +89,7 @@ class Evaluation:
         self._model = model
         self._vertices = vertices
         self._context = context
-        self._output: BodyOutput | None = None
+        self._output = output
         self._rasters: dict[int, Any] = {}
 
     @property
