@@ -22,15 +22,15 @@ from pathlib import Path
 
 import torch
 
+from bodyfit import fit
 from bodyfit.body_models import body_model
 from bodyfit.cameras import project
 from bodyfit.data.pose2sim import demo_cameras, demo_keypoints
 from bodyfit.data.samples import pose2sim_samples
-from bodyfit.fitting import fit
-from bodyfit.fitting.fit import load_config
 from bodyfit.metrics import pa_mpjpe
 from bodyfit.regressors.keypoint_regressor import load_regressor
 from bodyfit.regressors.spin import train
+from bodyfit.regressors.train_config import load_train_config
 from bodyfit.triangulation import triangulate
 
 LIMBS = list(range(11, 17)) + list(range(23, 33))
@@ -79,8 +79,8 @@ def main() -> None:
     print(f"{'start':12s} {e2:13.2f} {ep:11.1f} {t2:14.2f} {tp:12.1f}", flush=True)
     t0 = time.perf_counter()
     for epoch in range(1, a.epochs + 1):
-        cfg = load_config([f"epochs={epoch}"], name="train")
-        train(tr, a.out, cfg, model, regressor=reg, progress=False, log=lambda m: None)
+        cfg = load_train_config([f"epochs={epoch}"])
+        train(tr, a.out, cfg, model, regressor=reg, progress=False)
         e2, ep = evaluate(reg, model, ev, ref_ev)
         t2, tp = evaluate(reg, model, tr, ref_tr)
         print(f"{'epoch ' + str(epoch):12s} {e2:13.2f} {ep:11.1f} {t2:14.2f} {tp:12.1f}", flush=True)
@@ -92,7 +92,7 @@ def main() -> None:
               f"plausible fits {sum(int(x['fits_plausible']) for x in r)} of {sum(int(x['samples']) for x in r)}, "
               f"mean fit error {100 * sum(float(x['fit_error_over_box']) for x in r) / len(r):.2f}% of box")
     n = sum(int(x["samples"]) for x in rows)
-    print(f"throughput: {n / elapsed:.1f} real samples/s (+ {load_config(name='train').synthetic_batch} "
+    print(f"throughput: {n / elapsed:.1f} real samples/s (+ {load_train_config().synthetic_batch} "
           f"synthetic per step), {len(rows) / elapsed:.2f} steps/s, CPU")
 
     print("\nFitting the eval samples from the regressor vs from the mean body (PA-MPJPE mm vs the "
@@ -101,7 +101,8 @@ def main() -> None:
     for init in ("regressor", "mean"):
         row = []
         for steps in (0, 10, 20, 40, 80):
-            ov = [f"init={init}", f"stages.1.steps={max(steps, 1)}"] + (["stages.0.steps=1"] if steps == 0 else [])
+            ov = [f"init={init}", f"stages.body.steps={max(steps, 1)}"]
+            ov += ["stages.camera.steps=1"] if steps == 0 else []
             r = fit(ev.keypoints, model, K=ev.K, image_size=ev.image_size, overrides=ov, vertices=False,
                     regressor=reg if init == "regressor" else None)
             pa = []
@@ -109,7 +110,7 @@ def main() -> None:
                 rr = ref_ev[i // 4]
                 ok = [k for k in LIMBS if rr[k, 3] > 0]
                 pa.append(float(pa_mpjpe(r.joints[i, ev_kp_index[ok]][None], rr[ok, :3][None])[0]))
-            err = 100 * float((r.reprojection_error_px / r.box_height_px).nanmean())
+            err = 100 * float(r.error_over_box.nanmean())
             row.append(f"{steps:3d}: {sum(pa) / len(pa):5.1f} mm {err:4.2f}%")
         print(f"{init:10s} " + " | ".join(row), flush=True)
 

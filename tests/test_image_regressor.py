@@ -1,7 +1,7 @@
 import torch
 
-from bodyfit.regressors.image_regressor import (ImageRegressor, crop_boxes, image_losses,
-                                                 square_boxes, synthetic_renders)
+from bodyfit.boxes import crop_boxes, square_boxes
+from bodyfit.regressors.image_regressor import ImageRegressor, image_losses, synthetic_renders
 
 
 def test_crop_boxes_maps_the_box_onto_the_crop():

@@ -1,9 +1,10 @@
-"""read_image / write_image: RGB order, gray and alpha pictures, and clear errors."""
+"""read_image / write_image / read_video_frames: RGB order, gray and alpha pictures, frame
+selection, and clear errors."""
 import cv2
 import numpy as np
 import pytest
 
-from bodyfit.data.images import read_image, write_image
+from bodyfit.data.images import read_image, read_video_frames, write_image
 
 
 def _picture(h=20, w=30):
@@ -92,3 +93,64 @@ def test_non_ascii_path(tmp_path):
     img = _picture(5, 6)
     p = write_image(tmp_path / "häuser" / "bild_ü.png", img)
     np.testing.assert_array_equal(read_image(p), img)
+
+
+def _video(path, n=8, size=(24, 32)):
+    """A lossless-enough video whose frame i is gray level 20 * i with a red top-left pixel."""
+    h, w = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (w, h))
+    assert writer.isOpened()
+    for i in range(n):
+        bgr = np.full((h, w, 3), 20 * i, np.uint8)
+        bgr[:8, :8] = (0, 0, 255)
+        writer.write(bgr)
+    writer.release()
+    return path
+
+
+def _index(frame):
+    return int(round(float(frame[12:, 12:].mean()) / 20))
+
+
+def test_video_frames_every_nth_and_chosen(tmp_path):
+    video = _video(tmp_path / "v.avi")
+    got = list(read_video_frames(video))
+    assert [n for n, _ in got] == [f"frame_{i:06d}" for i in range(8)]
+    assert [_index(f) for _, f in got] == list(range(8))
+    frame = got[0][1]
+    assert frame.dtype == np.uint8 and frame.shape == (24, 32, 3) and frame.flags["C_CONTIGUOUS"]
+    assert frame[2, 2, 0] > 200 and frame[2, 2, 2] < 60  # RGB: red in channel 0
+    assert [n for n, _ in read_video_frames(video, every=3)] == ["frame_000000", "frame_000003",
+                                                                  "frame_000006"]
+    assert len(list(read_video_frames(video, every=2, max_frames=2))) == 2
+    chosen = list(read_video_frames(video, frames=[5, 1, 5]))  # distinct, increasing
+    assert [n for n, _ in chosen] == ["frame_000001", "frame_000005"]
+    assert [_index(f) for _, f in chosen] == [1, 5]
+    with pytest.raises(IndexError, match="Frame 8 is past the end"):
+        list(read_video_frames(video, frames=[7, 8]))
+    with pytest.raises(ValueError, match=">= 0"):
+        read_video_frames(video, frames=[-1])
+    with pytest.raises(ValueError, match=">= 1"):
+        read_video_frames(video, every=0)
+    with pytest.raises(FileNotFoundError, match="nothing.avi"):
+        read_video_frames(tmp_path / "nothing.avi")
+    (tmp_path / "junk.avi").write_bytes(b"not a video")
+    with pytest.raises(ValueError, match="junk.avi"):
+        list(read_video_frames(tmp_path / "junk.avi"))
+
+
+def test_write_image_is_atomic(tmp_path, monkeypatch):
+    """A failure while writing keeps the previous picture and leaves no temporary file."""
+    import bodyfit.files
+
+    p = write_image(tmp_path / "pic.png", _picture())
+    before = p.read_bytes()
+
+    def fail(fh):
+        raise OSError("disk full")
+
+    real = bodyfit.files.atomic_write
+    monkeypatch.setattr(bodyfit.files, "atomic_write", lambda path, write: real(path, fail))
+    with pytest.raises(OSError, match="disk full"):
+        write_image(p, np.zeros((5, 5, 3), np.uint8))
+    assert p.read_bytes() == before and sorted(x.name for x in tmp_path.iterdir()) == ["pic.png"]

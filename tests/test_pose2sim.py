@@ -1,70 +1,12 @@
-"""Pose2Sim demo data: Qualisys calibration parsing and frame reading."""
+"""Pose2Sim demo data: the wheel, its calibration, frames, views and cached keypoints (the
+calibration file formats themselves: tests/test_calibration.py)."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from bodyfit.data import pose2sim
-from bodyfit.data.pose2sim import demo_calibration, demo_frames, read_qca_calibration
-
-
-def _rot(axis, angle):
-    import cv2
-
-    return cv2.Rodrigues(np.asarray(axis, float) / np.linalg.norm(axis) * angle)[0]
-
-
-def _qca_text(cams):
-    """A .qca.txt written the way Pose2Sim's toml -> qca converter writes one."""
-    body = []
-    for name, (K, R, t, dist, (w, h)) in cams.items():
-        M = np.diag([1.0, -1.0, -1.0]) @ R  # y-up, looking-down--z camera frame
-        c = -R.T @ t * 1000.0  # camera centre, mm
-        r = {f"r{i + 1}{j + 1}": M[i, j] for i in range(3) for j in range(3)}
-        attrs = " ".join(f'{k}="{v!r}"' for k, v in r.items())
-        body.append(
-            f'<camera active="1" avg-residual="0.4" model="none" serial="{name}">'
-            f'<fov_video bottom="{h - 1}" left="0" right="{w - 1}" top="0"/>'
-            f'<transform {attrs} x="{c[0]!r}" y="{c[1]!r}" z="{c[2]!r}"/>'
-            f'<intrinsic centerPointU="{K[0, 2] * 64!r}" centerPointV="{K[1, 2] * 64!r}" '
-            f'focalLengthU="{K[0, 0] * 64!r}" focalLengthV="{K[1, 1] * 64!r}" '
-            f'radialDistortion1="{dist[0] * 64!r}" radialDistortion2="{dist[1] * 64!r}" '
-            f'radialDistortion3="0.0" tangentalDistortion1="{dist[2] * 64!r}" '
-            f'tangentalDistortion2="{dist[3] * 64!r}" skew="0.0"/></camera>'
-        )
-    return (
-        "<?xml version='1.0' encoding='ASCII'?>\n<calibration><cameras>"
-        + "".join(body)
-        + "</cameras></calibration>"
-    )
-
-
-def test_qca_round_trip_from_known_opencv_cameras(tmp_path):
-    K = np.array([[1000.0, 0, 320.5], [0, 1001.0, 240.25], [0, 0, 1]])
-    K2 = K * [[1.1], [1.1], [1]]
-    cams = {
-        "camA": (K, _rot([0.3, -1, 0.2], 2.0), np.array([0.1, 0.2, 3.0]), [-1e-3, 2e-3, 1e-5, 0], (640, 480)),
-        "camB": (K2, _rot([1, 0.5, 0], -1.2), np.array([-0.5, 0.3, 4.0]), [0, 0, 0, 0], (800, 600)),
-    }
-    text = _qca_text(cams)
-    path = tmp_path / "Calib.qca.txt"
-    path.write_text(text)
-    for src in (text, text.encode(), path, str(path)):
-        cal = read_qca_calibration(src)
-        assert list(cal) == ["camA", "camB"]
-        for name, (K0, R0, t0, d0, size) in cams.items():
-            c = cal[name]
-            np.testing.assert_allclose(c["K"], K0, atol=1e-9)
-            np.testing.assert_allclose(c["R"], R0, atol=1e-9)
-            np.testing.assert_allclose(c["t"], t0, atol=1e-9)
-            np.testing.assert_allclose(c["dist"], list(d0) + [0.0], atol=1e-12)
-            np.testing.assert_allclose(c["center"], -R0.T @ t0, atol=1e-9)
-            assert c["size"] == size
-
-
-def test_qca_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.qca.txt"):
-        read_qca_calibration(tmp_path / "missing.qca.txt")
-    with pytest.raises(ValueError, match="camera"):
-        read_qca_calibration("<calibration><cameras/></calibration>")
+from bodyfit.data.pose2sim import demo_calibration, demo_frames
 
 
 def test_wheel_download_failure_is_a_clear_runtime_error(tmp_path, monkeypatch):
@@ -77,6 +19,30 @@ def test_wheel_download_failure_is_a_clear_runtime_error(tmp_path, monkeypatch):
     monkeypatch.setattr(pose2sim.subprocess, "run", fake_run)
     with pytest.raises(RuntimeError, match="(?s)no network here.*pip download --no-deps pose2sim==0.10.49"):
         pose2sim.pose2sim_wheel(tmp_path / "empty_cache")
+
+
+def test_wheel_download_lands_atomically(tmp_path, monkeypatch):
+    """pip downloads into a private folder; the cache gets the whole wheel or nothing."""
+    import subprocess
+    import zipfile
+
+    calls = []
+
+    def fake_run(cmd, **kw):
+        folder = Path(cmd[cmd.index("-d") + 1])
+        calls.append(folder)
+        assert folder.parent == tmp_path / "cache" and folder.is_dir()
+        with zipfile.ZipFile(folder / pose2sim.WHEEL_NAME, "w") as zf:
+            zf.writestr(f"{pose2sim.DEMO_ROOT}/calibration/Calib.qca.txt", "<calibration/>")
+        return subprocess.CompletedProcess(cmd, 0, stdout="Saved", stderr="")
+
+    monkeypatch.setattr(pose2sim.subprocess, "run", fake_run)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / pose2sim.WHEEL_NAME).write_bytes(b"truncated")  # replaced
+    wheel = pose2sim.pose2sim_wheel(tmp_path / "cache")
+    assert wheel == tmp_path / "cache" / pose2sim.WHEEL_NAME and zipfile.is_zipfile(wheel)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [pose2sim.WHEEL_NAME]
+    assert pose2sim.pose2sim_wheel(tmp_path / "cache") == wheel and len(calls) == 1  # cached
 
 
 def test_cache_dir_from_environment(tmp_path, monkeypatch):
@@ -197,39 +163,6 @@ def test_video_frames_register_onto_the_calibration_pictures(pose2sim_wheel):
             assert np.abs(np.median(r[inl], axis=0)).max() < 0.1, (cam, np.median(r[inl], axis=0))
             if cam == "cam01":  # reading cam01's pixels as the calibration's would be 7 px off
                 assert np.median(np.linalg.norm(p2 - p1, axis=1)) > 3.0
-
-
-def test_undistort_keypoints_inverts_opencv_distortion():
-    import cv2
-
-    K = np.array([[1500.0, 0, 540], [0, 1490.0, 960], [0, 0, 1]])
-    dist = np.array([-0.05, 0.14, 1e-3, -5e-4, 0.0])
-    rng = np.random.default_rng(1)
-    und = rng.uniform([0, 0], [1080, 1920], (2, 3, 7, 2))  # (..., K, 2) undistorted pixels
-    rays = np.concatenate([(und - K[:2, 2]) / [K[0, 0], K[1, 1]], np.ones(und.shape[:-1] + (1,))], -1)
-    dis = cv2.projectPoints(rays.reshape(-1, 3), np.zeros(3), np.zeros(3), K, dist)[0].reshape(und.shape)
-    conf = rng.uniform(0.1, 1.0, und.shape[:-1] + (1,))
-    kp = np.concatenate([dis, conf], -1)
-    kp[0, 0, 0, 2] = 0.0  # missing: untouched
-    kp[0, 0, 1, :2] = np.nan
-    out = pose2sim.undistort_keypoints(kp, K, dist)
-    assert out.shape == kp.shape and out.dtype == np.float64
-    keep = np.ones(und.shape[:-1], bool)
-    keep[0, 0, :2] = False
-    np.testing.assert_allclose(out[keep][:, :2], und[keep], atol=1e-4)
-    np.testing.assert_array_equal(out[..., 2], kp[..., 2])
-    np.testing.assert_array_equal(out[0, 0, 0], kp[0, 0, 0])
-    assert np.isnan(out[0, 0, 1, :2]).all()
-    # new_K: into another pixel grid; float32 stays float32; (..., K, 2) works
-    K2 = K * [[0.5], [0.5], [1]]
-    out2 = pose2sim.undistort_keypoints(kp.astype(np.float32), K, dist, new_K=K2)
-    assert out2.dtype == np.float32
-    np.testing.assert_allclose(out2[keep][:, :2], (und[keep] - K[:2, 2]) * 0.5 + K2[:2, 2], atol=1e-3)
-    np.testing.assert_allclose(pose2sim.undistort_keypoints(dis, K, dist), und, atol=1e-4)
-    with pytest.raises(ValueError, match=r"\(\.\.\., K, 3\)"):
-        pose2sim.undistort_keypoints(np.zeros((5, 4)), K, dist)
-    with pytest.raises(ValueError, match=r"\(3, 3\)"):
-        pose2sim.undistort_keypoints(kp, K[:2], dist)
 
 
 def test_demo_views_share_the_calibration_grid(pose2sim_wheel):

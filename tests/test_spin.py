@@ -12,14 +12,22 @@ import pytest
 import torch
 
 from bodyfit.body_models import body_model
-from bodyfit.data.samples import synthetic_samples
-from bodyfit.fitting.fit import load_config
+from bodyfit.data.samples import KeypointSamples, synthetic_samples
 from bodyfit.regressors.fit_store import FitStore
 from bodyfit.regressors.keypoint_regressor import load_regressor
-from bodyfit.regressors.spin import train
+from bodyfit.regressors.spin import _log_metrics, _trim_metrics, load_checkpoint, train
 
 FAST = ["data=synthetic", "batch_size=8", "synthetic_batch=8",
-        "fit_overrides=[stages.0.steps=3,stages.1.steps=5]"]
+        "fit_overrides=['stages.camera.steps=3','stages.body.steps=5']"]
+HELPERS = Path(__file__).parent / "helpers"
+
+
+def load_config(overrides):
+    """``configs/train.yaml`` with overrides (imported here: the tests that do not train run
+    without the fitting stack)."""
+    from bodyfit.regressors.train_config import load_train_config
+
+    return load_train_config(overrides)
 
 
 def _params(model, n, value=0.0):
@@ -90,10 +98,10 @@ def test_concurrent_writers_never_lose_the_best_fit(anny, tmp_path):
 def test_resume_is_exact_and_corrupt_samples_are_counted(anny, tmp_path):
     samples, _ = synthetic_samples(anny, 16, seed=1)
     samples.keypoints[3] = math.nan  # a corrupt sample
-    cfg = load_config(FAST + ["epochs=2"], name="train")
+    cfg = load_config(FAST + ["epochs=2"])
     straight = load_regressor(anny, "mediapipe33")
     m1 = train(samples, tmp_path / "a", cfg, anny, regressor=straight, progress=False)
-    half = load_config(FAST + ["epochs=1"], name="train")
+    half = load_config(FAST + ["epochs=1"])
     resumed = load_regressor(anny, "mediapipe33")
     train(samples, tmp_path / "b", half, anny, regressor=resumed, progress=False)
     resumed = load_regressor(anny, "mediapipe33")  # a fresh process would start from here
@@ -110,43 +118,55 @@ def test_resume_is_exact_and_corrupt_samples_are_counted(anny, tmp_path):
 
 @pytest.mark.slow
 def test_killed_run_resumes_with_every_committed_fit(tmp_path):
+    """Killed mid-step, in the middle of writing a fit: every committed fit survives, the half
+    record never shows, and the run resumes to the same end. The child stops at that point by
+    itself (tests/helpers/spin_run.py --pause-marker) and says so with a file: no timing."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "bodyfit.cli", "train", "--out", str(out), "--quiet",
-           *FAST, "synthetic_samples=24", "epochs=3", "checkpoint_every=1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = out / "checkpoint.pt"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if ckpt.exists() and len(list((out / "store" / "fits").glob("*.npz"))) >= 8:
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "training ended before it could be killed"
-    time.sleep(1.5)  # somewhere in the middle of a step
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    marker = tmp_path / "paused"
+    args = [str(out), *FAST, "synthetic_samples=24", "epochs=3", "checkpoint_every=1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    with open(tmp_path / "first.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, str(HELPERS / "spin_run.py"), "--pause-marker",
+                                 str(marker), *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + 600  # generous: 2 cores shared with other test runs
+            while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert marker.exists(), ("the run never reached the pause point: "
+                                     + (tmp_path / "first.log").read_text()[-3000:])
+            assert proc.poll() is None  # it waits at the pause point until killed
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    fits = out / "store" / "fits"
+    assert list(fits.glob(".*.tmp"))  # killed mid-write: the half record is a temporary file
     store = FitStore(out / "store")
     before = {i: float(store.get(i)["energy"]) for i in store.ids()}
-    assert before and all(math.isfinite(e) for e in before.values())
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(before) >= 8 and all(math.isfinite(e) for e in before.values())
+    done = subprocess.run([sys.executable, str(HELPERS / "spin_run.py"), *args], capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming from step" in done.stderr
     after = {i: float(store.get(i)["energy"]) for i in store.ids()}
     assert all(after[i] <= e for i, e in before.items())
-    assert torch.load(ckpt, weights_only=False)["step"] == 9
-    rows = (out / "metrics.csv").read_text().splitlines()
-    assert int(rows[-1].split(",")[0]) == 9
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 9
+    steps = [int(r.split(",")[0]) for r in (out / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == list(range(1, 10))  # each step once: the redone ones replace nothing twice
 
 
 @pytest.mark.slow
 def test_two_ranks_agree_and_share_the_store(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    script = Path(__file__).parent / "helpers" / "ddp_train.py"
+    script = HELPERS / "ddp_train.py"
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                            "--master_port", "29517", str(script), str(tmp_path)],
                           capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    w0 = torch.load(tmp_path / "rank0.pt")
-    w1 = torch.load(tmp_path / "rank1.pt")
+    w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     start = load_regressor(body_model("anny"), "mediapipe33").state_dict()
     assert any(not torch.equal(w0[k], start[k].float()) for k in w0)  # it trained
     for k in w0:
@@ -167,10 +187,64 @@ def test_the_loop_also_trains_the_image_regressor(anny, tmp_path):
                          blocks=(1, 1, 1, 1), hidden=128, crop_size=96)  # 224 px crops resized
     before = {k: v.clone() for k, v in reg.state_dict().items()}
     cfg = load_config(FAST + ["epochs=1", "synthetic_batch=2", "batch_size=6",
-                              "plausibility.max_error_over_box=1.0", "plausibility.max_joint_limits=100"],
-                      name="train")
+                              "plausibility.max_error_over_box=1.0", "plausibility.max_joint_limits=100"])
     metrics = train(samples, tmp_path / "img", cfg, anny, regressor=reg, progress=False)
     assert metrics["step"] == 1 and metrics["samples"] == 6
     assert any(not torch.equal(before[k], v) for k, v in reg.state_dict().items())
     # an untrained network starts the fits far off: whatever was plausible got stored
     assert len(FitStore(tmp_path / "img" / "store")) == metrics["fits_plausible"] >= 1
+
+
+class _RunsCode:
+    """Unpickling this calls ``open(path, "w")``: the file appears if the pickle is obeyed."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path):
+    from omegaconf import OmegaConf
+
+    # the payload is real: an unrestricted load runs it
+    probe = tmp_path / "probe.pt"
+    torch.save({"regressor": {}, "optimizer": {}, "step": 1, "config": _RunsCode(tmp_path / "ran")}, probe)
+    torch.load(probe, weights_only=False)
+    assert (tmp_path / "ran").exists()
+    # the same in a run folder's checkpoint.pt: refused before anything is built
+    run = tmp_path / "run"
+    run.mkdir()
+    marker = tmp_path / "marker"
+    torch.save({"regressor": {}, "optimizer": {}, "step": 1, "config": _RunsCode(marker)},
+               run / "checkpoint.pt")
+    samples = KeypointSamples(["a"], torch.zeros(1, 33, 3), torch.eye(3)[None], (100, 100))
+    with pytest.raises(ValueError, match="checkpoint.pt.*refused"):
+        train(samples, run, OmegaConf.create({"seed": 0}), regressor=None, progress=False)
+    with pytest.raises(ValueError, match="refused"):
+        load_checkpoint(run / "checkpoint.pt")
+    assert not marker.exists()
+    # plain data that is not a checkpoint, and garbage, are clear errors too
+    torch.save({"step": 1}, run / "checkpoint.pt")
+    with pytest.raises(ValueError, match="needs keys"):
+        load_checkpoint(run / "checkpoint.pt")
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable bodyfit checkpoint"):
+        load_checkpoint(run / "checkpoint.pt")
+
+
+def test_metrics_rows_are_whole_and_resume_keeps_the_checkpointed_steps(tmp_path):
+    path = tmp_path / "metrics.csv"
+    for step in range(1, 6):
+        _log_metrics(path, {"step": step, "loss": 0.5 / step, "note": "a,b"})
+    lines = path.read_text().splitlines()
+    assert lines[0] == "step,loss,note" and len(lines) == 6 and lines[-1].endswith(',"a,b"')
+    _trim_metrics(path, 3)  # resumed from step 3: steps 4 and 5 are run again
+    assert [ln.split(",")[0] for ln in path.read_text().splitlines()] == ["step", "1", "2", "3"]
+    _log_metrics(path, {"step": 4, "loss": 0.1, "note": ""})
+    assert path.read_text().splitlines()[-1] == "4,0.1,"
+    _trim_metrics(path, 0)  # a run killed before its first checkpoint starts over
+    _log_metrics(path, {"step": 1, "loss": 0.2, "note": ""})
+    assert path.read_text().splitlines() == ["step,loss,note", "1,0.2,"]
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]

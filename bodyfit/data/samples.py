@@ -15,9 +15,9 @@ class KeypointSamples:
         keypoints: (N,K,3) pixels + confidence, in ``convention``.
         K: (N,3,3) intrinsics, pixels. image_size: (H, W) shared by the samples.
         convention: keypoint convention name.
-        crops: optional (N,3,224,224) uint8 person crops (for the image regressor), cut at
-            ``crop_boxes`` (N,4) xyxy pixels (``image_regressor.square_boxes`` of the
-            keypoints' box).
+        crops: optional (N,3,S,S) uint8 person crops (for the image regressor; S = 224 by
+            default), cut at ``crop_boxes`` (N,4) xyxy pixels (``bodyfit.boxes.square_boxes`` of
+            the keypoints' box).
     """
 
     ids: list[str]
@@ -40,12 +40,12 @@ class KeypointSamples:
 
 
 def pose2sim_samples(frames=range(0, 100), cameras=("cam01", "cam02", "cam03", "cam04"),
-                     cache_dir=None, crops: bool = False) -> KeypointSamples:
+                     cache_dir=None, crops: bool = False, crop_size: int = 224) -> KeypointSamples:
     """Pose2Sim Demo_SinglePerson frames x views with cached MediaPipe-33 keypoints
     (``bodyfit.data.pose2sim.demo_keypoints``: undistorted, on the calibration's 1088 x 1920
-    grid); ids ``cam01_f000``; with ``crops``, also the person crops for the image regressor
-    (decodes the frames: about 0.1 s each). Data: BSD-3-Clause, see
-    ``bodyfit.data.pose2sim.ATTRIBUTION``."""
+    grid); ids ``cam01_f000``; with ``crops``, also the ``crop_size`` px person crops for the
+    image regressor (decodes the frames: about 0.1 s each; 224 is the image regressor's
+    ``CROP_SIZE``). Data: BSD-3-Clause, see ``bodyfit.data.pose2sim.ATTRIBUTION``."""
     from bodyfit.data.pose2sim import demo_cameras, demo_keypoints
 
     frames = list(frames)
@@ -57,9 +57,8 @@ def pose2sim_samples(frames=range(0, 100), cameras=("cam01", "cam02", "cam03", "
     kp = kp.reshape(T * V, 33, 3)
     out = KeypointSamples(ids, kp, K, tuple(cams.image_size))
     if crops:
+        from bodyfit.boxes import boxes_from_keypoints, crop_boxes, square_boxes
         from bodyfit.data.pose2sim import demo_views
-        from bodyfit.regressors.image_regressor import crop_boxes, square_boxes
-        from bodyfit.regressors.keypoint_regressor import boxes_from_keypoints
 
         out.crop_boxes = square_boxes(boxes_from_keypoints(kp))
         pieces = []
@@ -67,7 +66,7 @@ def pose2sim_samples(frames=range(0, 100), cameras=("cam01", "cam02", "cam03", "
             mv = demo_views([f], cameras, cache_dir=cache_dir)
             pics = torch.stack([torch.as_tensor(im) for im in mv.images[0]])
             boxes = out.crop_boxes[t * V:(t + 1) * V]
-            pieces.append((crop_boxes(pics, boxes) * 255).round().to(torch.uint8))
+            pieces.append((crop_boxes(pics, boxes, crop_size) * 255).round().to(torch.uint8))
         out.crops = torch.cat(pieces)
     return out
 

@@ -15,6 +15,7 @@ import torch
 
 from bodyfit.body_models.base import BodyModel, BodyParams
 from bodyfit.cameras import default_intrinsics, project
+from bodyfit.observations import Observations
 from bodyfit.priors import joint_limits
 
 
@@ -125,11 +126,12 @@ def corrupt_keypoints(clean: torch.Tensor, scale: torch.Tensor, image_size: tupl
 
 @dataclass
 class SyntheticViews:
-    """A synthetic multi-view scene: ``views`` (bodyfit.fitting.multiview.Views) rendered from
-    the ground-truth ``params`` (BodyParams (B), world frame = OpenCV axes, y down, the bodies
-    near the origin); ``vertices`` (B,N,3) and ``joints`` (B,J,3) the true ones, metres."""
+    """A synthetic multi-view scene: ``observations`` (:class:`bodyfit.observations.Observations`,
+    B samples x V views) rendered from the ground-truth ``params`` (BodyParams (B), world frame =
+    OpenCV axes, y down, the bodies near the origin); ``vertices`` (B,N,3) and ``joints``
+    (B,J,3) the true ones, metres."""
 
-    views: object
+    observations: Observations
     params: BodyParams
     vertices: torch.Tensor
     joints: torch.Tensor
@@ -175,7 +177,6 @@ def synthetic_views(model: BodyModel, batch_size: int = 1, n_views: int = 2,
     rendered coverage; pictures show the body with :func:`body_texture` over a grey background
     (the same colours in every view); IUV is rendered with Anny's DensePose chart.
     """
-    from bodyfit.fitting.multiview import Views
     from bodyfit.renderers import ops
     from bodyfit.renderers.views import rasterize_view
 
@@ -212,7 +213,9 @@ def synthetic_views(model: BodyModel, batch_size: int = 1, n_views: int = 2,
             from bodyfit.densepose import render_iuv
 
             iuv_list.append(render_iuv(verts, camb, chart))
-    views = Views(cameras=cameras, keypoints=torch.stack(kps, 1),
-                  masks=mask_list if masks else None, images=image_list if images else None,
-                  iuv=iuv_list if iuv else None, names=[f"cam{v}" for v in range(n_views)])
-    return SyntheticViews(views, params, verts, joints)
+    observations = Observations(keypoints=torch.stack(kps, 1), cameras=cameras,
+                                convention=convention, masks=mask_list if masks else None,
+                                images=image_list if images else None,
+                                iuv=iuv_list if iuv else None,
+                                names=[f"cam{v}" for v in range(n_views)])
+    return SyntheticViews(observations, params, verts, joints)

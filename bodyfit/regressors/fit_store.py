@@ -3,11 +3,11 @@
 A fit replaces the stored one only when it is plausible (finite, marked valid, shape inside the
 model's range, 2D error and joint-limit energy below thresholds) and its keypoint energy is lower
 ("update if better"). One file per sample under ``root/fits/`` (``<id>.npz``), written to a
-temporary file, fsync'ed and renamed over the old one (atomic on POSIX): a process killed at any
-moment leaves every committed fit intact. Read-compare-write runs under an exclusive
-``fcntl.flock`` on ``root/store.lock``, so several writers (ranks, processes) on one machine never
-lose each other's fits; on a network file system without working flock, give each writer its
-own samples.
+temporary file, fsync'ed and renamed over the old one (``bodyfit.files.atomic_write``): a process
+killed at any moment leaves every committed fit intact. Records are plain arrays, read with
+``allow_pickle=False``. Read-compare-write runs under an exclusive ``fcntl.flock`` on
+``root/store.lock``, so several writers (ranks, processes) on one machine never lose each
+other's fits; on a network file system without working flock, give each writer its own samples.
 """
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import fcntl
 import math
 import os
 import re
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,24 +23,9 @@ import numpy as np
 import torch
 
 from bodyfit.body_models.base import BodyParams
+from bodyfit.files import atomic_save_npz
 
 _ID = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write a file so that readers and crashes see the old content or the new, never a part:
-    ``write(fh)`` fills a temporary file beside ``path``, which is fsync'ed and renamed over it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 @dataclass
@@ -100,7 +84,7 @@ class FitStore:
         path = self._path(sample_id)
         if not path.exists():
             return None
-        with np.load(path) as data:
+        with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
 
     def __len__(self) -> int:
@@ -157,7 +141,7 @@ class FitStore:
         return stored
 
     def _write(self, sample_id: str, record: dict) -> None:
-        atomic_write(self._path(sample_id), lambda fh: np.savez(fh, **record))
+        atomic_save_npz(self._path(sample_id), **record)
 
     def batch(self, sample_ids: list[str], like: BodyParams) -> tuple[BodyParams, torch.Tensor]:
         """Stored fits of ``sample_ids`` as BodyParams (the dtype/device of ``like``; zeros where

@@ -8,51 +8,21 @@ torchvision, which has no build for the CPU torch this project pins.
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 import torch.nn.functional as F
 
+from bodyfit.boxes import crop_boxes, square_boxes
+from bodyfit.files import atomic_torch_save
 from bodyfit.regressors.keypoint_regressor import IDENTITY_6D, KeypointRegressor
+
+logger = logging.getLogger(__name__)
 
 CROP_SIZE = 224
 _MEAN = torch.tensor([0.485, 0.456, 0.406])
 _STD = torch.tensor([0.229, 0.224, 0.225])
-
-
-def square_boxes(boxes: torch.Tensor, scale: float = 1.2) -> torch.Tensor:
-    """(B,4) xyxy pixel boxes -> (B,4) squares with the same centre and side ``scale`` times the
-    longer side (HMR's person crops)."""
-    c = 0.5 * (boxes[:, :2] + boxes[:, 2:])
-    half = 0.5 * scale * (boxes[:, 2:] - boxes[:, :2]).amax(1, keepdim=True).clamp(min=1.0)
-    return torch.cat([c - half, c + half], 1)
-
-
-def crop_boxes(images: torch.Tensor, boxes: torch.Tensor, size: int = CROP_SIZE) -> torch.Tensor:
-    """Crop and resize (bilinear, zeros outside the picture).
-
-    Args:
-        images: (B,H,W,3) uint8 or float in [0,1], RGB. boxes: (B,4) xyxy pixels (pixel
-            centres at integers, as everywhere in bodyfit); the crop covers [x0, x1] x [y0, y1].
-        size: output side in pixels.
-    Returns:
-        (B,3,size,size) float in [0,1].
-    Raises:
-        ValueError: wrong shapes.
-    """
-    if images.dim() != 4 or images.shape[-1] != 3 or boxes.shape != (images.shape[0], 4):
-        raise ValueError(f"need images (B,H,W,3) and boxes (B,4), got {tuple(images.shape)} and "
-                         f"{tuple(boxes.shape)}.")
-    img = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    B, H, W, _ = img.shape
-    t = torch.linspace(0, 1, size, device=img.device)
-    x0, y0, x1, y1 = (boxes[:, i:i + 1].float() for i in range(4))
-    xs = x0 + (x1 - x0) * t  # (B,size) pixel coordinates
-    ys = y0 + (y1 - y0) * t
-    grid = torch.stack([((xs + 0.5) / W * 2 - 1)[:, None, :].expand(B, size, size),
-                        ((ys + 0.5) / H * 2 - 1)[:, :, None].expand(B, size, size)], -1)
-    return F.grid_sample(img.permute(0, 3, 1, 2), grid, mode="bilinear", padding_mode="zeros",
-                         align_corners=False)
 
 
 class _Block(torch.nn.Module):
@@ -173,7 +143,8 @@ def synthetic_renders(model, n: int, size: int = CROP_SIZE, generator: torch.Gen
                       image_size: tuple[int, int] = (512, 512)):
     """Synthetic training crops for the image regressor: sampled bodies (as
     ``bodyfit.data.synthetic.synthetic_batch``) wearing a smooth random texture, rendered over a
-    random smooth background and cropped with :func:`square_boxes` around their keypoints.
+    random smooth background and cropped with ``bodyfit.boxes.square_boxes`` around their
+    keypoints.
 
     Returns:
         (crops (n,3,size,size) in [0,1], SyntheticBatch ground truth, square boxes (n,4)), the
@@ -277,10 +248,11 @@ def evaluate_image_regressor(reg: ImageRegressor, model, n: int = 64, seed: int 
 def train_image_regressor(minutes: float = 10.0, batch_size: int = 32, lr: float = 3e-4,
                           seed: int = 0, out: str | None = None, device: str | None = None,
                           crop_size: int = CROP_SIZE, widths=(64, 128, 256, 512),
-                          eval_every: int = 0, log=print) -> ImageRegressor:
+                          eval_every: int = 0) -> ImageRegressor:
     """Train from scratch on fresh synthetic renders for ``minutes`` (on CUDA when available)
-    and save ``{"config", "state_dict", "steps"}`` to ``out`` if given. Every ``eval_every``
-    steps (0: only at the end) :func:`evaluate_image_regressor` is logged.
+    and save ``{"config", "state_dict", "steps"}`` to ``out`` if given (atomically). Progress
+    (every 20 steps) and, every ``eval_every`` steps (0: only at the end),
+    :func:`evaluate_image_regressor` go to this module's logger at INFO.
 
         python -m bodyfit.regressors.image_regressor --minutes 60 --out image_regressor.pt
         python -m bodyfit.regressors.image_regressor --minutes 30 --crop-size 128 --widths 32,64,128,256
@@ -312,17 +284,17 @@ def train_image_regressor(minutes: float = 10.0, batch_size: int = 32, lr: float
         opt.step()
         step += 1
         if step % 20 == 0:
-            log(f"step {step} loss {loss.item():.3f} joints {1000 * L['joints'].item():.0f} mm")
+            logger.info("step %d loss %.3f joints %.0f mm", step, loss.item(), 1000 * L["joints"].item())
         if eval_every and step % eval_every == 0:
             e = evaluate_image_regressor(reg, model)
-            log(f"eval step {step} min {(time.time() - start) / 60:.1f} held-out MPJPE "
-                f"{e['mpjpe']:.1f} mm PA-MPJPE {e['pa_mpjpe']:.1f} mm (mean body "
-                f"{e['mean_body_pa_mpjpe']:.1f})")
+            logger.info("eval step %d min %.1f held-out MPJPE %.1f mm PA-MPJPE %.1f mm (mean body "
+                        "%.1f)", step, (time.time() - start) / 60, e["mpjpe"], e["pa_mpjpe"],
+                        e["mean_body_pa_mpjpe"])
     e = evaluate_image_regressor(reg, model)
-    log(f"final step {step}: held-out MPJPE {e['mpjpe']:.1f} mm PA-MPJPE {e['pa_mpjpe']:.1f} mm "
-        f"(mean body {e['mean_body_pa_mpjpe']:.1f})")
+    logger.info("final step %d: held-out MPJPE %.1f mm PA-MPJPE %.1f mm (mean body %.1f)", step,
+                e["mpjpe"], e["pa_mpjpe"], e["mean_body_pa_mpjpe"])
     if out:
-        torch.save({"config": reg.config, "state_dict": reg.state_dict(), "steps": step}, out)
+        atomic_torch_save({"config": reg.config, "state_dict": reg.state_dict(), "steps": step}, out)
     return reg
 
 
@@ -338,6 +310,7 @@ if __name__ == "__main__":
     ap.add_argument("--eval-every", type=int, default=0)
     ap.add_argument("--out", default="image_regressor.pt")
     a = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     train_image_regressor(a.minutes, a.batch_size, a.lr, out=a.out, crop_size=a.crop_size,
                           widths=tuple(int(w) for w in a.widths.split(",")),
                           eval_every=a.eval_every)

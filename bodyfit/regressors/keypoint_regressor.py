@@ -13,6 +13,7 @@ import torch
 
 from bodyfit.body_models.base import BodyModel, BodyParams
 from bodyfit.body_models.conventions import keypoint_names
+from bodyfit.boxes import boxes_from_keypoints
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -20,21 +21,6 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 # The identity rotation in the 6D layout ``decode`` reads: the first two columns of the
 # rotation matrix as a 3x2 matrix, row by row (Zhou et al. 2019).
 IDENTITY_6D = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0])
-
-
-def boxes_from_keypoints(keypoints: torch.Tensor, pad: float = 0.1) -> torch.Tensor:
-    """(B,K,3) -> (B,4) xyxy box around the visible keypoints, padded by ``pad`` of its larger
-    side on each side. Samples with no visible keypoint get a unit box at the origin."""
-    seen = keypoints[..., 2] > 0
-    xy = keypoints[..., :2]
-    big = torch.finfo(xy.dtype).max
-    lo = torch.where(seen[..., None], xy, torch.full_like(xy, big)).amin(1)
-    hi = torch.where(seen[..., None], xy, torch.full_like(xy, -big)).amax(1)
-    none = ~seen.any(1)
-    lo = torch.where(none[:, None], torch.zeros_like(lo), lo)
-    hi = torch.where(none[:, None], torch.ones_like(hi), hi)
-    extent = (hi - lo).amax(1, keepdim=True)
-    return torch.cat([lo - pad * extent, hi + pad * extent], 1)
 
 
 def normalize_keypoints(keypoints: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -126,7 +112,7 @@ class KeypointRegressor(torch.nn.Module):
     def predict(self, keypoints: torch.Tensor, K: torch.Tensor, model: BodyModel) -> BodyParams:
         """(B,K,3) keypoints px + conf, (B,3,3) K -> BodyParams (B), camera frame.
 
-        The box is always made from the visible keypoints (``boxes_from_keypoints``), as in
+        The box is always made from the visible keypoints (``bodyfit.boxes.boxes_from_keypoints``), as in
         training, whatever box a detector gave."""
         boxes = boxes_from_keypoints(keypoints)
         y = self(normalize_keypoints(keypoints, boxes).to(self.init_output))

@@ -10,36 +10,48 @@ Each step, for a batch of real samples (2D keypoints and their camera):
    joints), on the samples' 2D keypoints through its own camera, and on a batch of synthetic
    pairs with exact parameters, so that it keeps what it learned from them.
 
-Checkpoints (regressor, optimizer, step, position in the epoch) are written atomically and a run
+Checkpoints (regressor, optimizer, step, the run's config) are written atomically and a run
 resumes from the last one exactly: the data order and the synthetic batches are functions of
-(seed, epoch, step). Data-parallel over ``torchrun`` processes (torch.distributed, gloo on CPU,
-nccl on GPUs): each rank fits and learns from its share of every batch, gradients are averaged
-by DDP, and the ranks share the store on disk.
+(seed, epoch, step). A checkpoint holds only tensors and plain data and is read with
+``torch.load(weights_only=True)``: a crafted ``checkpoint.pt`` in the run folder cannot run code.
+``metrics.csv`` is rewritten atomically after every step and, on resume, keeps only the steps
+the checkpoint covers (the steps after it are run again). Messages go to this module's logger.
+
+Data-parallel over ``torchrun`` processes (torch.distributed, gloo on CPU, nccl on GPUs): each
+rank fits and learns from its share of every batch, gradients are averaged by DDP, and the
+ranks share the store on disk.
 """
 from __future__ import annotations
 
 import csv
+import io
+import logging
 import math
 import os
+import pickle
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from bodyfit.body_models.base import BodyParams
+from bodyfit.boxes import boxes_from_keypoints
 from bodyfit.cameras import project
 from bodyfit.data.samples import KeypointSamples
-from bodyfit.regressors.fit_store import FitStore, Plausibility, atomic_write
+from bodyfit.files import atomic_torch_save, atomic_write_text
+from bodyfit.regressors.fit_store import FitStore, Plausibility
 from bodyfit.regressors.image_regressor import ImageRegressor, synthetic_renders
-from bodyfit.regressors.keypoint_regressor import (KeypointRegressor, boxes_from_keypoints,
-                                                   load_regressor, normalize_keypoints)
+from bodyfit.regressors.keypoint_regressor import KeypointRegressor, load_regressor, normalize_keypoints
 from bodyfit.regressors.train_keypoint import (drop_groups, keypoint_loss, parameter_losses,
                                                supervised_loss, synthetic_losses)
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.csv"
+_CHECKPOINT_KEYS = ("regressor", "optimizer", "step", "config")
+
+logger = logging.getLogger(__name__)
 
 
 def _distributed() -> tuple[int, int]:
@@ -52,8 +64,25 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
-def _atomic_save(obj, path: Path) -> None:
-    atomic_write(path, lambda fh: torch.save(obj, fh))
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A SPIN checkpoint (``regressor``, ``optimizer`` state dicts, ``step``, ``config``), read
+    with ``torch.load(weights_only=True)``: tensors and plain data only, never code.
+
+    Raises:
+        ValueError: the file is not a readable checkpoint, holds other objects (a pickle that
+            would run code is refused here, not run), or lacks a key.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path} is not a readable bodyfit checkpoint, or holds objects other than "
+                         f"tensors and plain data (refused, not unpickled): {first}") from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in _CHECKPOINT_KEYS):
+        have = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path} is not a bodyfit SPIN checkpoint: it needs keys "
+                         f"{list(_CHECKPOINT_KEYS)}, got {have}.")
+    return ckpt
 
 
 def sample_is_usable(keypoints: torch.Tensor, min_keypoints: int) -> torch.Tensor:
@@ -101,20 +130,32 @@ def _predict(reg, samples: KeypointSamples, model) -> BodyParams:
     return reg.predict(samples.keypoints, samples.K, model)
 
 
-def train(samples: KeypointSamples, out_dir: str | os.PathLike, cfg: DictConfig, model=None,
-          regressor: KeypointRegressor | None = None, progress: bool = True, log=print) -> dict:
+def train(samples: KeypointSamples, out_dir: str | os.PathLike, cfg, model=None,
+          regressor: KeypointRegressor | None = None, progress: bool = True) -> dict:
     """Run (or resume) the SPIN loop.
 
     Args:
         samples: the real training samples (``bodyfit.data.samples``).
         out_dir: run folder: ``checkpoint.pt``, ``metrics.csv``, ``store/``, ``regressor.pt``.
-        cfg: ``configs/train.yaml``.
+        cfg: ``configs/train.yaml`` (a ``TrainConfig``, or the same keys in an OmegaConf config).
         model: the body model (Anny when None). regressor: the start (the shipped one).
+        progress: a tqdm bar on rank 0. Messages (e.g. "resuming from step ...") go to this
+            module's logger at INFO.
     Returns:
         the last step's metrics (dict), on every rank.
     Raises:
-        ValueError: no usable sample, or a checkpoint from a different run (other config).
+        ValueError: no usable sample, a checkpoint from a different run (other config), or a
+            ``checkpoint.pt`` that is not a plain-data checkpoint (see :func:`load_checkpoint`).
     """
+    out = Path(out_dir)
+    ckpt_path = out / CHECKPOINT
+    ckpt = None
+    if ckpt_path.exists():  # checked before anything is built or imported: a bad file fails fast
+        ckpt = load_checkpoint(ckpt_path)
+        if _run_identity(ckpt["config"]) != _run_identity(_plain_config(cfg)):
+            raise ValueError(f"{ckpt_path} belongs to a run with another config; use another --out "
+                             f"or the same overrides.")
+
     from tqdm import tqdm
 
     from bodyfit.body_models import body_model
@@ -123,7 +164,6 @@ def train(samples: KeypointSamples, out_dir: str | os.PathLike, cfg: DictConfig,
     from bodyfit.fitting.fit import fit, load_config
 
     rank, world = _distributed()
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model if model is not None else body_model("anny")
     names = keypoint_names(samples.convention)
@@ -149,17 +189,14 @@ def train(samples: KeypointSamples, out_dir: str | os.PathLike, cfg: DictConfig,
     steps_per_epoch = math.ceil(N / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     step = 0
-    ckpt_path = out / CHECKPOINT
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if _run_identity(ckpt["config"]) != _run_identity(OmegaConf.to_container(cfg, resolve=True)):
-            raise ValueError(f"{ckpt_path} belongs to a run with another config; use another --out "
-                             f"or the same overrides.")
+    if ckpt is not None:
         reg.load_state_dict(ckpt["regressor"])
         opt.load_state_dict(ckpt["optimizer"])
-        step = ckpt["step"]
+        step = int(ckpt["step"])
         if rank == 0:
-            log(f"resuming from step {step} of {total_steps}")
+            logger.info("resuming from step %d of %d", step, total_steps)
+    if rank == 0:
+        _trim_metrics(out / METRICS, step)
     metrics: dict = {}
     bar = tqdm(total=total_steps, initial=step, desc="spin", unit="step",
                disable=not progress or rank != 0)
@@ -217,7 +254,7 @@ def train(samples: KeypointSamples, out_dir: str | os.PathLike, cfg: DictConfig,
         if n:
             terms = fit_losses(reg, model, y[:n], boxes[:n], real.keypoints, real.K, stored, have,
                                kp_index, kp_weight)
-            loss = loss + sum(lw[k] * v for k, v in terms.items())
+            loss = loss + sum(getattr(lw, k) * v for k, v in terms.items())
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(reg.parameters(), 5.0)
@@ -242,16 +279,24 @@ def train(samples: KeypointSamples, out_dir: str | os.PathLike, cfg: DictConfig,
             if world > 1:
                 dist.barrier()
             if rank == 0:
-                _atomic_save({"regressor": reg.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                              "config": OmegaConf.to_container(cfg, resolve=True)}, ckpt_path)
+                atomic_torch_save({"regressor": reg.state_dict(), "optimizer": opt.state_dict(),
+                                   "step": step, "config": _plain_config(cfg)}, ckpt_path)
             if world > 1:
                 dist.barrier()
     bar.close()
     if rank == 0:
         state = {k: v.half() if v.is_floating_point() else v for k, v in reg.state_dict().items()}
-        _atomic_save({"config": reg.config, "state_dict": state, "steps": step,
-                      "convention": samples.convention}, out / "regressor.pt")
+        atomic_torch_save({"config": reg.config, "state_dict": state, "steps": step,
+                           "convention": samples.convention}, out / "regressor.pt")
     return metrics
+
+
+def _plain_config(cfg) -> dict:
+    """The run's config as plain data, as checkpoints hold it: ``TrainConfig.as_dict()``, or an
+    OmegaConf config's container."""
+    if OmegaConf.is_config(cfg):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg.as_dict()
 
 
 def _run_identity(cfg: dict) -> dict:
@@ -261,11 +306,31 @@ def _run_identity(cfg: dict) -> dict:
 
 
 def _log_metrics(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
-        fh.flush()
-        os.fsync(fh.fileno())
+    """Append one row to the metrics CSV (header first), rewriting the file atomically: a run
+    killed at any moment leaves whole rows only."""
+    old = path.read_text() if path.exists() else ""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(row), lineterminator="\n")
+    if not old:
+        w.writeheader()
+    w.writerow(row)
+    atomic_write_text(path, old + buf.getvalue())
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Keep the metrics rows of steps up to ``step`` (the checkpoint's): the later ones are
+    run again after a resume."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = lines[:1] + [ln for ln in lines[1:] if _row_step(ln) <= step]
+    if len(keep) != len(lines):
+        atomic_write_text(path, "".join(keep) if len(keep) > 1 else "")
+
+
+def _row_step(line: str) -> float:
+    """A metrics row's step (its first field); inf for a line that is not a row."""
+    try:
+        return int(line.split(",", 1)[0])
+    except ValueError:
+        return math.inf

@@ -11,6 +11,7 @@ joints, shape, and 2D keypoints in box units through the predicted camera.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import time
 from pathlib import Path
@@ -23,8 +24,11 @@ from bodyfit.body_models.conventions import keypoint_names
 from bodyfit.cameras import project
 from bodyfit.body_models.base import BodyParams
 from bodyfit.data.synthetic import SyntheticBatch, corrupt_keypoints, synthetic_batch
-from bodyfit.regressors.keypoint_regressor import (KeypointRegressor, boxes_from_keypoints,
-                                                   normalize_keypoints, weights_path)
+from bodyfit.files import atomic_torch_save
+from bodyfit.boxes import boxes_from_keypoints
+from bodyfit.regressors.keypoint_regressor import KeypointRegressor, normalize_keypoints, weights_path
+
+logger = logging.getLogger(__name__)
 
 
 def drop_groups(keypoints: torch.Tensor, names: list[str], generator: torch.Generator) -> torch.Tensor:
@@ -111,7 +115,8 @@ def supervised_loss(losses: dict[str, torch.Tensor]) -> torch.Tensor:
 def train(convention: str = "mediapipe33", minutes: float = 8.0, batch_size: int = 256,
           lr: float = 1e-3, seed: int = 0, out: str | None = None, pool_size: int = 65536) -> None:
     """Train for ``minutes`` on a pool of ``pool_size`` synthetic bodies and save the weights
-    (float16) to ``out`` or the packaged weights path."""
+    (float16, atomically) to ``out`` or the packaged weights path. Progress goes to this
+    module's logger at INFO."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     model = body_model("anny")
@@ -129,7 +134,7 @@ def train(convention: str = "mediapipe33", minutes: float = 8.0, batch_size: int
         clean=torch.cat([b.clean for b in pool]), boxes=torch.cat([b.boxes for b in pool]),
         joints=torch.cat([b.joints for b in pool]))
     _, kp_weight = model.keypoint_map(convention)
-    print(f"pool of {pool.K.shape[0]} synthetic bodies ready", flush=True)
+    logger.info("pool of %d synthetic bodies ready", pool.K.shape[0])
     deadline = time.time() + 60 * minutes
     step = 0
     start = time.time()
@@ -154,15 +159,15 @@ def train(convention: str = "mediapipe33", minutes: float = 8.0, batch_size: int
         opt.step()
         step += 1
         if step % 100 == 0:
-            print(f"step {step} loss {loss.item():.4f} 3d {losses['joints'].item()*1000:.0f}mm "
-                  f"rot {losses['rotations'].item():.3f} shape {losses['shape'].item():.3f} "
-                  f"2d {losses['keypoints_2d'].item():.4f}", flush=True)
+            logger.info("step %d loss %.4f 3d %.0fmm rot %.3f shape %.3f 2d %.4f", step, loss.item(),
+                        losses["joints"].item() * 1000, losses["rotations"].item(),
+                        losses["shape"].item(), losses["keypoints_2d"].item())
     path = Path(out) if out else weights_path(model.name, convention)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.half() if v.is_floating_point() else v for k, v in reg.state_dict().items()}
-    torch.save({"config": reg.config, "state_dict": state, "steps": step,
-                "convention": convention}, path)
-    print(f"wrote {path} after {step} steps")
+    atomic_torch_save({"config": reg.config, "state_dict": state, "steps": step,
+                       "convention": convention}, path)
+    logger.info("wrote %s after %d steps", path, step)
 
 
 def main() -> None:
@@ -173,6 +178,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     train(a.convention, a.minutes, a.batch_size, seed=a.seed, out=a.out)
 
 

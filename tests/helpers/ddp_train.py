@@ -5,13 +5,13 @@ import torch
 
 from bodyfit.body_models import body_model
 from bodyfit.data.samples import synthetic_samples
-from bodyfit.fitting.fit import load_config
 from bodyfit.regressors.spin import _distributed, train
+from bodyfit.regressors.train_config import load_train_config
 
 out = sys.argv[1]
 torch.set_num_threads(1)
-cfg = load_config(["data=synthetic", "epochs=1", "batch_size=8", "synthetic_batch=8",
-                   "fit_overrides=[stages.0.steps=3,stages.1.steps=5]"], name="train")
+cfg = load_train_config(["data=synthetic", "epochs=1", "batch_size=8", "synthetic_batch=8",
+                         "fit_overrides=['stages.camera.steps=3','stages.body.steps=5']"])
 model = body_model("anny")
 samples, _ = synthetic_samples(model, 16, seed=1)
 from bodyfit.regressors.keypoint_regressor import load_regressor  # noqa: E402
