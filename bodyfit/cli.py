@@ -164,6 +164,15 @@ def _out_names(paths: list[str]) -> list[str]:
             for s, p in zip(stems, paths)]
 
 
+def _sha1(path) -> str:
+    """Hex SHA-1 of a file's bytes (which picture a result came from, even after a rename)."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _report(reports, out) -> int:
     for r in reports:
         if r.ok:
@@ -198,7 +207,8 @@ def _fit(args, pictures, cfg, model) -> int:
                 log.warning("%s left out: %s", path, e)
                 failed.append(PictureReport(name, False, error=str(e)))
                 continue
-            yield Scene([[image]], [name], extra={"source": str(Path(path).resolve())})
+            yield Scene([[image]], [name], extra={"source": str(Path(path).resolve()),
+                                                 "source_sha1": _sha1(path)})
 
     reports = fit_scenes(scenes(), args.out, model, cfg, progress=not args.quiet)
     return _report(failed + reports, args.out)

@@ -187,8 +187,13 @@ def fit_scenes(scenes, out_dir: str | Path, model=None, config=None, dense: bool
                     reports.append(PictureReport(name or out_dir.name, False, error=result.messages[t]))
                     continue
                 target = out_dir / name
-                summary = save_result(result, t, target, [p[t] for p in scene.pictures], scales,
-                                      scene.cameras, runtime, scene.extra)
+                try:
+                    summary = save_result(result, t, target, [p[t] for p in scene.pictures], scales,
+                                          scene.cameras, runtime, scene.extra)
+                except OSError as e:  # a full disk, a read-only or occupied --out: this one fails
+                    log.error("%s: could not write the result: %s", target, e)
+                    reports.append(PictureReport(name or out_dir.name, False, error=f"could not write: {e}"))
+                    continue
                 reports.append(PictureReport(name or out_dir.name, True, target, summary=summary))
     return reports
 
@@ -314,6 +319,7 @@ def _publish(tmp: Path, out_dir: Path) -> None:
             os.fsync(fh.fileno())
     old = None
     if out_dir.exists():
+        log.info("replacing the previous result in %s", out_dir)
         old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
         os.replace(out_dir, old)
     os.replace(tmp, out_dir)
