@@ -71,6 +71,7 @@ class Observations:
     names: list[str] | None = None
     sequence: bool = False
     _problems: list[list[str]] = field(default_factory=list, init=False, repr=False)
+    _usable: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         names_kp = keypoint_names(self.convention)
@@ -140,7 +141,7 @@ class Observations:
                 self.iuv[v] = iuv
         if not isinstance(self.sequence, bool):
             raise ValueError(f"sequence must be True or False, got {self.sequence!r}.")
-        self._problems = self._find_problems()
+        self._problems, self._usable = self._find_problems()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -235,10 +236,7 @@ class Observations:
 
     def usable_views(self) -> torch.Tensor:
         """(B,V) bool: the view's keypoints are finite and its camera is sane for that sample."""
-        ok = torch.isfinite(self.keypoints).all(dim=(2, 3))
-        for v, cam in enumerate(self.cameras):
-            ok[:, v] &= _camera_ok(cam, self.batch_size)
-        return ok
+        return self._usable.clone()
 
     def index(self, idx) -> "Observations":
         """The samples ``idx`` (anything that indexes the batch dimension) of every view."""
@@ -258,18 +256,20 @@ class Observations:
                              "list or a tensor), not a single integer.")
         return replace(self, keypoints=kp, cameras=cams, boxes=pick(self.boxes), **per_view)
 
-    def _find_problems(self) -> list[list[str]]:
+    def _find_problems(self) -> tuple[list[list[str]], torch.Tensor]:
+        """Per sample the notes on unusable views, and the (B,V) usable mask."""
         B = self.batch_size
         out: list[list[str]] = [[] for _ in range(B)]
-        finite = torch.isfinite(self.keypoints).all(dim=(2, 3))
+        usable = torch.isfinite(self.keypoints).all(dim=(2, 3))
         for v, cam in enumerate(self.cameras):
             reasons = _camera_problems(cam, B)
-            for b in range(B):
-                if not bool(finite[b, v]):
-                    out[b].append(f"{self.names[v]}: keypoints hold NaN or inf, view left out")
-                if reasons[b] is not None:
-                    out[b].append(f"{self.names[v]}: {reasons[b]}, view left out")
-        return out
+            for b in torch.nonzero(~usable[:, v]).flatten().tolist():
+                out[b].append(f"{self.names[v]}: keypoints hold NaN or inf, view left out")
+            for b, why in enumerate(reasons):
+                if why is not None:
+                    out[b].append(f"{self.names[v]}: {why}, view left out")
+                    usable[b, v] = False
+        return out, usable
 
 
 def _camera_problems(cam: Camera, B: int) -> list[str | None]:
@@ -297,7 +297,3 @@ def _camera_problems(cam: Camera, B: int) -> list[str | None]:
             why = None
         out.append(why)
     return out * B if cam.batch_size == 1 else out
-
-
-def _camera_ok(cam: Camera, B: int) -> torch.Tensor:
-    return torch.tensor([p is None for p in _camera_problems(cam, B)], device=cam.K.device)

@@ -161,7 +161,8 @@ def train(samples: KeypointSamples, out_dir: str | os.PathLike, cfg, model=None,
     from bodyfit.body_models import body_model
     from bodyfit.body_models.conventions import keypoint_names
     from bodyfit.data.synthetic import corrupt_keypoints, synthetic_batch
-    from bodyfit.fitting.fit import fit, load_config
+    from bodyfit.fitting import Fitter, load_config
+    from bodyfit.observations import Observations
 
     rank, world = _distributed()
     out.mkdir(parents=True, exist_ok=True)
@@ -181,7 +182,7 @@ def train(samples: KeypointSamples, out_dir: str | os.PathLike, cfg, model=None,
     store = FitStore(out / "store", Plausibility(cfg.plausibility.max_error_over_box,
                                                  cfg.plausibility.max_joint_limits,
                                                  (0.0, 1.0) if model.shape_name == "phenotypes" else (-3.0, 3.0)))
-    fit_cfg = load_config(list(cfg.fit_overrides))
+    fitter = Fitter(model, load_config(list(cfg.fit_overrides)))  # precomputed once for the run
     N = len(samples)
     usable = sample_is_usable(samples.keypoints, cfg.min_keypoints)
     if not bool(usable.any()):
@@ -217,9 +218,9 @@ def train(samples: KeypointSamples, out_dir: str | os.PathLike, cfg, model=None,
                 reg.eval()
                 init = _predict(reg, real, model)
                 reg.train()
-            result = fit(real.keypoints, model, real.convention, image_size=real.image_size,
-                         K=real.K, init=init, config=fit_cfg, vertices=False)
-            err = result.reprojection_error_px / result.box_height_px
+            result = fitter(Observations.from_pictures(real.keypoints, image_size=real.image_size, K=real.K,
+                                                       convention=real.convention), init, vertices=False)
+            err = result.error_over_box
             plausible = store.plausible(result.params, result.valid, err,
                                         result.energies.get("joint_limits", torch.zeros_like(err)))
             improved = store.update(real.ids, result.params, result.energies["reprojection"], err,
