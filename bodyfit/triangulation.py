@@ -18,7 +18,7 @@ eigenvector of the 4 x 4 ``A^T A``, assembled per view without building ``A``). 
 Everything is batched in torch (float64 inside; no Python loop over frames or keypoints; 3300
 keypoints from 4 views take ~15 ms, ~0.15 s with the robust pass, on a CPU). Not differentiable:
 inputs are detached. Cameras are pinhole: undistort keypoints first (e.g.
-:func:`bodyfit.data.pose2sim.undistort_keypoints`).
+:func:`bodyfit.data.calibration.undistort_keypoints`).
 
 Conventions as in :mod:`bodyfit.cameras`: OpenCV camera frame, ``X_cam = R @ X_world + t``,
 pixels with the centre of pixel ``(col, row)`` at ``(col, row)``; keypoints ``(..., 3)`` = x, y in
