@@ -47,6 +47,18 @@ class Camera:
         return Camera(self.K.expand(batch_size, 3, 3), self.R.expand(batch_size, 3, 3),
                       self.t.expand(batch_size, 3), self.image_size)
 
+    def at_most(self, longest: int) -> tuple["Camera", float]:
+        """The camera of a picture resized so that its longer side is at most ``longest`` pixels
+        (pixel centres stay pixel centres), and the scale factor s <= 1 (new pixels per old)."""
+        H, W = self.image_size
+        s = min(1.0, longest / max(H, W))
+        if s == 1.0:
+            return self, 1.0
+        K = self.K.clone()
+        K[:, :2, :2] *= s
+        K[:, :2, 2] = (K[:, :2, 2] + 0.5) * s - 0.5
+        return Camera(K, self.R, self.t, (max(1, round(H * s)), max(1, round(W * s)))), s
+
     @staticmethod
     def identity(K: torch.Tensor, image_size: tuple[int, int]) -> "Camera":
         """Cameras at the world origin looking down +z, with intrinsics K (B,3,3)."""

@@ -15,7 +15,7 @@ The schemas live with the code that reads them (``bodyfit.fitting.config.FitConf
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 

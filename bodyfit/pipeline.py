@@ -64,17 +64,6 @@ class PictureReport:
     summary: dict | None = None
 
 
-def _scaled(cam: Camera, longest: int) -> tuple[Camera, float]:
-    H, W = cam.image_size
-    s = min(1.0, longest / max(H, W))
-    if s == 1.0:
-        return cam, 1.0
-    K = cam.K.clone()
-    K[:, :2, :2] *= s
-    K[:, :2, 2] = (K[:, :2, 2] + 0.5) * s - 0.5  # pixel centres stay pixel centres
-    return Camera(K, cam.R, cam.t, (max(1, round(H * s)), max(1, round(W * s)))), s
-
-
 def _resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     import cv2
 
@@ -101,8 +90,8 @@ def observe(scene: Scene, detections, fov_deg: float, dense: bool) -> tuple[Obse
         cameras = [Camera.identity(default_intrinsics((H, W), 1, fov_deg), (H, W))]
     kps, masks, images, work, scales = [], [], [], [], []
     for v in range(V):
-        cam, s = _scaled(Camera(*(x.float() for x in (cameras[v].K, cameras[v].R, cameras[v].t)),
-                                tuple(cameras[v].image_size)), WORK_SIZE if dense else 10 ** 9)
+        full = Camera(*(x.float() for x in (cameras[v].K, cameras[v].R, cameras[v].t)), tuple(cameras[v].image_size))
+        cam, s = full.at_most(WORK_SIZE) if dense else (full, 1.0)
         work.append(cam)
         scales.append(s)
         h, w = cam.image_size

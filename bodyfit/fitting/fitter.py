@@ -96,19 +96,6 @@ class FitResult:
         return cam if cam.batch_size == B else cam.expand(B)
 
 
-def _scaled_camera(cam: Camera, longest: int) -> Camera:
-    """The camera at a working resolution whose longer side is at most ``longest`` pixels
-    (pixel centres stay pixel centres)."""
-    H, W = cam.image_size
-    s = min(1.0, longest / max(H, W))
-    if s == 1.0:
-        return cam
-    K = cam.K.clone()
-    K[:, :2, :2] *= s
-    K[:, :2, 2] = (K[:, :2, 2] + 0.5) * s - 0.5
-    return Camera(K, cam.R, cam.t, (max(1, round(H * s)), max(1, round(W * s))))
-
-
 def _merge(result: StageResult, idx: torch.Tensor, other: StageResult, take: torch.Tensor) -> StageResult:
     """``result`` with the samples ``idx[take]`` replaced by ``other``'s (other indexes idx)."""
     rows, src = idx[take], torch.nonzero(take).flatten()
@@ -225,7 +212,7 @@ class Fitter:
                    for c in (obs.camera(v) for v in range(obs.num_views))]
         return Problem(observations=obs, keypoints=kp * seen[..., None, None], seen=seen,
                        scale=obs.box_heights().to(dev, dt), active=active, cameras=cameras,
-                       render_cameras=[_scaled_camera(c, cfg.render_size) for c in cameras],
+                       render_cameras=[c.at_most(cfg.render_size)[0] for c in cameras],
                        kp_index=kp_index, kp_weight=kp_weight, messages=messages)
 
     def energies_at(self, observations: Observations, params: BodyParams,

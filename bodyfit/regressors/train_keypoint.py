@@ -66,7 +66,6 @@ def parameter_losses(model, params: BodyParams, joints: torch.Tensor, target: Bo
         t.transl = torch.zeros_like(t.transl)
         with torch.no_grad():
             target_joints = model(t, vertices=False).joints
-    free = model.free_pose_joints
 
     def rotmats(p):
         return roma.rotvec_to_rotmat(torch.cat([p.global_orient[:, None], p.body_pose[:, free]], 1))
@@ -124,7 +123,6 @@ def train(convention: str = "mediapipe33", minutes: float = 8.0, batch_size: int
     kp_index, _ = model.keypoint_map(convention)
     reg = KeypointRegressor(len(names), len(model.free_pose_joints), model.shape_dim)
     opt = torch.optim.AdamW(reg.parameters(), lr=lr, weight_decay=1e-4)
-    free = model.free_pose_joints
     # A pool of exact synthetic pairs, made once; noise and dropout are drawn fresh each step.
     pool = [synthetic_batch(model, 1024, convention, noise=0.0, dropout=0.0, generator=g)
             for _ in range(pool_size // 1024)]
