@@ -66,6 +66,7 @@ def parameter_losses(model, params: BodyParams, joints: torch.Tensor, target: Bo
         t.transl = torch.zeros_like(t.transl)
         with torch.no_grad():
             target_joints = model(t, vertices=False).joints
+    free = model.free_pose_joints
 
     def rotmats(p):
         return roma.rotvec_to_rotmat(torch.cat([p.global_orient[:, None], p.body_pose[:, free]], 1))
