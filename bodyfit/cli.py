@@ -14,7 +14,8 @@ with a picture or video extension is a picture (``dir/a=b.jpg`` too); otherwise 
 or starting with ``+`` or ``~`` is an override (a file named ``init=mean`` does not change that).
 Everything after ``--`` is an override.
 
-Exit codes: 0 every picture fitted; 1 some pictures failed (each is reported); 2 bad usage.
+Exit codes: 0 every picture fitted; 1 some pictures failed (each is reported); 2 bad usage;
+3 every picture fitted but some fits are flagged as far off (``flagged`` in fit.json).
 """
 from __future__ import annotations
 
@@ -183,8 +184,12 @@ def _report(reports, out) -> int:
         else:
             print(f"{r.name} not fitted: {r.error}", file=sys.stderr)
     failed = [r for r in reports if not r.ok]
-    print(f"{len(reports) - len(failed)} fitted, {len(failed)} failed; results in {out}")
-    return 1 if failed or not reports else 0
+    flagged = [r for r in reports if r.ok and r.flagged]
+    for r in flagged:
+        print(f"{r.name or out} flagged: {r.flagged}", file=sys.stderr)
+    print(f"{len(reports) - len(failed)} fitted ({len(flagged)} flagged as far off), {len(failed)} failed; "
+          f"results in {out}")
+    return 1 if failed or not reports else (3 if flagged else 0)
 
 
 def _fit(args, pictures, cfg, model) -> int:

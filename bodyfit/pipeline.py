@@ -55,13 +55,18 @@ class Scene:
 
 @dataclass
 class PictureReport:
-    """Outcome of one output folder: ``ok``; ``out_dir`` when written; ``error`` when not."""
+    """Outcome of one output folder: ``ok``; ``out_dir`` when written; ``error`` when not;
+    ``flagged``: why a written fit is far off (see ``FitResult.flagged``)."""
 
     name: str
     ok: bool
     out_dir: Path | None = None
     error: str | None = None
     summary: dict | None = None
+
+    @property
+    def flagged(self) -> str | None:
+        return (self.summary or {}).get("flagged")
 
 
 def _resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -255,6 +260,7 @@ def save_result(result: FitResult, b: int, out_dir: str | Path, pictures=None, s
         "energies": {k: float(v[b]) for k, v in result.energies.items()},
         "skipped_energies": result.skipped_energies,
         "converged": bool(result.converged[b]),
+        "flagged": result.flagged[b] if result.flagged else None,
         "stage_steps": result.stage_steps,
         "messages": [result.messages[b]] if result.messages[b] else [],
         "runtime_s": runtime_s or {},

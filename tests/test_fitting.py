@@ -50,6 +50,20 @@ def test_fit_recovers_known_bodies(anny):
     assert err_fit.median() < 40.0
     assert err_fit.mean() < err_init.mean()
     assert torch.isfinite(r.params.body_pose).all()
+    assert r.flagged == [None] * 6
+
+
+def test_far_off_fits_are_flagged_not_reported_as_good(anny):
+    """Keypoints no body can match (one sample scrambled): the fit is returned but flagged; the
+    good sample beside it is not."""
+    sb = synthetic_batch(anny, 2, "mediapipe33", noise=0.0, dropout=0.0, generator=torch.Generator().manual_seed(9))
+    kp = sb.keypoints.clone()
+    kp[1, :, :2] = kp[1, torch.randperm(33, generator=torch.Generator().manual_seed(0)), :2]
+    r = fit(kp, anny, K=sb.K, image_size=sb.image_size, vertices=False,
+            overrides=["stages.camera.steps=20", "stages.body.steps=40"])
+    assert r.valid.all()
+    assert r.flagged[0] is None
+    assert "keypoint error above 5%" in r.flagged[1] and float(r.error_over_box[1]) > 0.05
 
 
 def test_bad_samples_are_reported_and_the_rest_fitted(anny):

@@ -24,7 +24,9 @@ def test_result_folder_is_written_whole_and_replaced_whole(result, tmp_path, mon
     picture = np.zeros((*result.cameras[0].image_size, 3), np.uint8)
     summary = save_result(result, 0, out, [picture])
     assert sorted(p.name for p in out.iterdir()) == ["fit.json", "fit.npz", "mesh.ply", "overlay.png"]
-    assert json.loads((out / "fit.json").read_text())["reprojection_error_px"] == summary["reprojection_error_px"]
+    written = json.loads((out / "fit.json").read_text())
+    assert written["reprojection_error_px"] == summary["reprojection_error_px"]
+    assert written["flagged"] == result.flagged[0]
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     import bodyfit.data.images as images

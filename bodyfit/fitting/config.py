@@ -51,6 +51,7 @@ class FitConfig:
     texture_blur: float = 0.0
     depth_tolerance: float = 0.02
     densepose_points: int = 400
+    max_error_over_box: float = 0.05
     stages: dict[str, StageConfig] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -77,6 +78,7 @@ class FitConfig:
         check_number(self.depth_tolerance, "depth_tolerance", 0.0, 1.0, lo_open=True)
         check(isinstance(self.densepose_points, int) and self.densepose_points >= 1, "densepose_points",
               f"must be an integer >= 1, got {self.densepose_points!r}")
+        check_number(self.max_error_over_box, "max_error_over_box", 0.0, 10.0, lo_open=True)
         check(len(self.stages) > 0, "stages", "at least one stage is needed")
         for name, stage in self.stages.items():
             key = f"stages.{name}"

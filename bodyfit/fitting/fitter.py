@@ -54,6 +54,9 @@ class FitResult:
         energies: name -> (B,) weighted energy terms of the last stage, plus "total".
         converged: (B,) bool, the last stage met its tolerance.
         valid: (B,) bool, the sample was fitted and every value is finite.
+        flagged: per sample, None or why a valid fit is far off (a view's mean keypoint error
+            above ``max_error_over_box`` of its box height: a wrong camera, a wrong view order,
+            a diverged optimizer). Flagged fits are returned, never reported as good.
         messages: per sample, None or what went wrong or was left out.
         skipped_energies: configured energies left out for lack of observations.
         init_params: BodyParams (B) the optimizer started from.
@@ -79,6 +82,7 @@ class FitResult:
     valid: torch.Tensor
     messages: list[str | None]
     init_params: BodyParams
+    flagged: list[str | None] = field(default_factory=list)
     skipped_energies: list[str] = field(default_factory=list)
     convention: str = "mediapipe33"
     model_name: str = "anny"
@@ -290,6 +294,14 @@ class Fitter:
         for b in range(B):
             if problem.active[b] and not valid[b]:
                 messages[b].insert(0, "the fit diverged (non-finite energy): sample not fitted")
+        flagged = []
+        limit = self.config.max_error_over_box
+        ratio = view_err / problem.scale
+        for b in range(B):
+            far = [f"{observations.names[v]} {100 * float(ratio[b, v]):.1f}%" for v in range(V)
+                   if bool(valid[b]) and bool(ratio[b, v] > limit)]
+            flagged.append(f"keypoint error above {100 * limit:.0f}% of the box height ({', '.join(far)}): "
+                           f"check the camera (K, view order) and the detections" if far else None)
         params = params.where(valid, model.default_params(B))
         if not bool(valid.all()):
             out = model(params, vertices=vertices)
@@ -300,7 +312,7 @@ class Fitter:
             cameras=list(observations.cameras), view_names=list(observations.names), keypoints=kp,
             projected=projected, keypoint_error_px=err, view_error_px=view_err,
             reprojection_error_px=mean_err, box_height_px=problem.scale, error_over_box=error_over_box,
-            energies=energies, converged=result.converged, valid=valid,
+            energies=energies, converged=result.converged, valid=valid, flagged=flagged,
             messages=["; ".join(m) if m else None for m in messages], init_params=init,
             skipped_energies=skipped, convention=observations.convention, model_name=model.name,
             stage_steps=stage_steps, runtime_s=runtime)
