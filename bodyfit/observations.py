@@ -193,8 +193,9 @@ class Observations:
                                  f"give image_size.")
             image_size = (max(1, int(round(2 * float(cy)))), max(1, int(round(2 * float(cx)))))
         if boxes is not None:
-            boxes = torch.as_tensor(boxes, dtype=kp.dtype, device=kp.device).reshape(-1, 4)
-            if boxes.shape[0] != B:
+            boxes = torch.as_tensor(boxes, dtype=kp.dtype, device=kp.device)
+            boxes = boxes[None] if boxes.dim() == 1 else boxes
+            if tuple(boxes.shape) != (B, 4):
                 raise ValueError(f"boxes must have shape (B,4) = ({B},4), got {tuple(boxes.shape)}.")
             boxes = boxes[:, None]
         return cls(kp[:, None], [Camera.identity(K.clone(), image_size)], convention, boxes,

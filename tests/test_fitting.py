@@ -121,6 +121,8 @@ def test_observations_validate_once_and_flag_bad_samples(anny):
         Observations(kp[:0], [cam], "coco17")
     with pytest.raises(ValueError, match="image_size"):
         Observations.from_pictures(kp[:, 0], image_size=500, convention="coco17")
+    with pytest.raises(ValueError, match=r"boxes must have shape \(B,4\) = \(3,4\)"):
+        Observations.from_pictures(kp[:, 0], image_size=(500, 500), convention="coco17", boxes=torch.zeros(1, 3))
     # per-sample problems: a zero, a negative and a NaN focal length, one good camera
     K = cam.K.expand(4, 3, 3).clone()
     K[0] = 0.0
