@@ -55,17 +55,9 @@ class Problem:
     kp_weight: torch.Tensor
     messages: list[list[str]] = field(default_factory=list)
 
-    @property
-    def batch_size(self) -> int:
-        return self.keypoints.shape[0]
-
-    @property
-    def num_views(self) -> int:
-        return len(self.cameras)
-
-    @property
-    def sequence(self) -> bool:
-        return self.observations.sequence
+    batch_size = property(lambda self: self.observations.batch_size, doc="B, the observations'.")
+    num_views = property(lambda self: self.observations.num_views, doc="V, the observations'.")
+    sequence = property(lambda self: self.observations.sequence, doc="The observations' sequence flag.")
 
 
 class Evaluation:
