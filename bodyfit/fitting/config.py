@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 
 from bodyfit.config import (ConfigError, DetectorConfig, ModelConfig, check, check_detector,
                             check_model, check_number, compose)
-
-PARAM_NAMES = ("global_orient", "body_pose", "shape", "transl")
+from bodyfit.fitting.optimizer import PARAM_NAMES
 
 
 @dataclass
