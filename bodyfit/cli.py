@@ -317,23 +317,24 @@ def _fit_video(args, pictures, cfg, model) -> int:
 
 def _train(args, overrides) -> int:
     from bodyfit.data.samples import pose2sim_samples, synthetic_samples
-    from bodyfit.regressors.spin import train
+    from bodyfit.regressors.spin import hold_run_folder, train
     from bodyfit.regressors.train_config import load_train_config
 
     try:
         cfg = load_train_config(overrides)
-        model = _build_model(cfg.model, args.device)
-        if cfg.data == "pose2sim":
-            samples = pose2sim_samples(range(*cfg.frames), crops=cfg.regressor == "image")
-        else:
-            samples, _ = synthetic_samples(model, cfg.synthetic_samples, seed=cfg.seed + 1)
-        regressor = None
-        if cfg.regressor == "image":
-            from bodyfit.regressors.image_regressor import load_image_regressor
+        with hold_run_folder(args.out):  # a second train on this folder stops here, at once
+            model = _build_model(cfg.model, args.device)
+            if cfg.data == "pose2sim":
+                samples = pose2sim_samples(range(*cfg.frames), crops=cfg.regressor == "image")
+            else:
+                samples, _ = synthetic_samples(model, cfg.synthetic_samples, seed=cfg.seed + 1)
+            regressor = None
+            if cfg.regressor == "image":
+                from bodyfit.regressors.image_regressor import load_image_regressor
 
-            regressor = load_image_regressor(model, cfg.image_weights)
-        metrics = train(samples, args.out, cfg, model, regressor=regressor, progress=not args.quiet)
-    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
+                regressor = load_image_regressor(model, cfg.image_weights)
+            metrics = train(samples, args.out, cfg, model, regressor=regressor, progress=not args.quiet)
+    except (ValueError, OSError, ImportError, RuntimeError) as e:  # RuntimeError: FolderLockedError too
         print(f"bodyfit train: {e}", file=sys.stderr)
         return 2
     print(f"trained to step {metrics.get('step')}; regressor, checkpoint and store in {args.out}")

@@ -11,16 +11,28 @@ The temporary file is created with mode ``0o666`` less the process umask, as ``o
 create the destination, and is named ``.<name>.<random>.tmp`` (hidden, never matching
 ``*.npz`` / ``*.pt`` globs). A process killed with SIGKILL in the middle of a write may leave such
 a file behind; it is never read.
+
+:func:`run_lock` keeps a run folder to one process at a time (``bodyfit train``, pseudo-GT).
 """
 from __future__ import annotations
 
+import fcntl
+import json
+import logging
 import os
 import secrets
+import socket
+import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_save_npz",
-           "atomic_torch_save"]
+           "atomic_torch_save", "run_lock", "FolderLockedError", "LOCK_FILE"]
+
+log = logging.getLogger(__name__)
+LOCK_FILE = "run.lock"
 
 
 def _create_temp(folder: Path, name: str) -> tuple[int, Path]:
@@ -111,3 +123,109 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
     import torch
 
     return atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+_HELD: dict[str, int] = {}  # run folders this process holds (real path -> nesting depth)
+
+
+class FolderLockedError(RuntimeError):
+    """Another process holds the run folder's lock (:func:`run_lock`). ``holder`` is what it
+    wrote in the lock file (``pid``, ``host``, ``started``, ``command``; empty if unreadable)."""
+
+    def __init__(self, message: str, folder: Path, holder: dict):
+        super().__init__(message)
+        self.folder = folder
+        self.holder = holder
+
+
+def _read_holder(fd: int) -> dict:
+    """What the lock file says about its holder; {} when empty or unreadable."""
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 65536).decode("utf-8", "replace").strip()
+        holder = json.loads(text) if text else {}
+        return holder if isinstance(holder, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _describe(holder: dict) -> str:
+    if not holder:
+        return "a process that left no details"
+    where = f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}"
+    if holder.get("started"):
+        where += f", since {holder['started']}"
+    if holder.get("command"):
+        where += f": {holder['command']}"
+    return where
+
+
+@contextmanager
+def run_lock(folder: str | os.PathLike, what: str = "bodyfit run") -> Iterator[Path]:
+    """Hold ``folder`` for this process: at most one run writes a run folder at a time.
+
+    The lock is an exclusive ``fcntl.flock`` on ``folder/run.lock`` (POSIX; the kernel drops it
+    when the process ends, however it ends, so a crashed or killed run never blocks the next).
+    The file also records the holder (pid, host, start time, command line) for the messages; it
+    is emptied, not removed, on release. Nested holds of one folder by one process are fine
+    (the outer one releases it). A lock file that still names a holder when the lock is
+    free was left by a run that ended without releasing it (killed, power cut): it is taken over
+    with a warning that names that run.
+
+    Args:
+        folder: the run folder (created, with its parents, if missing).
+        what: what holds it, for the messages (e.g. ``"bodyfit train"``).
+    Yields:
+        the lock file's path.
+    Raises:
+        FolderLockedError: another process holds the folder; the message names the folder and
+            the holder (pid, host) and says what to do. Nothing is waited for.
+        OSError: the folder cannot be created or the lock file not opened (e.g. read-only).
+
+    Note: on network file systems without working ``flock`` two hosts may both get the lock;
+    give each run its own folder there.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    key = os.path.realpath(folder)
+    if key in _HELD:  # this process holds it already (e.g. the CLI, then train() inside it)
+        _HELD[key] += 1
+        try:
+            yield path
+        finally:
+            _HELD[key] -= 1
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            raise FolderLockedError(
+                f"{folder} is in use by another run ({_describe(holder)}): wait for it to end, "
+                f"or choose another --out folder. (If no such run exists, e.g. the folder is "
+                f"shared over a network, delete {path}.)", folder, holder) from None
+        stale = _read_holder(fd)
+        if stale:
+            log.warning("%s: taking over the lock left by a run that ended without releasing it "
+                        "(%s)", folder, _describe(stale))
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": time.strftime("%Y-%m-%d %H:%M:%S"), "what": what,
+              "command": " ".join(sys.argv)[:500]}
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, (json.dumps(me) + "\n").encode())
+        os.fsync(fd)
+        _HELD[key] = 1
+        try:
+            yield path
+        finally:
+            del _HELD[key]
+            try:
+                os.ftruncate(fd, 0)  # released cleanly: nothing stale to report next time
+            except OSError:
+                pass
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

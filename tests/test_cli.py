@@ -154,3 +154,13 @@ def test_fit_video_skips_a_frame_without_person(tmp_path, pose2sim_wheel, capsys
     assert fitted == ["frame_000000", "frame_000001", "frame_000003"]
     shapes = [np.load(out / d / "fit.npz")["phenotypes"] for d in fitted]
     assert np.allclose(shapes[0], shapes[1]) and np.allclose(shapes[0], shapes[2])
+
+
+def test_second_train_on_a_run_folder_stops_at_once(tmp_path, folder_holder, capsys):
+    run = tmp_path / "run"
+    holder = folder_holder(run)
+    code = main(["train", "--out", str(run), "--quiet", "data=synthetic", "synthetic_samples=4"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(run) in err and f"pid {holder.pid}" in err and "in use by another run" in err
+    assert sorted(p.name for p in run.iterdir()) == ["run.lock"]  # nothing of the running one touched

@@ -1,13 +1,18 @@
-"""bodyfit.files: atomic writes leave the old file or the new one, never a part, and no litter."""
+"""bodyfit.files: atomic writes leave the old file or the new one, never a part, and no litter;
+run folders are held by one run at a time."""
+import json
+import logging
 import os
+import signal
+import socket
 import stat
 
 import numpy as np
 import pytest
 import torch
 
-from bodyfit.files import (atomic_save_npz, atomic_torch_save, atomic_write, atomic_write_bytes,
-                           atomic_write_text)
+from bodyfit.files import (LOCK_FILE, FolderLockedError, atomic_save_npz, atomic_torch_save, atomic_write,
+                           atomic_write_bytes, atomic_write_text, run_lock)
 
 
 class Boom(RuntimeError):
@@ -82,3 +87,29 @@ def test_new_files_get_the_usual_permissions(tmp_path):
 def test_missing_folder_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         atomic_write_bytes(tmp_path / "no" / "such" / "f", b"1")
+
+
+def test_run_lock_refuses_a_second_run_and_takes_over_a_killed_ones(tmp_path, caplog, folder_holder):
+    run = tmp_path / "run"
+    proc = folder_holder(run)
+    with pytest.raises(FolderLockedError) as e:
+        with run_lock(run, "second"):
+            pass
+    msg = str(e.value)
+    assert str(run) in msg and f"pid {proc.pid}" in msg and socket.gethostname() in msg
+    assert "another --out" in msg and e.value.holder["pid"] == proc.pid
+    proc.send_signal(signal.SIGKILL)  # killed: it never releases the lock by itself
+    proc.wait(30)
+    with caplog.at_level(logging.WARNING, logger="bodyfit"):
+        with run_lock(run, "third") as path:
+            assert json.loads(path.read_text())["pid"] == os.getpid()
+            with run_lock(run, "nested"):  # the same process again: fine
+                pass
+            assert json.loads(path.read_text())["pid"] == os.getpid()
+    assert f"pid {proc.pid}" in caplog.text and "taking over" in caplog.text
+    assert (run / LOCK_FILE).read_text() == ""  # released cleanly: nothing stale next time
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bodyfit"):
+        with run_lock(run):
+            pass
+    assert caplog.text == ""

@@ -113,4 +113,11 @@ def test_nvdiffrast_interpolate_and_antialias_match_cpu(body_scene):
     color = (ref[..., 3:] > 0).float()
     aa_cpu = ops.antialias(color, ref, pos, tri)
     aa_gpu = ops.antialias(color.cuda(), got, pos.cuda(), tri.cuda()).cpu()
-    assert (aa_cpu - aa_gpu).abs().mean() < 1e-3
+    # Antialiasing blends across silhouette edges, so a pixel whose 3x3 neighbourhood holds a
+    # triangle id the two rasterizers resolve differently (depth ties) may blend differently.
+    # Compare where the whole neighbourhood agrees.
+    differ = (ref[..., 3] != got[..., 3].cpu()).float()[:, None]
+    near_tie = torch.nn.functional.max_pool2d(differ, 3, stride=1, padding=1)[:, 0] > 0
+    diff = (aa_cpu - aa_gpu).abs()[..., 0][~near_tie]
+    assert diff.mean() < 1e-3, f"antialias differs by {float(diff.mean()):.2e} on average"
+    assert (diff > 0.05).float().mean() < 0.005

@@ -234,6 +234,19 @@ def test_a_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path):
         load_checkpoint(run / "checkpoint.pt")
 
 
+def test_a_held_run_folder_is_refused_before_anything_is_read(tmp_path, folder_holder):
+    from omegaconf import OmegaConf
+
+    from bodyfit.files import FolderLockedError
+
+    run = tmp_path / "run"
+    holder = folder_holder(run)
+    (run / "checkpoint.pt").write_bytes(b"the other run's, half written")
+    samples = KeypointSamples(["a"], torch.zeros(1, 33, 3), torch.eye(3)[None], (100, 100))
+    with pytest.raises(FolderLockedError, match=f"pid {holder.pid}"):
+        train(samples, run, OmegaConf.create({"seed": 0}), regressor=None, progress=False)
+
+
 def test_metrics_rows_are_whole_and_resume_keeps_the_checkpointed_steps(tmp_path):
     path = tmp_path / "metrics.csv"
     for step in range(1, 6):

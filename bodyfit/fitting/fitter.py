@@ -15,6 +15,7 @@ evaluates what the stage's energies need at each step.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -151,10 +152,15 @@ class Fitter:
 
             model = body_model("anny")
         self.model = model
-        self.mesh_model = render_model(model, self.config.render_topology)
         self.context = context
         used = dict.fromkeys(n for s in self.config.stages.values() for n, w in s.weights.items() if w > 0)
         self.energies = {name: ENERGIES[name](model, self.config) for name in used}
+
+    @functools.cached_property
+    def mesh_model(self) -> BodyModel:
+        """The model whose mesh the stages that need vertices evaluate (:func:`render_model`);
+        built on first use, so keypoint-only fits never build a low-poly mesh."""
+        return render_model(self.model, self.config.render_topology)
 
     # ------------------------------------------------------------------ the fit
     def __call__(self, observations: Observations, init: BodyParams | None = None,

@@ -20,6 +20,10 @@ the checkpoint covers (the steps after it are run again). Messages go to this mo
 Data-parallel over ``torchrun`` processes (torch.distributed, gloo on CPU, nccl on GPUs): each
 rank fits and learns from its share of every batch, gradients are averaged by DDP, and the
 ranks share the store on disk.
+
+A run holds its folder (``run.lock``, :func:`bodyfit.files.run_lock`): a second ``train`` on the
+same folder stops at once with a message naming the running one; a lock left by a killed run is
+taken over with a warning.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ import math
 import os
 import pickle
 import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
@@ -40,7 +45,7 @@ from bodyfit.body_models.base import BodyParams
 from bodyfit.boxes import boxes_from_keypoints
 from bodyfit.cameras import project
 from bodyfit.data.samples import KeypointSamples
-from bodyfit.files import atomic_torch_save, atomic_write_text
+from bodyfit.files import FolderLockedError, atomic_torch_save, atomic_write_text, run_lock
 from bodyfit.regressors.fit_store import FitStore, Plausibility
 from bodyfit.regressors.image_regressor import ImageRegressor, synthetic_renders
 from bodyfit.regressors.keypoint_regressor import KeypointRegressor, load_regressor, normalize_keypoints
@@ -146,8 +151,48 @@ def train(samples: KeypointSamples, out_dir: str | os.PathLike, cfg, model=None,
     Raises:
         ValueError: no usable sample, a checkpoint from a different run (other config), or a
             ``checkpoint.pt`` that is not a plain-data checkpoint (see :func:`load_checkpoint`).
+        FolderLockedError: another run is using ``out_dir`` (a RuntimeError; the message names
+            the folder and that run's pid and host). The folder is held for the whole run
+            (``bodyfit.files.run_lock``, by rank 0 for all ranks), so two runs never mix their
+            checkpoints, stores and metrics.
     """
     out = Path(out_dir)
+    with hold_run_folder(out):
+        return _train(samples, out, cfg, model, regressor, progress, *_distributed())
+
+
+@contextmanager
+def hold_run_folder(out_dir: str | os.PathLike):
+    """Hold a training run folder (``bodyfit.files.run_lock``) for the ``with`` block: rank 0
+    takes the lock, every rank learns whether it got it, and all stop together if not (no rank
+    is left waiting in a collective). Nested holds are fine: ``train`` holds the folder itself;
+    callers hold it earlier to stop before slow preparations (the CLI does).
+
+    Raises:
+        FolderLockedError: another run holds the folder (on every rank).
+    """
+    out = Path(out_dir)
+    rank, world = _distributed()
+    with ExitStack() as stack:
+        error = None
+        if rank == 0:
+            try:
+                stack.enter_context(run_lock(out, "bodyfit train"))
+            except FolderLockedError as e:
+                error = e
+        if world > 1:
+            refused = torch.tensor([0 if error is None else 1])
+            dist.broadcast(refused, 0)
+            if int(refused) and error is None:
+                error = FolderLockedError(f"{out} is in use by another run (rank 0 says which).", out, {})
+        if error is not None:
+            raise error
+        yield
+
+
+def _train(samples: KeypointSamples, out: Path, cfg, model, regressor, progress: bool,
+           rank: int, world: int) -> dict:
+    """:func:`train`'s work, with the run folder held."""
     ckpt_path = out / CHECKPOINT
     ckpt = None
     if ckpt_path.exists():  # checked before anything is built or imported: a bad file fails fast
@@ -164,7 +209,6 @@ def train(samples: KeypointSamples, out_dir: str | os.PathLike, cfg, model=None,
     from bodyfit.fitting import Fitter, load_config
     from bodyfit.observations import Observations
 
-    rank, world = _distributed()
     out.mkdir(parents=True, exist_ok=True)
     model = model if model is not None else body_model("anny")
     names = keypoint_names(samples.convention)
