@@ -1,6 +1,6 @@
 """The ``bodyfit`` command.
 
-    bodyfit fit IMAGE... --out DIR [--model anny|smpl|smplh|smplx] [--model-path PATH]
+    bodyfit fit IMAGE... --out DIR [--redo] [--model anny|smpl|smplh|smplx] [--model-path PATH]
                          [--device cpu] [OVERRIDE ...]
     bodyfit fit-views IMAGE... --calib CALIB --out DIR [--keypoints-only] [OVERRIDE ...]
     bodyfit fit-video VIDEO --out DIR [--every N] [--max-frames M] [--calib CALIB --view NAME]
@@ -13,6 +13,12 @@ OVERRIDEs are Hydra overrides of the packaged config (``stages.body.steps=300``,
 with a picture or video extension is a picture (``dir/a=b.jpg`` too); otherwise a word with ``=``
 or starting with ``+`` or ``~`` is an override (a file named ``init=mean`` does not change that).
 Everything after ``--`` is an override.
+
+Reruns: ``bodyfit fit`` skips a picture whose folder in ``--out`` already holds its fit (same
+content, by SHA-1, and same body model; counted as "already done") unless ``--redo`` is given; a
+result that is replaced is named in the log. Pictures above ``detector.max_pixels`` (16.8 Mpx)
+are detected and fitted downscaled, results written at full resolution (``downscaled`` in
+fit.json); a picture too large to decode (a decompression bomb) is reported and left out.
 
 Exit codes: 0 every picture fitted; 1 some pictures failed (each is reported); 2 bad usage;
 3 every picture fitted but some fits are flagged as far off (``flagged`` in fit.json).
@@ -46,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("words", nargs="+", metavar="IMAGE_OR_OVERRIDE",
                    help="picture files, and config overrides (bodyfit/configs/fit.yaml)")
     f.add_argument("--out", required=True, help="output folder")
+    f.add_argument("--redo", action="store_true",
+                   help="fit pictures again whose result in --out is already done (default: skip them)")
     common(f)
 
     mv = sub.add_parser("fit-views", help="one moment seen by calibrated cameras: one body fitted "
@@ -176,7 +184,9 @@ def _sha1(path) -> str:
 
 def _report(reports, out) -> int:
     for r in reports:
-        if r.ok:
+        if r.skipped:
+            print(f"{r.name or out}: already done -> {r.out_dir} (--redo fits it again)")
+        elif r.ok:
             s = r.summary
             print(f"{r.name or out}: reprojection {s['reprojection_error_px']:.1f} px "
                   f"({100 * s['reprojection_error_over_box']:.2f}% of the {s['box_height_px']:.0f} px box), "
@@ -184,39 +194,52 @@ def _report(reports, out) -> int:
         else:
             print(f"{r.name} not fitted: {r.error}", file=sys.stderr)
     failed = [r for r in reports if not r.ok]
+    skipped = [r for r in reports if r.skipped]
     flagged = [r for r in reports if r.ok and r.flagged]
     for r in flagged:
         print(f"{r.name or out} flagged: {r.flagged}", file=sys.stderr)
-    print(f"{len(reports) - len(failed)} fitted ({len(flagged)} flagged as far off), {len(failed)} failed; "
-          f"results in {out}")
+    done = f"{len(skipped)} already done, " if skipped else ""
+    print(f"{len(reports) - len(failed) - len(skipped)} fitted ({len(flagged)} flagged as far off), {done}"
+          f"{len(failed)} failed; results in {out}")
     return 1 if failed or not reports else (3 if flagged else 0)
 
 
 def _fit(args, pictures, cfg, model) -> int:
-    from bodyfit.data.images import read_image
-    from bodyfit.pipeline import PictureReport, Scene, fit_scenes
+    from bodyfit.data.images import check_picture_path, read_picture
+    from bodyfit.pipeline import PictureReport, Scene, done_result, fit_scenes
 
     if not pictures:
         print("bodyfit fit: give one or more pictures", file=sys.stderr)
         return 2
     names = _out_names(pictures)
-    failed, paths = [], {}
+    failed, skipped, paths = [], [], {}
     for path, name in zip(pictures, names):
         paths[name] = path
 
     def scenes():
         for name, path in paths.items():
             try:
-                image = read_image(path)
-            except (FileNotFoundError, ValueError) as e:
+                check_picture_path(path)
+                sha1 = _sha1(path)
+                target = Path(args.out) / name
+                done = None if args.redo else done_result(target, sha1, cfg.model.name)
+                if done is not None:
+                    log.info("%s: already done in %s, skipped (--redo fits it again)", path, target)
+                    skipped.append(PictureReport(name, True, target, summary=done, skipped=True))
+                    continue
+                image, full = read_picture(path, cfg.detector.max_pixels)
+            except (OSError, ValueError) as e:  # missing, a folder, unreadable, corrupt, a bomb
                 log.warning("%s left out: %s", path, e)
                 failed.append(PictureReport(name, False, error=str(e)))
                 continue
-            yield Scene([[image]], [name], extra={"source": str(Path(path).resolve()),
-                                                 "source_sha1": _sha1(path)})
+            if image.shape[:2] != full:
+                log.info("%s is %dx%d: detected and fitted at %dx%d (detector.max_pixels=%d)", path,
+                         full[1], full[0], image.shape[1], image.shape[0], cfg.detector.max_pixels)
+            yield Scene([[image]], [name], extra={"source": str(Path(path).resolve()), "source_sha1": sha1},
+                        full_sizes=[full])
 
     reports = fit_scenes(scenes(), args.out, model, cfg, progress=not args.quiet)
-    return _report(failed + reports, args.out)
+    return _report(failed + skipped + reports, args.out)
 
 
 def _demo(args, pictures, cfg, model) -> int:
@@ -245,8 +268,10 @@ def _demo(args, pictures, cfg, model) -> int:
 
 
 def _fit_views(args, pictures, cfg, model) -> int:
+    from dataclasses import replace
+
     from bodyfit.data.calibration import load_calibration, undistort_image
-    from bodyfit.data.images import read_image
+    from bodyfit.data.images import read_picture
     from bodyfit.pipeline import Scene, fit_scenes
 
     try:
@@ -259,15 +284,24 @@ def _fit_views(args, pictures, cfg, model) -> int:
               f"{args.calib} ({', '.join(c.name for c in calib)}): give one per camera, in that "
               f"order.", file=sys.stderr)
         return 2
-    images = []
+    images, sizes = [], []
     for path, cam in zip(pictures, calib):
         try:
-            images.append([undistort_image(read_image(path), cam)])
-        except (FileNotFoundError, ValueError) as e:
+            image, full = read_picture(path, cfg.detector.max_pixels)
+            H, W = cam.camera.image_size
+            if full != (H, W):
+                raise ValueError(f"picture is {full[1]}x{full[0]} but camera {cam.name!r} is calibrated "
+                                 f"for {W}x{H}: use the calibration of this camera and resolution.")
+            if image.shape[:2] != full:  # downscaled for the pixel budget: undistort at its size
+                cam = replace(cam, camera=cam.camera.at_most(max(image.shape[:2]))[0])
+            images.append([undistort_image(image, cam)])
+            sizes.append(full)
+        except (OSError, ValueError) as e:
             log.warning("view %s left out: %s", cam.name, e)
             images.append([None])
+            sizes.append(None)
     scene = Scene(images, [""], [c.camera for c in calib], [c.name for c in calib],
-                  extra={"source": [str(Path(p).resolve()) for p in pictures]})
+                  extra={"source": [str(Path(p).resolve()) for p in pictures]}, full_sizes=sizes)
     reports = fit_scenes([scene], args.out, model, cfg, dense=not args.keypoints_only, progress=False)
     code = _report(reports, args.out)
     return code if code else (1 if any(im[0] is None for im in images) else 0)

@@ -46,6 +46,7 @@ class DetectorConfig:
     min_detection_confidence: float = 0.5
     model_complexity: int = 1
     enable_segmentation: bool = True
+    max_pixels: int = 4096 * 4096  # pixel budget: larger pictures are detected and fitted downscaled
 
 
 def check(ok: bool, key: str, message: str) -> None:
@@ -80,6 +81,9 @@ def check_detector(det: DetectorConfig, key: str = "detector") -> None:
     check_number(det.min_detection_confidence, f"{key}.min_detection_confidence", 0.0, 1.0)
     check(det.model_complexity in (0, 1, 2), f"{key}.model_complexity",
           f"must be 0, 1 or 2, got {det.model_complexity!r}")
+    check(isinstance(det.max_pixels, int) and not isinstance(det.max_pixels, bool)
+          and det.max_pixels >= 64 * 64, f"{key}.max_pixels",
+          f"must be a whole number of pixels >= 4096 (64 x 64), got {det.max_pixels!r}")
 
 
 def compose(name: str, schema: type, overrides: list[str] | None = None):

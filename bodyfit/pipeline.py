@@ -7,6 +7,12 @@ as a sequence). One writer (:func:`save_result`) writes each fitted sample's fol
 convention, source, errors, energies, runtimes, messages), ``mesh.ply`` (world frame, metres)
 and an overlay picture per view. A picture that cannot be read or holds no person is reported
 and left out; the rest go on.
+
+Pictures above the pixel budget (``detector.max_pixels``) come in downscaled
+(``bodyfit.data.images.read_picture``) with their full size in ``Scene.full_sizes``: detection
+and fitting run at that size, and keypoints, K and errors are written at full resolution (the
+overlay at the working size; ``downscaled`` in fit.json). :func:`done_result` tells whether a
+result folder already holds the fit of a given picture (reruns skip it unless asked to redo).
 """
 from __future__ import annotations
 
@@ -43,6 +49,10 @@ class Scene:
         view_names: V names (overlay file names, messages).
         sequence: the T frames are consecutive frames of one person.
         extra: added to every fit.json (e.g. the source files).
+        full_sizes: per view the (H, W) of the picture files when ``pictures`` were read
+            downscaled for the pixel budget (``read_picture``: the working size is
+            ``working_size(full, max_pixels)``, the scale its longer side over the full one);
+            None (or None for a view): the pictures are at full size.
     """
 
     pictures: list[list[np.ndarray | None]]
@@ -51,18 +61,53 @@ class Scene:
     view_names: list[str] | None = None
     sequence: bool = False
     extra: dict = field(default_factory=dict)
+    full_sizes: list[tuple[int, int] | None] | None = None
+
+    def full_size(self, v: int) -> tuple[int, int]:
+        """View ``v``'s full-resolution (H, W): ``full_sizes``, else its pictures' size, else
+        its camera's.
+
+        Raises:
+            ValueError: the view has no picture and no camera.
+        """
+        if self.full_sizes is not None and self.full_sizes[v] is not None:
+            return tuple(int(x) for x in self.full_sizes[v])
+        pic = next((p for p in self.pictures[v] if p is not None), None)
+        if pic is not None:
+            return tuple(pic.shape[:2])
+        if self.cameras is not None:
+            return tuple(self.cameras[v].image_size)
+        raise ValueError(f"view {v} has no picture and no camera")
+
+    def downscaled(self, names: list[str]) -> dict:
+        """``{view name: {"original_hw", "working_hw", "scale"}}`` for the views whose
+        pictures are downscaled (the fit.json note); empty when none is."""
+        out = {}
+        for v, name in enumerate(names):
+            pic = next((p for p in self.pictures[v] if p is not None), None)
+            if pic is not None and self.picture_scale(v) < 1.0:
+                out[name] = {"original_hw": list(self.full_size(v)), "working_hw": list(pic.shape[:2]),
+                             "scale": self.picture_scale(v)}
+        return out
+
+    def picture_scale(self, v: int) -> float:
+        """View ``v``'s picture pixels per full-resolution pixel (1 unless downscaled)."""
+        pic = next((p for p in self.pictures[v] if p is not None), None)
+        return 1.0 if pic is None else max(pic.shape[:2]) / max(self.full_size(v))
 
 
 @dataclass
 class PictureReport:
-    """Outcome of one output folder: ``ok``; ``out_dir`` when written; ``error`` when not;
-    ``flagged``: why a written fit is far off (see ``FitResult.flagged``)."""
+    """Outcome of one output folder: ``ok``; ``out_dir`` when written (or found done:
+    ``skipped``); ``error`` when not; ``flagged``: why a written fit is far off (see
+    ``FitResult.flagged``)."""
 
     name: str
     ok: bool
     out_dir: Path | None = None
     error: str | None = None
     summary: dict | None = None
+    skipped: bool = False  # already done by an earlier run (``done_result``), not fitted again
 
     @property
     def flagged(self) -> str | None:
@@ -82,23 +127,30 @@ def _rescale(xy: np.ndarray, s: float) -> np.ndarray:
     return out
 
 
+def full_cameras(scene: Scene, fov_deg: float) -> list[Camera]:
+    """Per view the full-resolution Camera (batch 1, float32): the scene's calibrated cameras,
+    else one at the origin with ``default_intrinsics`` of the full picture size."""
+    if scene.cameras is None:
+        H, W = scene.full_size(0)
+        return [Camera.identity(default_intrinsics((H, W), 1, fov_deg), (H, W))]
+    return [Camera(*(x.float() for x in (c.K, c.R, c.t)), tuple(c.image_size)) for c in scene.cameras]
+
+
 def observe(scene: Scene, detections, fov_deg: float, dense: bool) -> tuple[Observations, list[float]]:
     """Observations of a scene from its detections (``detections[v][t]``, None where nobody was
-    found): keypoints, and with ``dense`` the person masks and pictures, at the working
-    resolution (longer side at most WORK_SIZE) where ``dense``. Returns them and each view's
-    scale from full resolution to the working one."""
+    found; keypoints in the pictures' pixels, which may be downscaled: ``Scene.full_sizes``):
+    keypoints, and with ``dense`` the person masks and pictures, at the working resolution:
+    full resolution for keypoints only, longer side at most WORK_SIZE where ``dense``. Returns
+    them and each view's scale from full resolution to the working one."""
     V, T = len(scene.pictures), len(scene.out_names)
-    cameras = scene.cameras
-    if cameras is None:
-        first = next(p for p in scene.pictures[0] if p is not None)
-        H, W = first.shape[:2]
-        cameras = [Camera.identity(default_intrinsics((H, W), 1, fov_deg), (H, W))]
+    cameras = full_cameras(scene, fov_deg)
     kps, masks, images, work, scales = [], [], [], [], []
     for v in range(V):
-        full = Camera(*(x.float() for x in (cameras[v].K, cameras[v].R, cameras[v].t)), tuple(cameras[v].image_size))
+        full = cameras[v]
         cam, s = full.at_most(WORK_SIZE) if dense else (full, 1.0)
         work.append(cam)
         scales.append(s)
+        to_work = s / scene.picture_scale(v)  # picture pixels -> working pixels
         h, w = cam.image_size
         kp_v, mask_v, img_v = [], [], []
         for t in range(T):
@@ -107,7 +159,7 @@ def observe(scene: Scene, detections, fov_deg: float, dense: bool) -> tuple[Obse
             mask = np.zeros((h, w), np.float32)
             if det is not None:
                 kp = torch.as_tensor(det.keypoints, dtype=torch.float32).clone()
-                kp[:, :2] = (kp[:, :2] + 0.5) * s - 0.5
+                kp[:, :2] = (kp[:, :2] + 0.5) * to_work - 0.5
                 if dense and det.mask is not None:
                     mask = _resize(det.mask.astype(np.float32), (h, w))
             kp_v.append(kp)
@@ -158,9 +210,10 @@ def fit_scenes(scenes, out_dir: str | Path, model=None, config=None, dense: bool
                     try:
                         if pic is None:
                             raise ValueError("no picture")
-                        if scene.cameras is not None and tuple(pic.shape[:2]) != tuple(scene.cameras[v].image_size):
+                        full = scene.full_size(v)
+                        if scene.cameras is not None and full != tuple(scene.cameras[v].image_size):
                             H, W = scene.cameras[v].image_size
-                            raise ValueError(f"picture is {pic.shape[1]}x{pic.shape[0]} but the "
+                            raise ValueError(f"picture is {full[1]}x{full[0]} but the "
                                              f"calibration says {W}x{H}")
                         dets[v].append(detector.detect(pic))
                     except (ValueError, NoPersonError) as e:
@@ -172,6 +225,14 @@ def fit_scenes(scenes, out_dir: str | Path, model=None, config=None, dense: bool
                 continue
             t1 = time.perf_counter()
             obs, scales = observe(scene, dets, cfg.fov_deg, dense)
+            cams = full_cameras(scene, cfg.fov_deg)
+            extra = dict(scene.extra)
+            shrunk = scene.downscaled(names)
+            if shrunk:  # one view: its entry itself; several: per view name
+                extra["downscaled"] = {
+                    **(shrunk[names[0]] if len(names) == 1 else shrunk), "note": (f"above the pixel budget (detector.max_pixels={det_cfg.max_pixels}): "
+                                       "detected and fitted downscaled; keypoints, K and errors are at the "
+                                       "original size, the overlay at the working size")}
             result = fitter(obs, initialize(obs, model, cfg.init), vertices=True)
             T = len(scene.out_names)
             runtime = {"detection": (t1 - t0) / T, **{k: v / T for k, v in result.runtime_s.items()},
@@ -183,7 +244,7 @@ def fit_scenes(scenes, out_dir: str | Path, model=None, config=None, dense: bool
                 target = out_dir / name
                 try:
                     summary = save_result(result, t, target, [p[t] for p in scene.pictures], scales,
-                                          scene.cameras, runtime, scene.extra)
+                                          cams, runtime, extra)
                 except OSError as e:  # a full disk, a read-only or occupied --out: this one fails
                     log.error("%s: could not write the result: %s", target, e)
                     reports.append(PictureReport(name or out_dir.name, False, error=f"could not write: {e}"))
@@ -210,7 +271,8 @@ def save_result(result: FitResult, b: int, out_dir: str | Path, pictures=None, s
     ``mesh.ply`` (world frame, metres) and ``overlay.png`` (one view) or ``overlay_<view>.png``.
 
     Args:
-        pictures: per view the full-resolution picture or None (no overlay for that view).
+        pictures: per view the picture or None (no overlay for that view), at full resolution
+            or downscaled (the overlay is drawn at the picture's size).
         scales: per view the working resolution over the full one (1 when the fit ran at full
             resolution); keypoints, projections and errors are written at full resolution.
         full_cameras: per view the full-resolution Camera (batch 1); the result's otherwise.
@@ -279,10 +341,20 @@ def save_result(result: FitResult, b: int, out_dir: str | Path, pictures=None, s
             for v, name in enumerate(result.view_names):
                 if pictures is None or pictures[v] is None:
                     continue
-                pic = overlay_picture(pictures[v], arrays["vertices"] @ R[v].T + t[v], arrays["faces"], K[v],
-                                      kp[v], proj[v])
+                Kp, kpp, projp = K[v], kp[v], proj[v]
+                H, W = cams[v].image_size
+                if tuple(pictures[v].shape[:2]) != (H, W):  # a downscaled picture: draw at its size
+                    sp = max(pictures[v].shape[:2]) / max(H, W)
+                    Kp = Kp.copy()
+                    Kp[:2, :2] *= sp
+                    Kp[:2, 2] = (Kp[:2, 2] + 0.5) * sp - 0.5
+                    kpp, projp = _rescale(kpp, 1 / sp), _rescale(projp, 1 / sp)
+                pic = overlay_picture(pictures[v], arrays["vertices"] @ R[v].T + t[v], arrays["faces"], Kp,
+                                      kpp, projp)
                 write_image(tmp / ("overlay.png" if one else f"overlay_{name}.png"), pic)
+        old = previous_result(out_dir)
         _publish(tmp, out_dir)
+        _say_replaced(out_dir, old, summary)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -290,6 +362,57 @@ def save_result(result: FitResult, b: int, out_dir: str | Path, pictures=None, s
 
 
 RESULT_FILES = ("fit.npz", "fit.json", "mesh.ply", "overlay.png")
+
+
+def previous_result(folder: str | Path) -> dict | None:
+    """The fit.json summary of the finished result in ``folder``, or None: no folder, no
+    ``fit.npz``, or a ``fit.json`` that is missing or not a JSON object (result folders are
+    published whole, so both files present means a complete result)."""
+    folder = Path(folder)
+    try:
+        if not (folder / "fit.npz").is_file():
+            return None
+        summary = json.loads((folder / "fit.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def done_result(folder: str | Path, source_sha1: str, model: str | None = None) -> dict | None:
+    """The fit.json summary of ``folder`` when it already holds the finished fit of the picture
+    whose content has SHA-1 ``source_sha1`` (hex), made with body model ``model`` when given;
+    None otherwise (nothing there, another picture or model, an unreadable result). Reruns
+    (``bodyfit fit``, pseudo-GT) skip such a picture unless asked to redo it."""
+    summary = previous_result(folder)
+    if summary is None or summary.get("source_sha1") != source_sha1:
+        return None
+    if model is not None and summary.get("model") != model:
+        return None
+    return summary
+
+
+def _describe(summary: dict) -> str:
+    """A previous result in a few words: its model, source and the source's SHA-1."""
+    src = summary.get("source")
+    src = src if isinstance(src, str) else (", ".join(map(str, src)) if isinstance(src, list) else "?")
+    sha = summary.get("source_sha1")
+    sha = f", sha1 {sha[:10]}" if isinstance(sha, str) else ""
+    return f"{summary.get('model', '?')} fit of {src}{sha}"
+
+
+def _say_replaced(out_dir: Path, old: dict | None, new: dict) -> None:
+    """Log that the result ``old`` (a fit.json summary; None: there was none) in ``out_dir``
+    was replaced by ``new``: a warning when it came from another picture or model, else (a
+    redo) an info line."""
+    if old is None:
+        return
+    same = (old.get("source_sha1") is not None and old.get("source_sha1") == new.get("source_sha1")
+            and old.get("model") == new.get("model"))
+    if same:
+        log.info("%s: replaced the previous result (%s): fitted again", out_dir, _describe(old))
+    else:
+        log.warning("%s: replaced the previous result (%s) by the %s", out_dir, _describe(old),
+                    _describe(new))
 
 
 def _publish(tmp: Path, out_dir: Path) -> None:
@@ -314,7 +437,6 @@ def _publish(tmp: Path, out_dir: Path) -> None:
             os.fsync(fh.fileno())
     old = None
     if out_dir.exists():
-        log.info("replacing the previous result in %s", out_dir)
         old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
         os.replace(out_dir, old)
     os.replace(tmp, out_dir)

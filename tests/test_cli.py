@@ -164,3 +164,76 @@ def test_second_train_on_a_run_folder_stops_at_once(tmp_path, folder_holder, cap
     err = capsys.readouterr().err
     assert str(run) in err and f"pid {holder.pid}" in err and "in use by another run" in err
     assert sorted(p.name for p in run.iterdir()) == ["run.lock"]  # nothing of the running one touched
+
+
+@needs_mediapipe
+def test_bombs_folders_and_missing_pictures_are_reported_one_by_one(tmp_path, capsys):
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    bomb = tmp_path / "bomb.png"  # declares 100000 x 100000 RGB (30 GB) in 74 bytes
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
+    folder = tmp_path / "holiday"
+    folder.mkdir()
+    blank = write_image(tmp_path / "blank.png", np.full((240, 320, 3), 128, np.uint8))
+    code = main(["fit", str(bomb), str(folder), str(tmp_path / "missing.jpg"), str(blank),
+                 "--out", str(tmp_path / "out"), "--quiet"])
+    assert code == 1
+    captured = capsys.readouterr()
+    err = captured.err
+    assert "bomb.png" in err and "declares a 100000x100000 picture" in err and "decompression bomb" in err
+    assert f"{folder}' is a folder, not a picture file" in err
+    assert "missing.jpg" in err and "not found" in err
+    assert "blank not fitted: no person found" in err  # the run went on to the last picture
+    assert "0 fitted (0 flagged as far off), 4 failed" in captured.out
+
+
+@pytest.mark.slow
+def test_big_pictures_are_fitted_downscaled_and_reruns_skip_what_is_done(tmp_path, real_frame, capsys):
+    """A picture above detector.max_pixels is detected and fitted at the working size and
+    written at full size; a rerun skips it (same content, same model) unless --redo; a changed
+    picture under the same name is fitted again and the replaced result is named."""
+    import cv2
+
+    h, w = real_frame.shape[:2]
+    pic = tmp_path / "walker.jpg"
+    big = cv2.resize(real_frame, (2 * w, 2 * h), interpolation=cv2.INTER_LINEAR)
+    write_image(pic, big)
+    out = tmp_path / "out"
+    args = ["fit", str(pic), "--out", str(out), "--quiet", "stages.body.steps=10", f"detector.max_pixels={h * w}"]
+    assert main(args) == 0
+    d = out / "walker"
+    s = json.loads((d / "fit.json").read_text())
+    note = s["downscaled"]
+    assert "detector.max_pixels" in note.pop("note")
+    assert note == {"original_hw": [2 * h, 2 * w], "working_hw": [h, w], "scale": 0.5}
+    first = np.load(d / "fit.npz")
+    assert abs(first["K"][0, 2] - w) < 1e-3 and abs(first["K"][1, 2] - h) < 1e-3  # the full picture's camera
+    assert cv2.imread(str(d / "overlay.png")).shape[:2] == (h, 2 * w)  # drawn at the working size
+    capsys.readouterr()
+
+    written = {p.name: p.stat().st_mtime_ns for p in d.iterdir()}
+    assert main(args) == 0  # the same picture again: already done
+    captured = capsys.readouterr()
+    assert "walker: already done" in captured.out and "0 fitted (0 flagged as far off), 1 already done" in captured.out
+    assert {p.name: p.stat().st_mtime_ns for p in d.iterdir()} == written
+
+    write_image(pic, real_frame)  # another picture under the same name, at the working size
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "1 fitted" in captured.out
+    assert f"replaced the previous result (anny fit of {pic.resolve()}, sha1" in captured.err
+    second = np.load(d / "fit.npz")
+    assert "downscaled" not in json.loads((d / "fit.json").read_text())
+    seen = (first["keypoints"][:, 2] > 0.5) & (second["keypoints"][:, 2] > 0.5)
+    assert seen.sum() > 15
+    gap = np.linalg.norm((first["keypoints"][seen, :2] + 0.5) / 2 - 0.5 - second["keypoints"][seen, :2], axis=1)
+    assert np.median(gap) < 3.0  # the same detections, mapped back to full resolution
+
+    assert main([*args, "--redo"]) == 0  # asked to redo: fitted again
+    assert "1 fitted" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in d.iterdir()} != written

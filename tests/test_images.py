@@ -154,3 +154,112 @@ def test_write_image_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         write_image(p, np.zeros((5, 5, 3), np.uint8))
     assert p.read_bytes() == before and sorted(x.name for x in tmp_path.iterdir()) == ["pic.png"]
+
+
+# -- pixel budget and decompression bombs --------------------------------------------------------
+
+def _png_header_only(width, height):
+    """A PNG that declares ``width`` x ``height`` RGB but holds a few bytes of data."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b""))
+
+
+def test_declared_size_is_read_without_decoding(tmp_path):
+    from bodyfit.data.images import picture_size
+
+    img = _picture(37, 53)
+    for ext in (".png", ".jpg", ".bmp", ".webp", ".tif", ".ppm"):
+        ok, buf = cv2.imencode(ext, img)
+        (tmp_path / f"p{ext}").write_bytes(buf.tobytes())
+        assert picture_size(tmp_path / f"p{ext}") == (37, 53), ext
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    (tmp_path / "prog.jpg").write_bytes(buf.tobytes())
+    assert picture_size(tmp_path / "prog.jpg") == (37, 53)
+    (tmp_path / "bomb.png").write_bytes(_png_header_only(100000, 90000))
+    assert picture_size(tmp_path / "bomb.png") == (90000, 100000)
+
+
+def test_working_size_keeps_the_budget_and_matches_the_camera():
+    from bodyfit.cameras import Camera, default_intrinsics
+    from bodyfit.data.images import working_size
+
+    assert working_size((3000, 4000), None) == ((3000, 4000), 1.0)
+    assert working_size((3000, 4000), 12_000_000) == ((3000, 4000), 1.0)
+    for H, W, budget in [(9000, 9000, 4096 * 4096), (3001, 20000, 1_000_000), (7, 100000, 5000)]:
+        (h, w), s = working_size((H, W), budget)
+        assert h * w <= budget and (h * w > 0.95 * budget or h == 1)
+        cam = Camera.identity(default_intrinsics((H, W)), (H, W))
+        assert cam.at_most(max(h, w))[0].image_size == (h, w)  # the camera of the working picture
+        assert s == max(h, w) / max(H, W)
+
+
+def test_a_decompression_bomb_is_refused_before_decoding(tmp_path):
+    p = tmp_path / "bomb.png"
+    p.write_bytes(_png_header_only(100000, 100000))
+    with pytest.raises(ValueError, match=r"bomb\.png.*declares a 100000x100000 picture.*decompression bomb"):
+        read_image(p)
+    from bodyfit.data.images import read_picture
+
+    with pytest.raises(ValueError, match="decompression bomb"):
+        read_picture(p, max_pixels=1000)  # a PNG is decoded whole, whatever the budget
+
+
+def test_a_folder_is_not_called_missing(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a folder, not a picture file"):
+        read_image(tmp_path)
+
+
+def test_pixel_budget_reads_a_smaller_picture_at_the_same_place(tmp_path):
+    """Downscaled the way the camera is (Camera.at_most): a feature keeps its place."""
+    from bodyfit.data.images import read_picture
+
+    img = np.zeros((1200, 1600, 3), np.uint8)
+    img[600:700, 1000:1100] = (255, 0, 0)  # a red square centred at (1049.5, 649.5)
+    p = write_image(tmp_path / "big.png", img)
+    small, full = read_picture(p, max_pixels=400 * 300)
+    assert full == (1200, 1600) and small.shape == (300, 400, 3)
+    ys, xs = np.nonzero(small[..., 0] > 128)
+    s = 400 / 1600
+    assert abs(xs.mean() - ((1049.5 + 0.5) * s - 0.5)) < 0.6 and abs(ys.mean() - ((649.5 + 0.5) * s - 0.5)) < 0.6
+    assert (small[ys, xs, 1] < 30).all()  # still red: RGB order
+    same, full = read_picture(p, max_pixels=None)
+    np.testing.assert_array_equal(same, img)
+
+
+MEASURE = r"""
+import resource, sys
+from bodyfit.data.images import read_picture
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+rgb, full = read_picture(sys.argv[1], int(sys.argv[2]))
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(rgb.shape[0], rgb.shape[1], full[0], full[1], grown // 1024, int(rgb[..., 0].mean()), int(rgb[..., 2].mean()))
+"""
+
+
+def test_huge_jpeg_is_decoded_reduced_under_a_memory_bound(tmp_path):
+    """A 9000 x 9000 JPEG (243 MB as RGB; a full decode grows the process by about 470 MB) is
+    read within its pixel budget: libjpeg decodes it at 1/2, the peak memory grows by less than
+    160 MB (measured: about 120 MB) in a fresh process."""
+    import subprocess
+    import sys
+
+    small = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 256, (120, 120, 3), dtype=np.uint8), (9, 9), 3)
+    small[..., 0] = 200  # red channel high, blue varying: the RGB order is checked too
+    big = cv2.resize(small, (9000, 9000), interpolation=cv2.INTER_LINEAR)
+    path = tmp_path / "huge.jpg"
+    assert cv2.imwrite(str(path), cv2.cvtColor(big, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    blue = int(big[..., 2].mean())
+    del big
+    out = subprocess.run([sys.executable, "-c", MEASURE, str(path), str(4096 * 4096)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    h, w, H, W, grown_mb, red, blue_read = map(int, out.stdout.split())
+    assert (h, w, H, W) == (4096, 4096, 9000, 9000)
+    assert abs(red - 200) <= 3 and abs(blue_read - blue) <= 3
+    assert grown_mb < 160, f"reading grew the process by {grown_mb} MB"

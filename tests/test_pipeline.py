@@ -49,3 +49,81 @@ def test_foreign_folders_and_invalid_fits_are_refused(result, tmp_path):
     with pytest.raises(ValueError, match="invalid fit"):
         save_result(result, 1, tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.fixture
+def pipeline_log():
+    """Records of the bodyfit.pipeline logger (the CLI stops 'bodyfit' from propagating)."""
+    import logging
+
+    records = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append
+    logger = logging.getLogger("bodyfit.pipeline")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield records
+    logger.removeHandler(handler)
+    logger.setLevel(old_level)
+
+
+def test_done_result_knows_the_finished_fit_of_the_same_picture(result, tmp_path, pipeline_log):
+    from bodyfit.pipeline import done_result
+
+    out = tmp_path / "pic"
+    assert done_result(out, "aaa111") is None
+    save_result(result, 0, out, extra={"source": "/pics/a.jpg", "source_sha1": "aaa111"})
+    assert done_result(out, "aaa111")["source"] == "/pics/a.jpg"
+    assert done_result(out, "aaa111", model="anny") is not None
+    assert done_result(out, "bbb222") is None  # another picture under the same name
+    assert done_result(out, "aaa111", model="smpl") is None  # another body model
+    assert not pipeline_log
+    save_result(result, 0, out, extra={"source": "/pics/a.jpg", "source_sha1": "aaa111"})  # a redo
+    assert [r.levelname for r in pipeline_log] == ["INFO"]
+    assert "replaced the previous result (anny fit of /pics/a.jpg, sha1 aaa111)" in pipeline_log[0].getMessage()
+    save_result(result, 0, out, extra={"source": "/pics/b.jpg", "source_sha1": "bbb222"})
+    assert pipeline_log[1].levelname == "WARNING"
+    assert ("replaced the previous result (anny fit of /pics/a.jpg, sha1 aaa111) by the anny fit of "
+            "/pics/b.jpg, sha1 bbb222") in pipeline_log[1].getMessage()
+    (out / "fit.json").write_text("{ not json")
+    assert done_result(out, "bbb222") is None  # unreadable: not done
+    (out / "fit.json").write_text(json.dumps({"source_sha1": "bbb222", "model": "anny"}))
+    (out / "fit.npz").unlink()
+    assert done_result(out, "bbb222") is None  # incomplete: not done
+
+
+def test_a_downscaled_picture_gets_its_overlay_at_its_size_and_results_at_full_size(result, tmp_path):
+    import cv2
+
+    H, W = result.cameras[0].image_size
+    save_result(result, 0, tmp_path / "full", [np.zeros((H, W, 3), np.uint8)])
+    save_result(result, 0, tmp_path / "half", [np.zeros((H // 2, W // 2, 3), np.uint8)])
+    full = cv2.imread(str(tmp_path / "full" / "overlay.png"))[:, :W]  # the front view
+    half = cv2.imread(str(tmp_path / "half" / "overlay.png"))
+    assert half.shape[:2] == (H // 2, 2 * (W // 2))
+    half = half[:, :W // 2]
+
+    def centre(img):
+        ys, xs = np.nonzero(img.max(-1) > 20)
+        return np.array([xs.mean() + 0.5, ys.mean() + 0.5])
+
+    # the body is drawn at the same place (markers keep their size in pixels: a few px of slack;
+    # a K left at full resolution would put it about 200 px off)
+    assert np.abs(centre(half) - centre(full) / 2).max() < 4.0
+    for d in ("full", "half"):
+        data = np.load(tmp_path / d / "fit.npz")
+        np.testing.assert_allclose(data["K"], result.cameras[0].K[0].numpy(), rtol=1e-6)  # full resolution
+        np.testing.assert_allclose(data["keypoints"], result.keypoints[0, 0].numpy(), rtol=1e-6)
+
+
+def test_scene_maps_a_downscaled_picture_to_full_resolution():
+    from bodyfit.pipeline import Scene, full_cameras
+
+    scene = Scene([[np.zeros((300, 400, 3), np.uint8)]], ["a"], full_sizes=[(1200, 1600)])
+    assert scene.full_size(0) == (1200, 1600) and scene.picture_scale(0) == 0.25
+    assert scene.downscaled(["picture"]) == {"picture": {"original_hw": [1200, 1600], "working_hw": [300, 400],
+                                                         "scale": 0.25}}
+    cam = full_cameras(scene, 55.0)[0]
+    assert cam.image_size == (1200, 1600) and float(cam.K[0, 0, 2]) == 800.0
+    assert Scene([[np.zeros((30, 40, 3), np.uint8)]], ["b"]).downscaled(["picture"]) == {}
