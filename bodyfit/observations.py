@@ -281,8 +281,9 @@ def _camera_problems(cam: Camera, B: int) -> list[str | None]:
     out = []
     for b in range(cam.batch_size):
         Kb, Rb, tb = K[b], R[b], t[b]
-        if not (torch.isfinite(Kb).all() and torch.isfinite(Rb).all() and torch.isfinite(tb).all()):
-            why = "the camera holds NaN or inf (check K, R, t)"
+        bad = [n for n, x in (("K", Kb), ("R", Rb), ("t", tb)) if not torch.isfinite(x).all()]
+        if bad:
+            why = f"{' and '.join(bad)} {'is' if len(bad) == 1 else 'are'} not finite (NaN or inf)"
         elif float(Kb[0, 0]) <= 0 or float(Kb[1, 1]) <= 0:
             why = (f"focal lengths must be positive pixels, got fx={float(Kb[0, 0]):g}, "
                    f"fy={float(Kb[1, 1]):g}")

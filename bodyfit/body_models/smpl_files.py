@@ -8,9 +8,11 @@ to lay them out). ``resolve_model_file`` finds the file for a model and gender i
 Loading: official SMPL ``.pkl`` files hold chumpy objects, and chumpy does not import on current
 Python/NumPy. ``load_model_arrays`` reads ``.pkl`` files with a restricted unpickler that maps any
 chumpy class to a stand-in holding the stored array, allows the numpy / scipy.sparse classes model
-files use, and refuses every other global (``pickle.UnpicklingError``), so a model file cannot run
-code. ``.npz`` files are read with ``allow_pickle=False``. The arrays are then checked (keys and
-shapes) and handed to smplx as plain numpy arrays.
+files use, and refuses every other global (:class:`UnsafePickleError`, a
+``pickle.UnpicklingError`` and a ``ValueError``), so a model file cannot run code. ``.npz`` files
+are read with ``allow_pickle=False``. A file that is not a model file at all (text, random bytes,
+cut short, or asking for more memory than there is) is a ``ValueError`` naming the file. The
+arrays are then checked (keys and shapes) and handed to smplx as plain numpy arrays.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["ENV_VAR", "GENDERS", "KINDS", "ModelKind", "candidate_paths", "resolve_model_file",
-           "ChumpyArray", "RestrictedUnpickler", "read_model_file", "load_model_arrays"]
+           "ChumpyArray", "RestrictedUnpickler", "UnsafePickleError", "read_model_file",
+           "load_model_arrays"]
 
 ENV_VAR = "BODYFIT_SMPL_DIR"
 GENDERS = ("neutral", "male", "female")
@@ -173,10 +176,14 @@ def _numpy_core(sub: str):
         return importlib.import_module(f"numpy.core.{sub}")
 
 
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """A model file's pickle names a global that is not allowed (unpickling it could run code)."""
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """Unpickler for SMPL-family model files: chumpy -> ``ChumpyArray``; numpy arrays, dtypes and
     scalars; scipy.sparse matrices; a few harmless builtins. Any other global raises
-    ``pickle.UnpicklingError`` (a pickle can otherwise run arbitrary code)."""
+    :class:`UnsafePickleError` (a pickle can otherwise run arbitrary code)."""
 
     def find_class(self, module: str, name: str):
         if module == "chumpy" or module.startswith("chumpy."):
@@ -203,7 +210,7 @@ class RestrictedUnpickler(pickle.Unpickler):
             import scipy.sparse
 
             return getattr(scipy.sparse, name)
-        raise pickle.UnpicklingError(
+        raise UnsafePickleError(
             f"refusing to load global {module}.{name} from a model file: only numpy, "
             "scipy.sparse and chumpy arrays are allowed")
 
@@ -239,8 +246,10 @@ def read_model_file(path: str | os.PathLike) -> dict:
     turned into numpy arrays.
 
     Raises:
-        pickle.UnpicklingError: the pickle references a global that is not allowed.
+        UnsafePickleError: the pickle references a global that is not allowed.
         ValueError: the file does not hold a dict of arrays.
+        Anything the pickle or zip reader raises on a file that is not a model file
+        (:func:`load_model_arrays` turns those into a ValueError naming the file).
     """
     path = Path(path)
     if path.suffix.lower() == ".npz":
@@ -330,20 +339,31 @@ def load_model_arrays(path: str | os.PathLike, kind: str = "smpl") -> dict[str, 
     SMPL-X).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        pickle.UnpicklingError: the pickle references a forbidden global.
-        ValueError: missing keys or wrong array shapes (the message names them).
+        FileNotFoundError: ``path`` does not exist. IsADirectoryError: ``path`` is a folder.
+        UnsafePickleError: the pickle references a forbidden global (also a ValueError and a
+            ``pickle.UnpicklingError``).
+        ValueError: not a model file (text, random bytes, a truncated file, a pickle asking for
+            more memory than there is), missing keys or wrong array shapes; the message names
+            the file and the problem.
     """
     path = Path(path)
+    label = KINDS[kind].label
+    if path.is_dir():
+        raise IsADirectoryError(f"{label} model file {path} is a folder: pass the .pkl/.npz file, "
+                                f"or the folder as model_path (see resolve_model_file).")
     if not path.is_file():
-        raise FileNotFoundError(f"{KINDS[kind].label} model file not found: looked at {path}. "
+        raise FileNotFoundError(f"{label} model file not found: looked at {path}. "
                                 + _license_hint(kind, str(path)))
     try:
         raw = read_model_file(path)
-    except pickle.UnpicklingError as e:
-        raise pickle.UnpicklingError(f"{path}: {e}") from None
-    except (EOFError, OSError, ValueError, TypeError, AttributeError, KeyError, IndexError) as e:
-        raise ValueError(f"{path} is not a readable {KINDS[kind].label} model file ({e}). "
-                         + _license_hint(kind, str(path))) from e
+    except UnsafePickleError as e:
+        raise UnsafePickleError(f"{path}: {e}") from None
+    except MemoryError:
+        raise ValueError(f"{path} is not a readable {label} model file: it asks for more memory than "
+                         f"there is (a damaged or crafted file). " + _license_hint(kind, str(path))) from None
+    except Exception as e:  # text, random bytes, cut short: the reader fails in many ways
+        what = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        raise ValueError(f"{path} is not a readable {label} model file ({what}): a damaged file, or "
+                         f"not a model file. " + _license_hint(kind, str(path))) from None
     return _check_arrays(raw, kind, path)
 

@@ -82,7 +82,10 @@ def load_calibration(path: str | os.PathLike) -> list[CalibratedCamera]:
         raise FileNotFoundError(f"Calibration file not found: {str(p)!r}")
     name = p.name.lower()
     if name.endswith(".qca.txt"):
-        calib = read_qca_calibration(p)
+        try:
+            calib = read_qca_calibration(p)
+        except ValueError as e:  # name the file as the TOML reader does
+            raise ValueError(str(e) if str(p) in str(e) else f"{p}: {e}") from None
     elif name.endswith(".toml"):
         calib = read_toml_calibration(p)
     else:
@@ -159,10 +162,18 @@ def read_qca_calibration(path_or_text) -> dict[str, dict]:
             except ValueError:
                 raise ValueError(f"Camera {name!r}: <{el.tag} {key}={v!r}> is not a number.") from None
 
-        left, top = num(fov, "left"), num(fov, "top")
-        size = (int(round(num(fov, "right") - left + 1)), int(round(num(fov, "bottom") - top + 1)))
+        left, top, right, bottom = (num(fov, k) for k in ("left", "top", "right", "bottom"))
+        if not all(np.isfinite([left, top, right, bottom])) or right < left or bottom < top:
+            raise ValueError(f"Camera {name!r}: <fov_video left={left:g} top={top:g} right={right:g} "
+                             f"bottom={bottom:g}> is not a picture area (finite, right >= left, "
+                             f"bottom >= top).")
+        size = (int(round(right - left + 1)), int(round(bottom - top + 1)))
         s = _QCA_SUBPIXELS
         fx, fy = num(intr, "focalLengthU") / s, num(intr, "focalLengthV") / s
+        if not (np.isfinite(fx) and np.isfinite(fy) and fx > 0 and fy > 0):
+            raise ValueError(f"Camera {name!r}: the focal lengths must be finite and positive, got "
+                             f"focalLengthU={fx * s:g}, focalLengthV={fy * s:g} (fx={fx:g}, fy={fy:g} px): "
+                             f"check the calibration of this camera.")
         cx, cy = num(intr, "centerPointU") / s - left, num(intr, "centerPointV") / s - top
         K = np.array([[fx, num(intr, "skew", 0.0) / s, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
         dist = np.array(
@@ -176,6 +187,11 @@ def read_qca_calibration(path_or_text) -> dict[str, dict]:
         ) / s
         M = np.array([[num(tr, f"r{r}{c}") for c in (1, 2, 3)] for r in (1, 2, 3)])
         center = np.array([num(tr, "x"), num(tr, "y"), num(tr, "z")]) / 1000.0
+        for label, values in (("<intrinsic> principal point and skew", K), ("distortion", dist),
+                              ("<transform> rotation r11..r33", M), ("<transform> position x, y, z", center)):
+            if not np.isfinite(values).all():
+                raise ValueError(f"Camera {name!r}: the {label} holds NaN or inf: check the "
+                                 f"calibration of this camera.")
         if np.abs(M @ M.T - np.eye(3)).max() > 1e-3:
             raise ValueError(f"Camera {name!r}: the transform r11..r33 is not a rotation matrix.")
         R = _FLIP_YZ @ M
