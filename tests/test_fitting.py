@@ -195,3 +195,57 @@ def test_run_stage_minimizes_and_freezes_non_finite_samples(anny, optimizer):
         run_stage(start, energy, ["transl"], {"data": 1.0}, 1, 0.1, optimizer="sgd")
     with pytest.raises(ValueError, match="free parameters"):
         run_stage(start, energy, ["betas"], {"data": 1.0}, 1, 0.1)
+
+
+def test_converged_samples_leave_the_batch_and_the_rest_go_on_unchanged(anny):
+    """Pausing at compaction and going on with the samples still moving (their Adam moments
+    and step count carried over) gives the fit of one uninterrupted stage, and samples that
+    converge stop moving at their own step."""
+    target = torch.tensor([[0.0, 0.0, 5.01], [0.3, -0.1, 4.0], [1.0, 1.0, 2.0], [0.0, 0.0, 5.2]])
+    start = anny.default_params(4)
+
+    def energy_of(rows):
+        def energy(p: BodyParams):
+            return {"data": ((p.transl - target[rows]) ** 2).sum(1) + 0.01}
+        return energy
+
+    kw = dict(free=["transl"], weights={"data": 1.0}, steps=300, lr=0.05, ftol=1e-4, check_every=5)
+    whole = run_stage(start, energy_of(torch.arange(4)), **kw)
+    assert whole.state is None and bool(whole.converged.all())
+    assert whole.sample_steps.min() < whole.sample_steps.max() <= 300  # each stopped at its own step
+    rows = torch.arange(4)
+    part = run_stage(start, energy_of(rows), compact=0.75, **kw)
+    assert part.state is not None and 0 < int(part.moving.sum()) <= 3
+    paused, merged = part.state, part
+    while part.state is not None:
+        keep = torch.nonzero(part.moving).flatten()
+        rows = rows[keep]
+        part = run_stage(part.params.index(keep), energy_of(rows), compact=0.75,
+                         state=part.state.index(keep), **kw)
+        merged = merged.put(rows, part)
+    assert torch.allclose(merged.params.transl, whole.params.transl, atol=1e-6)
+    assert torch.equal(merged.sample_steps, whole.sample_steps) and bool(merged.converged.all())
+    with pytest.raises(ValueError, match="resumed"):
+        run_stage(start, energy_of(torch.arange(4)), optimizer="lbfgs", state=paused, **kw)
+
+
+def test_compacting_fitter_gives_the_uncompacted_fit(anny, monkeypatch):
+    import bodyfit.fitting.fitter as fitter_module
+
+    batches = []
+
+    def counting(params, *args, **kwargs):
+        batches.append(params.batch_size)
+        return run_stage(params, *args, **kwargs)
+
+    monkeypatch.setattr(fitter_module, "run_stage", counting)
+    sb = synthetic_batch(anny, 6, "mediapipe33", generator=torch.Generator().manual_seed(4))
+    obs = Observations.from_pictures(sb.keypoints, K=sb.K, boxes=sb.boxes)
+    results = []
+    for c in (0, 0.9):
+        batches.clear()
+        results.append(Fitter(anny, overrides=["ftol=1e-2", "stages.body.steps=60", f"compact={c}"])(
+            obs, vertices=False))
+    assert any(b < 6 for b in batches)  # the compacted fit went on with fewer samples
+    assert torch.allclose(results[0].joints, results[1].joints, atol=1e-4)
+    assert torch.equal(results[0].converged, results[1].converged) and bool(results[0].converged.any())

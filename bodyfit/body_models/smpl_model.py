@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from bodyfit.body_models.base import BodyModel, BodyOutput, BodyParams
+from bodyfit.body_models.kinematics import KinematicTree, axis_angle_to_matrix
 from bodyfit.body_models.keypoint_tables import (SMPL_KEYPOINT_OVERRIDES, SMPL_KEYPOINTS,
                                                  keypoint_table_map)
 from bodyfit.body_models.smpl_files import KINDS, load_model_arrays, resolve_model_file
@@ -129,6 +130,36 @@ class SMPLFamilyModel(BodyModel):
         self.up_to_camera = torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=dtype))
         self._keypoint_table = self._resolve(SMPL_KEYPOINTS)
         self._keypoint_overrides = {c: self._resolve(t) for c, t in SMPL_KEYPOINT_OVERRIDES.items()}
+        self._prepare_landmarks()
+
+    def _prepare_landmarks(self) -> None:
+        """Precompute what :meth:`_landmarks` needs: the rest joints' shape basis
+        (``J_regressor`` applied to the template and the shape directions) and, for the few
+        vertices the landmarks are read from (smplx's vertex joints; SMPL-X's face landmark
+        triangles), their template, shape and pose directions and skinning weights."""
+        m = self.smpl
+        self.tree = KinematicTree(m.parents.tolist())
+        anchors = [m.vertex_joint_selector.extra_joints_idxs.long()]
+        if self.name == "smplx":
+            anchors.append(m.faces_tensor[m.lmk_faces_idx].long().flatten())
+        used, position = torch.unique(torch.cat(anchors), return_inverse=True)
+        n_extra = len(anchors[0])
+        n_pose = m.posedirs.shape[0]
+        buffers = {
+            "_rest_joints": m.J_regressor @ m.v_template,
+            "_joint_dirs": torch.einsum("jv,vcs->jcs", m.J_regressor, m.shapedirs),
+            "_anchor_template": m.v_template[used],
+            "_anchor_dirs": m.shapedirs[used],
+            "_anchor_posedirs": m.posedirs.reshape(n_pose, -1, 3)[:, used].reshape(n_pose, -1),
+            "_anchor_weights": m.lbs_weights[used],
+            "_extra_position": position[:n_extra],
+            "_landmark_position": position[n_extra:].reshape(-1, 3),
+            "_landmark_bary": m.lmk_bary_coords if self.name == "smplx" else torch.zeros(0, 3),
+            "_pose_mean": getattr(m, "pose_mean", torch.zeros(3 * len(self.tree))).reshape(-1, 3),
+        }
+        for key, value in buffers.items():
+            self.register_buffer(key, value.clone().to(self.dtype if value.is_floating_point() else value.dtype),
+                                 persistent=False)
 
     def _resolve(self, table: dict) -> dict[str, tuple[str | None, float]]:
         out = {}
@@ -157,8 +188,10 @@ class SMPLFamilyModel(BodyModel):
         Args:
             params: BodyParams with body_pose (B,23,3) (SMPL) or (B,21,3) (SMPL-H, SMPL-X) and
                 betas (B,S).
-            vertices: False to return joints only (``vertices`` None; smplx still skins the
-                mesh, since its vertex landmarks need it).
+            vertices: False to return joints only (``vertices`` None): then only the skeleton
+                and the few vertices the landmarks are read from are computed
+                (:mod:`bodyfit.body_models.kinematics`), the same numbers smplx gives (to float
+                rounding) at a fraction of the cost of skinning the whole mesh.
 
         Returns:
             BodyOutput: joints (B,J,3) named by ``joint_names`` (SMPL J=45, SMPL-H 73, SMPL-X
@@ -168,6 +201,8 @@ class SMPLFamilyModel(BodyModel):
             ValueError: a parameter has the wrong shape.
         """
         self.check_params(params)
+        if not vertices:
+            return BodyOutput(joints=self._landmarks(params), vertices=None, faces=self.faces)
         B = params.batch_size
         kw = dict(dtype=params.global_orient.dtype, device=params.global_orient.device)
         extra = {}
@@ -182,8 +217,29 @@ class SMPLFamilyModel(BodyModel):
         out = self.smpl(betas=params.shape, global_orient=params.global_orient,
                         body_pose=params.body_pose.reshape(B, -1), transl=params.transl,
                         return_verts=True, **extra)
-        return BodyOutput(joints=out.joints, vertices=out.vertices if vertices else None,
-                          faces=self.faces)
+        return BodyOutput(joints=out.joints, vertices=out.vertices, faces=self.faces)
+
+    def _landmarks(self, params: BodyParams) -> torch.Tensor:
+        """(B,J,3) the joints smplx returns, in its order, without skinning the whole mesh:
+        forward kinematics of the skeleton, then skinning of the anchor vertices only. The
+        joints smplx fixes (hands at their mean pose, jaw and eyes at rest) are posed as it
+        poses them (``pose_mean``)."""
+        B = params.batch_size
+        fixed = len(self.tree) - 1 - self.num_pose_joints
+        pose = torch.cat([params.global_orient[:, None], params.body_pose,
+                          params.global_orient.new_zeros(B, fixed, 3)], 1) + self._pose_mean
+        R = axis_angle_to_matrix(pose)
+        rest = self._rest_joints + torch.einsum("bs,jcs->bjc", params.shape, self._joint_dirs)
+        world_R, world_t = self.tree(R, rest)
+        eye = torch.eye(3, dtype=R.dtype, device=R.device)
+        pose_offsets = ((R[:, 1:] - eye).reshape(B, -1) @ self._anchor_posedirs).reshape(B, -1, 3)
+        anchors = (self._anchor_template + torch.einsum("bs,ncs->bnc", params.shape, self._anchor_dirs)
+                   + pose_offsets)
+        anchors = self.tree.skin(world_R, world_t, rest, self._anchor_weights, anchors)
+        parts = [world_t, anchors[:, self._extra_position]]
+        if self.name == "smplx":
+            parts.append(torch.einsum("blkc,lk->blc", anchors[:, self._landmark_position], self._landmark_bary))
+        return torch.cat(parts, 1) + params.transl[:, None]
 
 
 def _build_smplx(smplx, kind: str, arrays: dict, path: Path, gender: str, dtype: torch.dtype,

@@ -55,6 +55,15 @@ class Problem:
     kp_weight: torch.Tensor
     messages: list[list[str]] = field(default_factory=list)
 
+    def index(self, rows: torch.Tensor) -> "Problem":
+        """The samples ``rows`` ((N,) long, repeats allowed) as a Problem of batch N."""
+        return Problem(observations=self.observations.index(rows.cpu()), keypoints=self.keypoints[rows],
+                       seen=self.seen[rows], scale=self.scale[rows], active=self.active[rows],
+                       cameras=[c.index(rows) for c in self.cameras],
+                       render_cameras=[c.index(rows) for c in self.render_cameras],
+                       kp_index=self.kp_index, kp_weight=self.kp_weight,
+                       messages=[list(self.messages[r]) for r in rows.tolist()] if self.messages else [])
+
     batch_size = property(lambda self: self.observations.batch_size, doc="B, the observations'.")
     num_views = property(lambda self: self.observations.num_views, doc="V, the observations'.")
     sequence = property(lambda self: self.observations.sequence, doc="The observations' sequence flag.")

@@ -101,20 +101,6 @@ class FitResult:
         return cam if cam.batch_size == B else cam.expand(B)
 
 
-def _merge(result: StageResult, idx: torch.Tensor, other: StageResult, take: torch.Tensor) -> StageResult:
-    """``result`` with the samples ``idx[take]`` replaced by ``other``'s (other indexes idx)."""
-    rows, src = idx[take], torch.nonzero(take).flatten()
-    params = result.params.clone()
-    for name, value in params.as_dict().items():
-        value[rows] = getattr(other.params, name)[src]
-    energy = result.energy.clone()
-    energy[rows] = other.energy[src]
-    terms = {k: v.clone().index_put_((rows,), other.terms[k][src]) for k, v in result.terms.items()}
-    converged = result.converged.clone().index_put_((rows,), other.converged[src])
-    failed = result.failed.clone().index_put_((rows,), other.failed[src])
-    return StageResult(params, energy, terms, converged, failed, max(result.steps, other.steps))
-
-
 class Fitter:
     """Fits a body model to observations.
 
@@ -186,10 +172,9 @@ class Fitter:
         names = keypoint_names(observations.convention)
         params, result, stage_steps = init, None, {}
         for i, (stage_name, stage) in enumerate(cfg.stages.items()):
-            result = self._run_stage(problem, prepared, params, init, stage)
-            if (i == 0 and cfg.try_flip and "global_orient" in stage.free and problem.num_views == 1
-                    and not problem.sequence):
-                result = self._flip_trial(observations, problem, params, init, stage, result, names)
+            flip = (i == 0 and cfg.try_flip and "global_orient" in stage.free and problem.num_views == 1
+                    and not problem.sequence)
+            result = self._stage(problem, prepared, params, init, stage, flip, names)
             params = result.params
             stage_steps[stage_name] = result.steps
         return self._result(observations, problem, params, init, result, skipped, stage_steps,
@@ -249,34 +234,58 @@ class Fitter:
         return Evaluation(params, init, problem, self.mesh_model if need_vertices else self.model,
                           need_vertices, mask, self.context)
 
+    def _stage(self, problem: Problem, prepared: dict, params: BodyParams, init: BodyParams,
+               stage: StageConfig, flip: bool, names: list[str]) -> StageResult:
+        """One stage for the batch. With ``flip``, SMPLify's 180-degree trial: where the torso
+        is side-on in the one view, the batch also holds a copy of the sample turned about the
+        vertical, and the copy with the lower energy wins."""
+        B = problem.batch_size
+        idx = torch.zeros(0, dtype=torch.long, device=self.model.device)
+        if flip:
+            idx = torch.nonzero(torso_is_ambiguous(problem.keypoints[:, 0], names) & problem.active).flatten()
+        if len(idx) == 0:
+            return self._run_stage(problem, prepared, params, init, stage)
+        rows = torch.cat([torch.arange(B, device=idx.device), idx])
+        turned = params.index(idx)
+        turned.global_orient = flip_about_vertical(turned.global_orient)
+        both = self._run_stage(*self._subset(problem, rows), BodyParams.cat([params, turned]),
+                               init.index(rows), stage)
+        first, other = both.index(torch.arange(B, device=idx.device)), both.index(torch.arange(B, len(rows)))
+        take = other.energy < first.energy[idx]
+        return first.put(idx[take], other, torch.nonzero(take).flatten())
+
+    def _subset(self, problem: Problem, rows: torch.Tensor) -> tuple[Problem, dict]:
+        """The samples ``rows`` of ``problem``, and the energies' data prepared for them."""
+        sub = problem.index(rows)
+        return sub, {name: e.prepare(sub) for name, e in self.energies.items()}
+
     def _run_stage(self, problem: Problem, prepared: dict, params: BodyParams, init: BodyParams,
                    stage: StageConfig) -> StageResult:
+        """``run_stage`` on the batch; a stage of keypoint and prior energies goes on with
+        fewer samples as they converge (``compact``), so those stop costing time."""
         weights = {n: float(w) for n, w in stage.weights.items() if w > 0 and prepared.get(n) is not None}
+        compact = (self.config.compact or None) if all(ENERGIES[n].needs in ("params", "joints") for n in weights) else None
 
-        def energy_fn(p: BodyParams) -> dict[str, torch.Tensor]:
-            ev = self._evaluation(p, init, problem, list(weights), stage)
-            return {n: self.energies[n](ev, prepared[n]) for n in weights}
+        def run(problem, prepared, params, init, state=None):
+            def energy_fn(p: BodyParams) -> dict[str, torch.Tensor]:
+                ev = self._evaluation(p, init, problem, list(weights), stage)
+                return {n: self.energies[n](ev, prepared[n]) for n in weights}
 
-        return run_stage(params, energy_fn, free=list(stage.free), weights=weights, steps=stage.steps,
-                         lr=stage.lr, optimizer=stage.optimizer, ftol=self.config.ftol,
-                         check_every=self.config.check_every, free_pose_joints=self.model.free_pose_joints,
-                         clamp_shape=self.model.clamp_shape, active=problem.active,
-                         shared_shape=problem.sequence)
+            return run_stage(params, energy_fn, free=list(stage.free), weights=weights, steps=stage.steps,
+                             lr=stage.lr, optimizer=stage.optimizer, ftol=self.config.ftol,
+                             check_every=self.config.check_every, free_pose_joints=self.model.free_pose_joints,
+                             clamp_shape=self.model.clamp_shape, active=problem.active,
+                             shared_shape=problem.sequence, compact=compact, state=state)
 
-    def _flip_trial(self, observations, problem, params, init, stage, result, names) -> StageResult:
-        """SMPLify's 180-degree trial: where the torso is side-on in the one view, the stage also
-        runs from the body turned about the vertical, and the lower energy wins."""
-        ambiguous = torso_is_ambiguous(problem.keypoints[:, 0], names) & problem.active
-        if not bool(ambiguous.any()):
-            return result
-        idx = torch.nonzero(ambiguous).flatten()
-        sub = self.problem(observations.index(idx.cpu()))
-        sub_prepared = {name: e.prepare(sub) for name, e in self.energies.items()}
-        flipped = params.index(idx).clone()
-        flipped.global_orient = flip_about_vertical(flipped.global_orient)
-        other = self._run_stage(sub, sub_prepared, flipped, init.index(idx), stage)
-        take = other.energy < result.energy[idx]
-        return _merge(result, idx, other, take)
+        result = everything = run(problem, prepared, params, init)
+        rows = torch.arange(problem.batch_size, device=self.model.device)
+        while result.state is not None:  # paused: go on with the samples still moving
+            keep = torch.nonzero(result.moving).flatten()
+            rows = rows[keep]
+            result = run(*self._subset(problem, rows), result.params.index(keep), init.index(rows),
+                         result.state.index(keep))
+            everything = everything.put(rows, result)
+        return everything
 
     @torch.no_grad()
     def _result(self, observations, problem, params, init, result, skipped, stage_steps, vertices,

@@ -2,10 +2,13 @@
 
 One stage = which parameters are free, which energies with which weights, which optimizer
 (Adam or L-BFGS), how many steps. Energies are per sample (B,); the batch objective is their
-sum, so samples do not interact. A stage stops early once every active sample's relative energy
-change per step falls below ``ftol``. A sample whose energy turns non-finite is put back to its
-last finite parameters and frozen for the rest of the stage: one bad sample never sinks the
-batch, and no NaN is ever returned.
+sum, so samples do not interact. Every ``check_every`` steps each sample's relative energy change
+per step is compared with ``ftol``: a sample below it has converged and stops moving, and the
+stage ends once every sample has. With ``compact`` set, the stage pauses once the samples still
+moving are few enough (``StageResult.state``): the caller goes on with those alone (a smaller
+batch, the same Adam moments and step count), so converged samples stop costing time. A sample
+whose energy turns non-finite is put back to its last finite parameters and frozen for the rest
+of the stage: one bad sample never sinks the batch, and no NaN is ever returned.
 """
 from __future__ import annotations
 
@@ -20,19 +23,70 @@ PARAM_NAMES = ("global_orient", "body_pose", "shape", "transl")
 
 
 @dataclass
+class StageState:
+    """Where a paused stage stands (batch B, rows as in its StageResult).
+
+    Attributes:
+        step: steps run so far. prev: (B,) total energy at the last check (None before one).
+        moments: Adam's (exp_avg, exp_avg_sq) per free leaf, batch rows first.
+    """
+
+    step: int
+    prev: torch.Tensor | None
+    moments: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+    def index(self, idx: torch.Tensor) -> "StageState":
+        return StageState(self.step, None if self.prev is None else self.prev[idx],
+                          {k: (m[idx], v[idx]) for k, (m, v) in self.moments.items()})
+
+
+@dataclass
 class StageResult:
+    """What a stage ends (or pauses) with, per sample.
+
+    Attributes:
+        params: BodyParams (B). energy: (B,) total energy; terms: name -> (B,) weighted terms.
+        converged: (B,) met ``ftol``. failed: (B,) the energy became non-finite.
+        steps: steps run (the most any sample ran). sample_steps: (B,) long, steps each sample
+            moved (until it converged or failed, or the stage ended).
+        moving: (B,) bool, samples still moving when the stage ended or paused.
+        state: None when the stage ended; when it paused (``compact``), where it stands, for
+            continuing the samples still ``moving``.
+    """
+
     params: BodyParams
-    energy: torch.Tensor  # (B,) final total energy
-    terms: dict[str, torch.Tensor]  # name -> (B,) weighted terms at the end
-    converged: torch.Tensor  # (B,) bool
-    failed: torch.Tensor  # (B,) bool: energy became non-finite
+    energy: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    converged: torch.Tensor
+    failed: torch.Tensor
     steps: int
+    sample_steps: torch.Tensor
+    moving: torch.Tensor
+    state: StageState | None = None
 
     def index(self, idx: torch.Tensor) -> "StageResult":
         """Select samples (``idx`` indexes the batch)."""
         return StageResult(self.params.index(idx), self.energy[idx],
                            {k: v[idx] for k, v in self.terms.items()}, self.converged[idx],
-                           self.failed[idx], self.steps)
+                           self.failed[idx], self.steps, self.sample_steps[idx], self.moving[idx],
+                           None if self.state is None else self.state.index(idx))
+
+    def put(self, rows: torch.Tensor, other: "StageResult", src: torch.Tensor | None = None) -> "StageResult":
+        """A copy with the samples ``rows`` replaced by ``other``'s samples ``src`` (all of
+        ``other``'s, in order, when None). The copy has no ``state``."""
+        src = torch.arange(len(rows), device=rows.device) if src is None else src
+        params = self.params.clone()
+        for name, value in params.as_dict().items():
+            value[rows] = getattr(other.params, name)[src]
+
+        def put(a, b):
+            return a.clone().index_put_((rows,), b[src])
+
+        return StageResult(params, put(self.energy, other.energy),
+                           {k: put(v, other.terms[k]) for k, v in self.terms.items()},
+                           put(self.converged, other.converged), put(self.failed, other.failed),
+                           max(self.steps, other.steps), put(self.sample_steps, other.sample_steps),
+                           put(self.moving, other.moving))
 
 
 def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, torch.Tensor]],
@@ -40,28 +94,42 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
               optimizer: str = "adam", ftol: float = 1e-5, check_every: int = 10,
               free_pose_joints: list[int] | None = None,
               clamp_shape: Callable[[torch.Tensor], torch.Tensor] | None = None,
-              active: torch.Tensor | None = None, shared_shape: bool = False) -> StageResult:
+              active: torch.Tensor | None = None, shared_shape: bool = False,
+              compact: float | None = None, state: StageState | None = None) -> StageResult:
     """Minimize ``sum_b sum_name weights[name] * energy_fn(params)[name][b]``.
 
     Args:
         params: starting BodyParams (B); not modified.
         energy_fn: BodyParams -> {name: (B,) energy}; names must include every key of weights.
         free: names of the free fields of BodyParams.
+        steps: the stage's steps in all (a resumed stage runs those ``state.step`` has not).
+        ftol: a sample converges when its relative energy change per step, over the last
+            ``check_every`` steps, falls below ``ftol``; it then stops moving.
         free_pose_joints: when body_pose is free, only these joints move.
         clamp_shape: applied to the shape after each step (e.g. phenotypes to [0,1]).
         active: (B,) bool, samples to optimize; the others keep their parameters.
         shared_shape: one shape for the whole batch (the frames of one person): a free shape
             starts from the mean of the active samples' shapes and moves as one.
+        compact: pause (``StageResult.state`` set) at a check where at most this share of the
+            batch is still moving and steps remain; Adam only, not with ``shared_shape``.
+        state: a paused stage's state (indexed like ``params``) to go on from.
     Returns:
         StageResult with the final parameters and per-sample energies.
     Raises:
-        ValueError: unknown free parameter or optimizer.
+        ValueError: unknown free parameter or optimizer; ``state`` for L-BFGS.
     """
     unknown = set(free) - set(PARAM_NAMES)
     if unknown:
         raise ValueError(f"Unknown free parameters {sorted(unknown)}; choose from {PARAM_NAMES}.")
+    if optimizer not in ("adam", "lbfgs"):
+        raise ValueError(f"Unknown optimizer {optimizer!r}; choose 'adam' or 'lbfgs'.")
+    if optimizer != "adam" or shared_shape:
+        if state is not None:
+            raise ValueError("only an Adam stage without a shared shape can be resumed.")
+        compact = None
     B = params.batch_size
-    active = torch.ones(B, dtype=torch.bool, device=params.transl.device) if active is None else active
+    device = params.transl.device
+    active = torch.ones(B, dtype=torch.bool, device=device) if active is None else active
     base = params.detach().clone()
     leaves: dict[str, torch.Tensor] = {}
     for name in free:
@@ -85,8 +153,6 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
                 fields[name] = leaf
         return BodyParams(**fields)
 
-    frozen = ~active
-
     def objective():
         terms = energy_fn(assemble())
         total = sum(weights[k] * terms[k] for k in weights)
@@ -94,18 +160,24 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
 
     if optimizer == "adam":
         opt = torch.optim.Adam(list(leaves.values()), lr=lr)
-    elif optimizer == "lbfgs":
+        if state is not None:
+            for name, leaf in leaves.items():
+                m, v = state.moments[name]
+                opt.state[leaf] = {"step": torch.tensor(float(state.step)), "exp_avg": m.clone(),
+                                   "exp_avg_sq": v.clone()}
+    else:
         opt = torch.optim.LBFGS(list(leaves.values()), lr=lr, max_iter=1, history_size=10,
                                 line_search_fn="strong_wolfe")
-    else:
-        raise ValueError(f"Unknown optimizer {optimizer!r}; choose 'adam' or 'lbfgs'.")
 
+    first = 0 if state is None else state.step
+    prev = None if state is None else state.prev
     last_good = {k: v.detach().clone() for k, v in leaves.items()}
-    prev = None
-    converged = torch.zeros(B, dtype=torch.bool, device=active.device)
+    converged = torch.zeros(B, dtype=torch.bool, device=device)
     failed = torch.zeros_like(converged)
-    step = 0
-    for step in range(1, steps + 1):
+    frozen = ~active  # not moving: inactive, failed or converged
+    sample_steps = torch.full((B,), first, dtype=torch.long, device=device)
+    step, paused = first, False
+    for step in range(first + 1, steps + 1):
         def closure():
             opt.zero_grad()
             total, _ = objective()
@@ -126,6 +198,7 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
                     leaf[frozen] = last_good[name][frozen]
             if clamp_shape is not None and "shape" in leaves:
                 leaves["shape"].copy_(clamp_shape(leaves["shape"]))
+            sample_steps[~frozen] = step
         if step % check_every == 0 or step == steps:
             with torch.no_grad():
                 total, _ = objective()
@@ -143,12 +216,29 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
                         last_good[name].copy_(leaf)
                 if prev is not None:
                     rel = (prev - total).abs() / prev.abs().clamp(min=1e-12) / check_every
-                    converged = rel < ftol
-                    if bool((converged | frozen).all()):
-                        break
+                    done = (rel < ftol) & ~frozen
+                    if shared_shape:  # the frames share a shape: they stop together
+                        if bool((done | frozen).all()):
+                            converged |= active & ~failed
+                            break
+                    else:
+                        converged |= done
+                        frozen = frozen | done
                 prev = total
+                moving = int((~frozen).sum())
+                if moving == 0:
+                    break
+                if compact is not None and step < steps and moving <= compact * B:
+                    paused = True
+                    break
     with torch.no_grad():
         total, terms = objective()
         final = assemble().detach()
     weighted = {k: (weights[k] * terms[k]).detach() for k in weights}
-    return StageResult(final, total.detach(), weighted, converged & active, failed, step)
+    paused_state = None
+    if paused:
+        moments = {name: (opt.state[leaf]["exp_avg"].detach(), opt.state[leaf]["exp_avg_sq"].detach())
+                   for name, leaf in leaves.items()}
+        paused_state = StageState(step, prev, moments)
+    return StageResult(final, total.detach(), weighted, converged, failed, step, sample_steps,
+                       ~frozen, paused_state)
