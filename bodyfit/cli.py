@@ -7,6 +7,9 @@
                       [--keypoints-only] [OVERRIDE ...]
     bodyfit demo [--out DIR] [--frames 0 50] [--views] [OVERRIDE ...]
     bodyfit train --out DIR [OVERRIDE ...]      (torchrun --nproc_per_node N -m bodyfit.cli train ...)
+    bodyfit pseudo-gt COCO.json|FOLDER|IMAGE... --out DIR [--images DIR] [--batch-size 64]
+                      [--shard-size 10000] [--redo] [OVERRIDE ...]
+                      (torchrun --nproc_per_node N -m bodyfit.cli pseudo-gt ... shards the people)
 
 OVERRIDEs are Hydra overrides of the packaged config (``stages.body.steps=300``,
 ``+stages.body.weights.silhouette=0.1``, ``~stages.camera``, ``model=smpl``). A word that ends
@@ -88,6 +91,18 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", required=True, help="run folder (checkpoint, metrics.csv, store/)")
     common(tr)
 
+    pg = sub.add_parser("pseudo-gt", help="fit every person of a dataset (a COCO keypoint file, or "
+                        "pictures); writes DIR/store, DIR/export/pseudo_gt_*.npz and DIR/index.jsonl")
+    pg.add_argument("words", nargs="+", metavar="INPUT_OR_OVERRIDE",
+                    help="a COCO-format keypoint .json, or picture files / folders of pictures; "
+                         "and overrides (bodyfit/configs/fit.yaml)")
+    pg.add_argument("--out", required=True, help="run folder")
+    pg.add_argument("--images", default=None, help="the pictures of a COCO file (for sizes it lacks)")
+    pg.add_argument("--batch-size", type=int, default=64, help="people fitted together (default 64)")
+    pg.add_argument("--shard-size", type=int, default=10000, help="people per exported npz (default 10000)")
+    pg.add_argument("--redo", action="store_true", help="fit people again that are already in the store")
+    common(pg)
+
     d = sub.add_parser("demo", help="fit real frames of the Pose2Sim demo (4 views), offline")
     d.add_argument("--out", default="bodyfit_demo", help="output folder (default: bodyfit_demo)")
     d.add_argument("--frames", type=int, nargs="+", default=[0], help="frame indices (default: 0)")
@@ -154,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"bodyfit: {e}", file=sys.stderr)
         return 2
-    run = {"fit": _fit, "fit-views": _fit_views, "fit-video": _fit_video, "demo": _demo}[args.command]
+    run = {"fit": _fit, "fit-views": _fit_views, "fit-video": _fit_video, "demo": _demo,
+           "pseudo-gt": _pseudo_gt}[args.command]
     return run(args, pictures, cfg, model)
 
 
@@ -349,14 +365,54 @@ def _fit_video(args, pictures, cfg, model) -> int:
     return _report(reports, args.out)
 
 
+def _pseudo_gt(args, words, cfg, model) -> int:
+    from bodyfit.distributed import barrier, rank_and_world
+    from bodyfit.fitting import Fitter
+    from bodyfit.pseudo_gt import coco_people, picture_people, run_pseudo_gt
+
+    if args.batch_size < 1 or args.shard_size < 1:
+        print("bodyfit pseudo-gt: --batch-size and --shard-size must be at least 1", file=sys.stderr)
+        return 2
+    coco = [w for w in words if w.lower().endswith(".json")]
+    if coco and len(words) > 1:
+        print("bodyfit pseudo-gt: give one COCO .json, or pictures, not both", file=sys.stderr)
+        return 2
+    try:
+        if coco:
+            people, convention = coco_people(coco[0], args.images, cfg.fov_deg), "coco17"
+        else:
+            paths = []
+            for w in words:
+                p = Path(w)
+                paths += sorted(q for q in p.iterdir() if q.suffix.lower() in MEDIA_SUFFIXES) if p.is_dir() else [p]
+            rank, world = rank_and_world()
+            from bodyfit.detectors.multi_person import MultiPersonPose
+
+            with MultiPersonPose() as detector:  # each rank detects its share of the pictures
+                picture_people(paths[rank::world], args.out, detector, cfg.detector.max_pixels, cfg.fov_deg)
+            barrier()
+            people, convention = picture_people(paths, args.out, None, cfg.detector.max_pixels, cfg.fov_deg), "mediapipe33"
+        summary = run_pseudo_gt(people, args.out, Fitter(model, cfg), convention, args.batch_size,
+                                args.redo, args.shard_size, progress=not args.quiet)
+    except (ValueError, OSError, ImportError, RuntimeError) as e:  # RuntimeError: FolderLockedError
+        print(f"bodyfit pseudo-gt: {e}", file=sys.stderr)
+        return 2
+    if "valid" in summary:
+        print(f"{summary['people']} people: {summary['fitted']} fitted now, {summary['done_before']} done "
+              f"before; {summary['valid']} valid, {summary['plausible']} plausible, {summary['flagged']} "
+              f"flagged; index {summary['index']}, {len(summary['shards'])} shard(s) in {Path(args.out) / 'export'}")
+    return 0
+
+
 def _train(args, overrides) -> int:
     from bodyfit.data.samples import pose2sim_samples, synthetic_samples
-    from bodyfit.regressors.spin import hold_run_folder, train
+    from bodyfit.distributed import hold_run_folder
+    from bodyfit.regressors.spin import train
     from bodyfit.regressors.train_config import load_train_config
 
     try:
         cfg = load_train_config(overrides)
-        with hold_run_folder(args.out):  # a second train on this folder stops here, at once
+        with hold_run_folder(args.out, "bodyfit train"):  # a second train on this folder stops here, at once
             model = _build_model(cfg.model, args.device)
             if cfg.data == "pose2sim":
                 samples = pose2sim_samples(range(*cfg.frames), crops=cfg.regressor == "image")

@@ -19,7 +19,11 @@ FORBIDDEN = {
     "fitting": {"regressors", "data", "pipeline", "cli", "api", "detectors"},
     "data": {"fitting", "regressors", "pipeline", "cli", "api"},
     "detectors": {"fitting", "regressors", "pipeline", "cli", "api"},
-    "regressors": {"pipeline", "cli"},
+    "regressors": {"pipeline", "cli", "pseudo_gt"},
+    "files": {"fitting", "regressors", "data", "pipeline", "cli", "api", "distributed", "pseudo_gt"},
+    "distributed": {"fitting", "regressors", "data", "pipeline", "cli", "api", "pseudo_gt"},
+    "pipeline": {"cli", "pseudo_gt"},
+    "pseudo_gt": {"cli"},
 }
 
 

@@ -34,7 +34,6 @@ import math
 import os
 import pickle
 import time
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
@@ -45,7 +44,8 @@ from bodyfit.body_models.base import BodyParams
 from bodyfit.boxes import boxes_from_keypoints
 from bodyfit.cameras import project
 from bodyfit.data.samples import KeypointSamples
-from bodyfit.files import FolderLockedError, atomic_torch_save, atomic_write_text, run_lock
+from bodyfit.distributed import hold_run_folder, rank_and_world
+from bodyfit.files import atomic_torch_save, atomic_write_text
 from bodyfit.regressors.fit_store import FitStore, Plausibility
 from bodyfit.regressors.image_regressor import ImageRegressor, synthetic_renders
 from bodyfit.regressors.keypoint_regressor import KeypointRegressor, load_regressor, normalize_keypoints
@@ -57,16 +57,6 @@ METRICS = "metrics.csv"
 _CHECKPOINT_KEYS = ("regressor", "optimizer", "step", "config")
 
 logger = logging.getLogger(__name__)
-
-
-def _distributed() -> tuple[int, int]:
-    """(rank, world size); joins the torchrun process group when there is one."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo" if not torch.cuda.is_available() else "nccl")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -158,36 +148,7 @@ def train(samples: KeypointSamples, out_dir: str | os.PathLike, cfg, model=None,
     """
     out = Path(out_dir)
     with hold_run_folder(out):
-        return _train(samples, out, cfg, model, regressor, progress, *_distributed())
-
-
-@contextmanager
-def hold_run_folder(out_dir: str | os.PathLike):
-    """Hold a training run folder (``bodyfit.files.run_lock``) for the ``with`` block: rank 0
-    takes the lock, every rank learns whether it got it, and all stop together if not (no rank
-    is left waiting in a collective). Nested holds are fine: ``train`` holds the folder itself;
-    callers hold it earlier to stop before slow preparations (the CLI does).
-
-    Raises:
-        FolderLockedError: another run holds the folder (on every rank).
-    """
-    out = Path(out_dir)
-    rank, world = _distributed()
-    with ExitStack() as stack:
-        error = None
-        if rank == 0:
-            try:
-                stack.enter_context(run_lock(out, "bodyfit train"))
-            except FolderLockedError as e:
-                error = e
-        if world > 1:
-            refused = torch.tensor([0 if error is None else 1])
-            dist.broadcast(refused, 0)
-            if int(refused) and error is None:
-                error = FolderLockedError(f"{out} is in use by another run (rank 0 says which).", out, {})
-        if error is not None:
-            raise error
-        yield
+        return _train(samples, out, cfg, model, regressor, progress, *rank_and_world())
 
 
 def _train(samples: KeypointSamples, out: Path, cfg, model, regressor, progress: bool,

@@ -5,7 +5,8 @@ import torch
 
 from bodyfit.body_models import body_model
 from bodyfit.data.samples import synthetic_samples
-from bodyfit.regressors.spin import _distributed, train
+from bodyfit.distributed import rank_and_world as _distributed
+from bodyfit.regressors.spin import train
 from bodyfit.regressors.train_config import load_train_config
 
 out = sys.argv[1]

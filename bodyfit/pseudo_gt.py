@@ -1,0 +1,428 @@
+"""Pseudo-ground-truth at dataset scale: every person of a dataset fitted in batches, on one or
+many processes, resumable, exported in the layout the field's training code loads.
+
+The way SPIN's (Kolotouros et al. 2019), EFT's (Joo et al. 2021) and CameraHMR's (Patel & Black
+2025) pseudo-ground-truth was made: 2D keypoints per person (from a COCO-format keypoint file or
+from the detector), a fit per person through the one engine (:class:`bodyfit.fitting.Fitter`),
+the fits kept with their quality.
+
+Run folder ``out``::
+
+    run.lock                  one run at a time (bodyfit.files.run_lock)
+    people/<picture>.npz      the detector's people of each picture (folder input), once
+    store/<sample>.npz        one record per person, written atomically once it is fitted
+    store/corrupt/            records that could not be read back (set aside, refitted)
+    export/pseudo_gt_<i>.npz  the shards, rebuilt from the store at the end of every run
+    index.jsonl               one line per person: id, picture, box, energies, errors, flags
+
+Killed at any point (kill -9), a rerun skips every committed record and fits the rest. With
+``torchrun --nproc_per_node N``, rank r takes the people whose position in the (sorted) list is
+r modulo N and is not yet done; a rerun with another N finishes every person exactly once.
+The export is sorted by sample id, so it does not depend on how many processes made it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bodyfit.api import initialize
+from bodyfit.body_models.conventions import keypoint_names
+from bodyfit.cameras import default_intrinsics
+from bodyfit.distributed import barrier, hold_run_folder, rank_and_world
+from bodyfit.files import atomic_save_npz, atomic_write_text
+from bodyfit.observations import Observations
+
+__all__ = ["Person", "coco_people", "picture_people", "run_pseudo_gt", "export", "RECORD_FIELDS"]
+
+log = logging.getLogger(__name__)
+RECORD_FIELDS = ("global_orient", "body_pose", "shape", "transl", "K", "keypoints", "box",
+                 "energy", "joint_limits", "reprojection_error_px", "error_over_box", "converged",
+                 "valid", "plausible", "steps")
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+@dataclass
+class Person:
+    """One person to fit.
+
+    Attributes:
+        id: the sample id, unique in the dataset and safe as a file name.
+        picture: the picture's path or COCO ``file_name``. person: the person's number in it
+            (COCO: the annotation id).
+        keypoints: (K,3) float32 x, y in pixels (OpenCV convention: pixel centres at integers)
+            and confidence in [0,1]; 0 = missing.
+        box: (4,) float32 person box x0, y0, x1, y1 in pixels.
+        K: (3,3) float32 intrinsics in pixels (the default field of view when unknown).
+        image_size: (H, W) pixels.
+        problem: why the person cannot be fitted (then recorded as not valid with this reason,
+            never fitted); None when fine.
+    """
+
+    id: str
+    picture: str
+    person: int
+    keypoints: np.ndarray
+    box: np.ndarray
+    K: np.ndarray
+    image_size: tuple[int, int]
+    problem: str | None = None
+
+
+def _sample_id(picture: str, person: int) -> str:
+    stem = _SAFE.sub("_", Path(picture).stem)[:60] or "picture"
+    digest = hashlib.sha1(picture.encode()).hexdigest()[:8]
+    return f"{stem}-{digest}_{person}"
+
+
+def _intrinsics(size: tuple[int, int], fov_deg: float) -> np.ndarray:
+    return default_intrinsics(size, 1, fov_deg)[0].numpy()
+
+
+def coco_people(json_path: str | os.PathLike, images: str | os.PathLike | None = None,
+                fov_deg: float = 55.0) -> list[Person]:
+    """Every person annotation of a COCO-format keypoint file (Lin et al. 2014, the "person
+    keypoints" task): ``images`` (id, file_name, width, height) and ``annotations`` (image_id,
+    id, keypoints: 17 x (x, y, v), bbox: x, y, w, h).
+
+    Keypoints with ``v > 0`` (labelled, visible or not) get confidence 1, the rest 0. COCO's
+    pixel coordinates put the picture on [0, W] (pixel centres at +0.5): they are shifted by
+    -0.5 to bodyfit's convention. The picture size comes from the file's width/height, else from
+    the picture's header under ``images``. Intrinsics: ``fov_deg`` of the longer side.
+
+    Returns:
+        the people sorted by sample id; a person with something wrong (no picture size, a box
+        outside the picture, NaN or a wrong number of keypoints) carries a ``problem``.
+    Raises:
+        ValueError: the file is not JSON or has no ``annotations`` list (names the file).
+        FileNotFoundError: no such file.
+    """
+    path = Path(json_path)
+    try:
+        data = json.loads(path.read_text())
+        annotations = data["annotations"]
+        if not isinstance(annotations, list):
+            raise TypeError("annotations is not a list")
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a COCO keypoint file ({type(e).__name__}: {e}); it needs "
+                         f"'images' and 'annotations' lists.") from None
+    pictures = {im.get("id"): im for im in data.get("images", []) if isinstance(im, dict)}
+    people = []
+    for n, ann in enumerate(annotations):
+        ann = ann if isinstance(ann, dict) else {}
+        im = pictures.get(ann.get("image_id"), {})
+        name = str(im.get("file_name", f"image_{ann.get('image_id', 'unknown')}"))
+        pid = ann.get("id", n)
+        pid = int(pid) if isinstance(pid, (int, float)) and math.isfinite(pid) else n
+        problem = None
+        try:
+            kp = np.asarray(ann.get("keypoints", []), dtype=np.float32).reshape(17, 3)
+        except (ValueError, TypeError):
+            kp, problem = np.zeros((17, 3), np.float32), "not 17 COCO keypoints (x, y, v)"
+        if problem is None and not np.isfinite(kp).all():
+            problem = "keypoints hold NaN or inf"
+        keypoints = np.zeros((17, 3), np.float32)
+        seen = np.isfinite(kp).all(1) & (np.nan_to_num(kp[:, 2]) > 0)
+        keypoints[seen, :2] = kp[seen, :2] - 0.5
+        keypoints[seen, 2] = 1.0
+        size = None
+        if isinstance(im.get("height"), (int, float)) and isinstance(im.get("width"), (int, float)) \
+                and im["height"] > 0 and im["width"] > 0:
+            size = (int(im["height"]), int(im["width"]))
+        elif images is not None:
+            from bodyfit.data.images import picture_size
+
+            try:
+                size = picture_size(Path(images) / name)
+            except OSError:
+                size = None
+        box = np.zeros(4, np.float32)
+        bbox = ann.get("bbox")
+        try:
+            x, y, w, h = (float(v) for v in bbox)
+            box = np.array([x - 0.5, y - 0.5, x + w - 0.5, y + h - 0.5], np.float32)
+        except (TypeError, ValueError):
+            if seen.sum() >= 2:  # no box: the keypoints' extent
+                box = np.concatenate([keypoints[seen, :2].min(0), keypoints[seen, :2].max(0)])
+        if problem is None and size is None:
+            problem = f"size of picture {name} unknown (no width/height in the file and no picture to read)"
+        if problem is None and (not np.isfinite(box).all() or box[2] - box[0] < 1 or box[3] - box[1] < 1):
+            problem = f"person box {bbox} is empty or not finite"
+        if problem is None and (box[2] < 0 or box[3] < 0 or box[0] > size[1] - 1 or box[1] > size[0] - 1):
+            problem = f"person box {bbox} lies outside the {size[1]}x{size[0]} picture"
+        size = size or (1, 1)
+        people.append(Person(_sample_id(name, pid), name, pid, keypoints, box.astype(np.float32),
+                             _intrinsics(size, fov_deg), size, problem))
+    return sorted(people, key=lambda p: p.id)
+
+
+def picture_people(paths, out: str | os.PathLike, detector, max_pixels: int | None = None,
+                   fov_deg: float = 55.0) -> list[Person]:
+    """Every person the detector finds in each picture (MediaPipe-33 keypoints).
+
+    Each picture's detections are kept in ``out/people/`` (written once, atomically), so a rerun
+    does not detect again. A picture that cannot be read or shows nobody gives no person; it is
+    named in a warning.
+
+    Args:
+        paths: picture files. detector: an object with ``detect_all(image) -> list[Detection]``
+            (``bodyfit.detectors``) or None when every picture was detected already.
+        max_pixels: pictures above it are detected downscaled (``read_picture``); keypoints and
+            boxes are mapped back to full resolution.
+    Returns:
+        the people sorted by sample id.
+    """
+    from bodyfit.data.images import read_picture
+
+    folder = Path(out) / "people"
+    folder.mkdir(parents=True, exist_ok=True)
+    people = []
+    for path in paths:
+        name = str(path)
+        key = _sample_id(name, 0).rsplit("_", 1)[0]
+        cache = folder / f"{key}.npz"
+        found = None
+        if cache.exists():
+            try:
+                with np.load(cache, allow_pickle=False) as d:
+                    found = {k: d[k] for k in ("keypoints", "boxes", "size")}
+            except Exception as e:  # a damaged cache: detect again
+                log.warning("%s unreadable (%s): detecting %s again", cache, e, name)
+        if found is None:
+            if detector is None:
+                raise ValueError(f"{name} has not been detected and no detector was given.")
+            try:
+                image, full = read_picture(path, max_pixels)
+            except (OSError, ValueError) as e:
+                log.warning("%s left out: %s", name, e)
+                continue
+            dets = detector.detect_all(image)
+            s = full[1] / image.shape[1]
+            kps = np.stack([d.keypoints for d in dets]) if dets else np.zeros((0, 33, 3), np.float32)
+            boxes = np.stack([d.box for d in dets]) if dets else np.zeros((0, 4), np.float32)
+            kps = kps.copy()
+            kps[..., :2] = (kps[..., :2] + 0.5) * s - 0.5
+            boxes = (boxes + 0.5) * s - 0.5
+            found = {"keypoints": kps.astype(np.float32), "boxes": boxes.astype(np.float32),
+                     "size": np.array(full)}
+            atomic_save_npz(cache, **found)
+        if len(found["keypoints"]) == 0:
+            log.warning("%s: nobody found", name)
+        size = (int(found["size"][0]), int(found["size"][1]))
+        for i, (kp, box) in enumerate(zip(found["keypoints"], found["boxes"])):
+            people.append(Person(_sample_id(name, i), name, i, kp, box, _intrinsics(size, fov_deg), size))
+    return sorted(people, key=lambda p: p.id)
+
+
+def _record_path(out: Path, sample_id: str) -> Path:
+    return out / "store" / f"{sample_id}.npz"
+
+
+def _load_record(path: Path) -> dict | None:
+    """A committed record, or None when there is none; an unreadable one is set aside."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            record = {k: d[k] for k in d.files}
+        missing = [k for k in RECORD_FIELDS if k not in record]
+        if missing:
+            raise ValueError(f"fields {missing} missing")
+        return record
+    except Exception as e:
+        aside = path.parent / "corrupt" / path.name
+        aside.parent.mkdir(exist_ok=True)
+        os.replace(path, aside)
+        log.warning("%s is unreadable (%s): moved to %s, the person is fitted again", path, e, aside)
+        return None
+
+
+def _plausible(result, b: int, joint_limits: float, shape_ok: bool) -> tuple[bool, str | None]:
+    """Whether fit b may serve as supervision, and why not."""
+    if not bool(result.valid[b]):
+        return False, result.messages[b] or "not fitted"
+    if result.flagged[b]:
+        return False, result.flagged[b]
+    if not joint_limits <= 1.0:
+        return False, f"joint-limit energy {joint_limits:.2f} above 1 (a pose beyond anatomical ranges)"
+    if not shape_ok:
+        return False, "shape outside the model's range"
+    return True, result.messages[b]
+
+
+def run_pseudo_gt(people: list[Person], out: str | os.PathLike, fitter, convention: str,
+                  batch_size: int = 64, redo: bool = False, shard_size: int = 10000,
+                  progress: bool = True) -> dict:
+    """Fit every person not yet in the store, then export (see the module docstring).
+
+    Args:
+        people: the people (:func:`coco_people`, :func:`picture_people`), in one keypoint
+            ``convention`` ("coco17", "mediapipe33").
+        out: the run folder. fitter: a :class:`bodyfit.fitting.Fitter` (its model and config).
+        batch_size: people fitted together. redo: fit people again that are done.
+        shard_size: people per exported npz.
+    Returns:
+        {"people": N, "fitted": fitted by this process now, "done_before": skipped as done,
+        "valid": valid fits in the store, "plausible": ..., "flagged": ...} (the last three
+        from rank 0's export; None on other ranks).
+    Raises:
+        FolderLockedError: another run holds ``out``.
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    rank, world = rank_and_world()
+    with hold_run_folder(out, "bodyfit pseudo-gt"):
+        (out / "store").mkdir(parents=True, exist_ok=True)
+        barrier()
+        mine = [p for i, p in enumerate(people) if i % world == rank]
+        todo = [p for p in mine if redo or _load_record(_record_path(out, p.id)) is None]
+        done_before = len(mine) - len(todo)
+        if done_before:
+            log.info("rank %d: %d of its %d people already done, skipped", rank, done_before, len(mine))
+        bar = tqdm(total=len(todo), desc=f"pseudo-gt rank {rank}" if world > 1 else "pseudo-gt",
+                   unit="person", disable=not progress or not todo, dynamic_ncols=True)
+        model = fitter.model
+        regressor = None
+        if fitter.config.init == "regressor" and todo:
+            from bodyfit.regressors.keypoint_regressor import load_regressor
+
+            regressor = load_regressor(model, convention)
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            _fit_batch(batch, out, fitter, model, convention, regressor)
+            bar.update(len(batch))
+        bar.close()
+        barrier()
+        summary = {"people": len(people), "fitted": len(todo), "done_before": done_before}
+        if rank == 0:
+            summary.update(export(out, people, shard_size, model.name, convention))
+        barrier()
+    return summary
+
+
+def _fit_batch(batch: list[Person], out: Path, fitter, model, convention: str, regressor) -> None:
+    """Fit one batch and commit a record per person (people with a ``problem`` too, as not
+    valid with that reason)."""
+    fine = [p for p in batch if p.problem is None]
+    result = None
+    if fine:
+        kp = torch.as_tensor(np.stack([p.keypoints for p in fine]))
+        K = torch.as_tensor(np.stack([p.K for p in fine]))
+        boxes = torch.as_tensor(np.stack([p.box for p in fine]))
+        obs = Observations.from_pictures(kp, K=K, boxes=boxes, convention=convention)
+        how = "regressor" if regressor is not None else "mean"
+        result = fitter(obs, initialize(obs, model, how, regressor), vertices=False)
+        limits = _joint_limits(fitter, obs, result)
+    row = {p.id: i for i, p in enumerate(fine)}
+    default = model.default_params(1)
+    for p in batch:
+        if p.id not in row:
+            rec = {k: v[0].cpu().numpy() for k, v in default.as_dict().items()}
+            nan = np.float32(math.nan)
+            rec.update(energy=nan, joint_limits=nan, reprojection_error_px=nan, error_over_box=nan,
+                       converged=False, valid=False, plausible=False, steps=0, reason=p.problem)
+        else:
+            b = row[p.id]
+            params = result.params.index([b])
+            rec = {k: v[0].cpu().numpy() for k, v in params.as_dict().items()}
+            lo_hi = (0.0, 1.0) if model.shape_name == "phenotypes" else (-5.0, 5.0)
+            shape_ok = bool(((params.shape >= lo_hi[0]) & (params.shape <= lo_hi[1])).all())
+            plausible, reason = _plausible(result, b, float(limits[b]), shape_ok)
+            rec.update(energy=float(result.energies["total"][b]), joint_limits=float(limits[b]),
+                       reprojection_error_px=float(result.reprojection_error_px[b]),
+                       error_over_box=float(result.error_over_box[b]),
+                       converged=bool(result.converged[b]), valid=bool(result.valid[b]),
+                       plausible=plausible, steps=sum(result.stage_steps.values()), reason=reason or "")
+        rec.update(K=p.K, keypoints=p.keypoints, box=p.box, picture=p.picture, person=p.person,
+                   image_size=np.array(p.image_size), reason=rec.get("reason") or "")
+        atomic_save_npz(_record_path(out, p.id), **{k: np.asarray(v) for k, v in rec.items()})
+
+
+def _joint_limits(fitter, obs, result) -> torch.Tensor:
+    """(B,) joint-limit energy of the fits (unweighted)."""
+    return fitter.energies_at(obs, result.params, names=["joint_limits"])["joint_limits"].detach().cpu()
+
+
+def export(out: str | os.PathLike, people: list[Person], shard_size: int, model_name: str,
+           convention: str) -> dict:
+    """Write the shards and the index from the store: every person of ``people`` with a record,
+    sorted by sample id (atomically; old shards beyond the new count are removed).
+
+    Shard fields (N people; SPIN / CameraHMR conventions where they exist): ``imgname`` (N,)
+    str, ``person_id`` (N,), ``center`` (N,2) box centre px, ``scale`` (N,) box size / 200 (SPIN),
+    ``global_orient`` (N,3), ``body_pose`` (N,P,3) axis-angle, ``betas`` or ``phenotypes``
+    (N,S), ``pose`` (N,3+3P) for SMPL-family models (SPIN's layout), ``transl`` (N,3) metres in
+    the camera frame, ``cam_int`` (N,3,3), ``keypoints`` (N,K,3) (x, y px, confidence; the
+    ``keypoint_convention``), ``valid``, ``plausible`` (N,) bool, ``error_over_box``, ``energy``.
+
+    Returns:
+        {"valid": ..., "plausible": ..., "flagged": ..., "shards": [...], "index": path}.
+    """
+    out = Path(out)
+    rows, records = [], []
+    for p in sorted(people, key=lambda p: p.id):
+        rec = _load_record(_record_path(out, p.id))
+        if rec is None:
+            continue
+        records.append(rec)
+        box = [round(float(v), 2) for v in rec["box"]]
+        rows.append({"id": p.id, "picture": p.picture, "person": p.person, "box": box,
+                     "energy": _num(rec["energy"]), "joint_limits": _num(rec["joint_limits"]),
+                     "keypoint_error_px": _num(rec["reprojection_error_px"]),
+                     "error_over_box": _num(rec["error_over_box"]), "converged": bool(rec["converged"]),
+                     "valid": bool(rec["valid"]), "plausible": bool(rec["plausible"]),
+                     "reason": str(rec.get("reason", "")) or None})
+    atomic_write_text(out / "index.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    folder = out / "export"
+    folder.mkdir(exist_ok=True)
+    shards = []
+    for i, start in enumerate(range(0, len(records), shard_size)):
+        part = records[start:start + shard_size]
+        path = folder / f"pseudo_gt_{i:04d}.npz"
+        atomic_save_npz(path, **_shard(part, model_name, convention))
+        shards.append(str(path))
+    for stale in sorted(folder.glob("pseudo_gt_*.npz"))[len(shards):]:
+        stale.unlink()
+    return {"valid": sum(r["valid"] for r in rows), "plausible": sum(r["plausible"] for r in rows),
+            "flagged": sum(r["valid"] and not r["plausible"] for r in rows), "shards": shards,
+            "index": str(out / "index.jsonl")}
+
+
+def _num(x) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _shard(records: list[dict], model_name: str, convention: str) -> dict:
+    def stack(key, dtype=np.float32):
+        return np.stack([np.asarray(r[key]) for r in records]).astype(dtype)
+
+    box = stack("box")
+    fields = {
+        "imgname": np.array([str(r["picture"]) for r in records]),
+        "person_id": stack("person", np.int64),
+        "center": (box[:, :2] + box[:, 2:]) / 2,
+        "scale": np.maximum(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]) / 200.0,
+        "global_orient": stack("global_orient"), "body_pose": stack("body_pose"),
+        "transl": stack("transl"), "cam_int": stack("K"), "keypoints": stack("keypoints"),
+        "valid": stack("valid", bool), "plausible": stack("plausible", bool),
+        "error_over_box": stack("error_over_box"), "energy": stack("energy"),
+        "model": np.array(model_name), "keypoint_convention": np.array(convention),
+        "keypoint_names": np.array(keypoint_names(convention)),
+    }
+    shape = stack("shape")
+    if model_name == "anny":
+        fields["phenotypes"] = shape
+    else:
+        fields["betas"] = shape
+        fields["pose"] = np.concatenate([fields["global_orient"], fields["body_pose"].reshape(len(records), -1)], 1)
+    return fields
