@@ -105,3 +105,24 @@ def test_closed_detector_refuses(frames):
     det.close()  # twice is fine
     with pytest.raises(RuntimeError, match="close"):
         det.detect(frames[0][1])
+
+
+@pytest.mark.slow
+def test_same_person_as_the_legacy_api(detector, frames):
+    """MediaPipePose runs MediaPipe's pose subgraphs itself; it must return what the legacy
+    ``mp.solutions.pose`` API returns for the same picture (measured: within 0.07 px)."""
+    mp = pytest.importorskip("mediapipe")
+    with mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1,
+                                enable_segmentation=True) as legacy:
+        for name, img in frames:
+            h, w = img.shape[:2]
+            res = legacy.process(img)
+            ref = np.array([[p.x * w - 0.5, p.y * h - 0.5, p.visibility]
+                            for p in res.pose_landmarks.landmark])
+            d = detector.detect(img)
+            np.testing.assert_allclose(d.keypoints[:, :2], ref[:, :2], atol=0.5, err_msg=name)
+            inside = d.keypoints[:, 2] > 0
+            np.testing.assert_allclose(d.keypoints[inside, 2], ref[inside, 2], atol=0.01)
+            a, b = d.mask > 0.5, np.asarray(res.segmentation_mask) > 0.5
+            assert (a & b).sum() / (a | b).sum() > 0.99, name
+            assert d.score is not None and 0.5 <= d.score <= 1.0

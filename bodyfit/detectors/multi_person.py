@@ -371,6 +371,16 @@ class MultiPersonPose:
                 f"mediapipe=={MEDIAPIPE_VERSION} (installed: {version}). {_INSTALL_HINT}"
             ) from e
         self._closed = False
+        if model_file is not None:  # a user's model: check that it works as MediaPipe's does
+            try:
+                self._landmarks(np.zeros((64, 64, 3), np.uint8),
+                                [{"region": (32.0, 32.0, 64.0, 0.0), "score": 0.0}], [])
+            except RuntimeError as e:
+                self.close()
+                raise ValueError(
+                    f"The landmark model {model_file} does not run as MediaPipe's "
+                    f"{_LANDMARK_FILES[self.model_complexity]} ({e})."
+                ) from e
 
     # -- lifecycle -------------------------------------------------------------------------
     def _free(self) -> None:
@@ -467,7 +477,7 @@ class MultiPersonPose:
             self._ts_det += 1
             pkt = mp.packet_creator.create_image_frame(image_format=mp.ImageFormat.SRGB, data=crop)
             self._det_graph.add_packet_to_input_stream("image", pkt.at(self._ts_det))
-        self._det_graph.wait_until_idle()
+        _wait(self._det_graph)
         out = []
         for p in self._det_out:
             out.append((int(p.timestamp.value) - first, mp.packet_getter.get_proto_list(p)))
@@ -526,7 +536,7 @@ class MultiPersonPose:
             self._lm_graph.add_packet_to_input_stream("image", image_pkt.at(self._ts_lm))
             self._lm_graph.add_packet_to_input_stream(
                 "roi", mp.packet_creator.create_proto(rect).at(self._ts_lm))
-        self._lm_graph.wait_until_idle()
+        _wait(self._lm_graph)
         by_ts = {s: {int(p.timestamp.value): p for p in sink} for s, sink in self._lm_out.items()}
         for sink in self._lm_out.values():
             sink.clear()
@@ -598,6 +608,15 @@ class MultiPersonPose:
         return bool(np.mean(inside) >= 0.9)
 
 
+def _wait(graph) -> None:
+    """Wait for a graph to finish its packets; its failures become RuntimeError (pybind11
+    reports MediaPipe's INVALID_ARGUMENT status as ValueError, which would read as bad input)."""
+    try:
+        graph.wait_until_idle()
+    except Exception as e:
+        raise RuntimeError(f"A MediaPipe graph failed: {e}") from e
+
+
 def _area(box: np.ndarray) -> float:
     return float(max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0))
 
@@ -636,11 +655,35 @@ def _landmark_model_file(mp, complexity: int, path) -> str | None:
     if not p.is_file():
         raise ValueError(f"Landmark model {p} does not exist (model_complexity={complexity} "
                          f"expects {name}).")
-    with open(p, "rb") as f:
-        head = f.read(8)
-    if head[4:8] != b"TFL3":
-        raise ValueError(f"{p} is not a TensorFlow Lite model (no TFL3 identifier).")
+    _check_tflite(p)
     return str(p.resolve())
+
+
+def _check_tflite(path: Path) -> None:
+    """Raise ValueError unless ``path`` looks like a TensorFlow Lite model (schema 3).
+
+    MediaPipe does not report a malformed model as an error: it logs one and crashes the
+    process later, so the file's FlatBuffer header is read here first (root table, ``version``
+    field = 3, ``subgraphs`` present).
+    """
+    import struct
+
+    data = path.read_bytes()
+    bad = ValueError(f"{path} is not a TensorFlow Lite model (schema version 3): expected "
+                     f"MediaPipe's pose_landmark_*.tflite.")
+    if len(data) < 64 or data[4:8] != b"TFL3":
+        raise bad
+    try:
+        root = struct.unpack_from("<I", data, 0)[0]
+        vtable = root - struct.unpack_from("<i", data, root)[0]
+        vt_size = struct.unpack_from("<H", data, vtable)[0]
+        fields = struct.unpack_from(f"<{(vt_size - 4) // 2}H", data, vtable + 4)
+        version = struct.unpack_from("<I", data, root + fields[0])[0] if fields and fields[0] else 0
+        has_subgraphs = len(fields) > 2 and fields[2] != 0
+    except struct.error:
+        raise bad from None
+    if version != 3 or not has_subgraphs:
+        raise bad
 
 
 def _expand(mp, text: str):
