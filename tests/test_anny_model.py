@@ -114,3 +114,17 @@ def test_body_model_modules_do_not_import_each_other():
         imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         others = {f"bodyfit.body_models.{m}" for m in models - {name}}
         assert not imported & others, f"{name} imports {imported & others}"
+
+
+def test_rest_skeleton_is_reused_only_while_the_phenotypes_stay_the_same(anny):
+    p = anny.default_params(2)
+    first = anny(p, vertices=False).joints
+    assert torch.equal(anny(p, vertices=False).joints, first)
+    p.shape[0, 4] = 0.9  # changed in place: not the cached skeleton any more
+    taller = anny(p, vertices=False).joints
+    fresh = p.clone()
+    fresh.shape = fresh.shape.clone().requires_grad_(True)  # a fitted shape: computed, with gradients
+    out = anny(fresh, vertices=False).joints
+    assert torch.allclose(out, taller) and not torch.allclose(taller[0], first[0])
+    out.sum().backward()
+    assert fresh.shape.grad is not None and fresh.shape.grad.abs().sum() > 0

@@ -332,3 +332,22 @@ def test_fit_runs_on_smpl_and_recovers_a_pose(model):
                 overrides=["init=mean", "stages.camera.steps=1", "stages.body.steps=1"])
     assert (r.reprojection_error_px < 0.5 * start.reprojection_error_px).all()
     assert (r.error_over_box < 0.03).all()
+
+
+@pytest.mark.slow
+def test_compiled_steps_give_the_eager_fit(model):
+    """compile=true (torch.compile of the steps) fits what eager steps fit."""
+    import shutil
+
+    from bodyfit import Fitter, Observations
+    from bodyfit.data.synthetic import synthetic_batch
+
+    if not (shutil.which("c++") or shutil.which("g++")):
+        pytest.skip("torch.compile on CPU needs a C++ compiler")
+    sb = synthetic_batch(model, 4, "coco17", generator=torch.Generator().manual_seed(2))
+    obs = Observations.from_pictures(sb.keypoints, K=sb.K, boxes=sb.boxes, convention="coco17")
+    steps = ["stages.camera.steps=5", "stages.body.steps=10", "init=mean"]
+    eager = Fitter(model, overrides=steps)(obs, vertices=False)
+    compiled = Fitter(model, overrides=[*steps, "compile=true"])(obs, vertices=False)
+    assert torch.allclose(compiled.params.body_pose, eager.params.body_pose, atol=1e-4)
+    assert torch.allclose(compiled.joints, eager.joints, atol=1e-4)

@@ -171,6 +171,21 @@ class AnnyModel(BodyModel):
         P[:, :, 3, 3] = 1.0
         return P
 
+    def _rest(self, phen: torch.Tensor):
+        """(blendshape coefficients, rest skeleton, keypoint anchors) of phenotypes (B,6). The
+        rest skeleton costs a third of a joints-only step; while the phenotypes stay fixed (a
+        stage that does not fit the shape: no gradient, the same values) the last one is reused."""
+        last = getattr(self, "_rest_cache", None)
+        if (not phen.requires_grad and last is not None and last[0].shape == phen.shape
+                and last[0].device == phen.device and last[0].dtype == phen.dtype and torch.equal(last[0], phen)):
+            return last[1:]
+        coeffs = self.anny._get_phenotype_blendshape_coefficients(
+            phen, phen.new_zeros(phen.shape[0], 0), phen.new_zeros(phen.shape[0], 0))
+        skel = self._skeleton.get_rest_model(coeffs)
+        anchors = self._anchor_A0 + torch.einsum("bn,npd->bpd", coeffs, self._anchor_AD)
+        self._rest_cache = None if phen.requires_grad else (phen.detach().clone(), coeffs, skel, anchors)
+        return coeffs, skel, anchors
+
     def forward(self, params: BodyParams, vertices: bool = True) -> BodyOutput:
         """Pose and shape the body.
 
@@ -187,11 +202,8 @@ class AnnyModel(BodyModel):
         self.check_params(params)
         P = self.pose_matrices(params)
         phen = params.shape
-        coeffs = self.anny._get_phenotype_blendshape_coefficients(
-            phen, phen.new_zeros(phen.shape[0], 0), phen.new_zeros(phen.shape[0], 0))
-        skel = self._skeleton.get_rest_model(coeffs)
+        coeffs, skel, anchors = self._rest(phen)
         transforms, bone_poses = self._skeleton.get_bone_transforms(P, skel["rest_bone_poses"])
-        anchors = self._anchor_A0 + torch.einsum("bn,npd->bpd", coeffs, self._anchor_AD)
         parts = torch.einsum("bprc,bpc->bpr", transforms[:, self._pair_j, :3, :], anchors)
         regressed = parts.new_zeros(parts.shape[0], len(self.regressed_names), 3)
         regressed = regressed.index_add(1, self._pair_k, parts)

@@ -43,9 +43,10 @@ class FitConfig:
     sigma: float = 0.3
     min_keypoints: int = 6
     try_flip: bool = True
-    ftol: float = 1.0e-5
+    ftol: float = 1.0e-3
     check_every: int = 10
     compact: float = 0.5
+    compile: bool = False
     render_size: int = 256
     render_topology: str = "default"
     texture_blur: float = 0.0
@@ -71,6 +72,7 @@ class FitConfig:
               f"must be an integer >= 1, got {self.min_keypoints!r}")
         check_number(self.ftol, "ftol", 0.0, 1.0)
         check_number(self.compact, "compact", 0.0, 1.0, hi_open=True)
+        check(isinstance(self.compile, bool), "compile", f"must be true or false, got {self.compile!r}")
         check(isinstance(self.check_every, int) and self.check_every >= 1, "check_every",
               f"must be an integer >= 1, got {self.check_every!r}")
         check(isinstance(self.render_size, int) and 16 <= self.render_size <= 4096, "render_size",

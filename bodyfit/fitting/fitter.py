@@ -16,6 +16,7 @@ evaluates what the stage's energies need at each step.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from bodyfit.fitting.energy import Evaluation, Problem, render_model
 from bodyfit.fitting.optimizer import StageResult, run_stage
 from bodyfit.fitting.start import flip_about_vertical, mean_start, start_in_world, torso_is_ambiguous
 from bodyfit.observations import Observations
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -141,6 +144,10 @@ class Fitter:
         self.context = context
         used = dict.fromkeys(n for s in self.config.stages.values() for n, w in s.weights.items() if w > 0)
         self.energies = {name: ENERGIES[name](model, self.config) for name in used}
+        self._compile = self.config.compile and model.name != "anny"
+        if self.config.compile and not self._compile:
+            log.warning("compile=true is ignored for Anny: its rest skeleton (roma's Procrustes) "
+                        "breaks the compiled graph, and compiled fits ran slower than eager ones")
 
     @functools.cached_property
     def mesh_model(self) -> BodyModel:
@@ -271,7 +278,14 @@ class Fitter:
                 ev = self._evaluation(p, init, problem, list(weights), stage)
                 return {n: self.energies[n](ev, prepared[n]) for n in weights}
 
-            return run_stage(params, energy_fn, free=list(stage.free), weights=weights, steps=stage.steps,
+            energies = energy_fn
+            if self._compile:  # the steps compiled; the few checks without gradients eager
+                compiled = torch.compile(energy_fn, dynamic=True)
+
+                def energies(p: BodyParams) -> dict[str, torch.Tensor]:
+                    return compiled(p) if torch.is_grad_enabled() else energy_fn(p)
+
+            return run_stage(params, energies, free=list(stage.free), weights=weights, steps=stage.steps,
                              lr=stage.lr, optimizer=stage.optimizer, ftol=self.config.ftol,
                              check_every=self.config.check_every, free_pose_joints=self.model.free_pose_joints,
                              clamp_shape=self.model.clamp_shape, active=problem.active,
