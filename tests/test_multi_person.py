@@ -11,7 +11,7 @@ from bodyfit.detectors.multi_person import box_iou, person_regions, tile_windows
 # -- geometry (no MediaPipe) ------------------------------------------------------------------
 def test_tile_windows_cover_the_picture():
     h, w = 1080, 1920
-    for levels, count in ((0, 1), (1, 1 + 3), (2, 1 + 3 + 15)):
+    for levels, count in ((0, 1), (1, 1 + 3), (2, 1 + 3 + 15), (3, 1 + 3 + 15 + 50)):
         wins = tile_windows(h, w, levels)
         assert wins.shape == (count, 5)
         assert wins[0].tolist() == [0, 0, w, h, 0]  # the full picture first
@@ -33,8 +33,9 @@ def test_tile_windows_edge_cases():
     assert len(tile_windows(500, 500, 1)) == 1  # a square picture: level 1 is the full picture
     assert len(tile_windows(500, 500, 2)) == 1 + 9
     assert len(tile_windows(200, 400, 2)) == 1 + 3  # 100-px tiles are below min_side: skipped
+    assert len(tile_windows(480, 640, 3)) == len(tile_windows(480, 640, 2))  # 120 px: skipped
     with pytest.raises(ValueError, match="levels"):
-        tile_windows(100, 100, 3)
+        tile_windows(100, 100, 4)
     with pytest.raises(ValueError, match="overlap"):
         tile_windows(100, 100, 1, overlap=0.95)
     with pytest.raises(ValueError, match="positive"):

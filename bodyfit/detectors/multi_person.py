@@ -18,8 +18,8 @@ How :meth:`MultiPersonPose.detect_all` finds everyone:
 1. **Windows.** The detector sees its input letterboxed to 224x224, so in a wide picture small
    or distant people are only a few pixels tall. It runs on the full picture and, by the
    ``setting``, on overlapping square tiles: level 1 with the picture's short side as the tile
-   side, level 2 with half of it (tiles overlap by ``tile_overlap`` of their side; none smaller
-   than ``min_tile_side``). Detections are mapped from each tile back to the picture.
+   side, level 2 with half of it, level 3 with a quarter (tiles overlap by ``tile_overlap`` of
+   their side; none smaller than ``min_tile_side``). Detections are mapped from each tile back to the picture.
 2. **Person regions**, exactly as MediaPipe's pose graph (``PoseDetectionToRoi``:
    ``AlignmentPointsRectsCalculator`` then ``RectTransformationCalculator``): centre = the
    detection's hip centre (keypoint 0), side = 2 x its distance to keypoint 1, rotated so that
@@ -84,10 +84,14 @@ __all__ = [
 MEDIAPIPE_VERSION = "0.10.21"
 """The MediaPipe release whose internal subgraphs this module builds on."""
 
-SETTINGS: dict[str, int] = {"full": 0, "fast": 1, "thorough": 2}
+SETTINGS: dict[str, int] = {"full": 0, "fast": 1, "thorough": 2, "exhaustive": 3}
 """Tile levels per setting: ``"full"`` runs the person detector on the full picture only (what
 the legacy API does), ``"fast"`` adds square tiles of the picture's short side, ``"thorough"``
-also tiles of half of it (more people found far away, ~4x the detector time)."""
+also tiles of half of it, ``"exhaustive"`` also tiles of a quarter of it. The detector finds
+people best when they are a third to a half of its input's height: each level finds people
+about half as tall as the level before, for ~3-4x the detector runs (measured on OpenCV's
+vtest.avi, people ~80 px high in 768x576 frames: full and fast find almost nobody, thorough a
+third of them, exhaustive most)."""
 
 REGION_SCALE = 1.25
 """Margin of a person region around the detector's body circle (MediaPipe's pose graph)."""
@@ -136,18 +140,18 @@ _BUILD_LOCK = threading.Lock()
 # Geometry (pure numpy; no MediaPipe needed)
 # --------------------------------------------------------------------------------------------
 def tile_windows(
-    height: int, width: int, levels: int, overlap: float = 0.25, min_side: int = 160
+    height: int, width: int, levels: int, overlap: float = 0.25, min_side: int = 128
 ) -> np.ndarray:
     """Windows the person detector runs on: the full picture, then overlapping square tiles.
 
     Level 1 tiles have the picture's short side (skipped for a square picture, where the one
-    tile is the full picture); level 2 tiles half of it. Along each axis the tiles are spread
+    tile is the full picture); level 2 tiles half of it, level 3 a quarter. Along each axis the tiles are spread
     evenly from edge to edge with at least ``overlap`` of their side shared by neighbours. A
     level whose side would be below ``min_side`` pixels is skipped.
 
     Args:
         height, width: picture size in pixels.
-        levels: number of tile levels, 0 (full picture only), 1 or 2.
+        levels: number of tile levels, 0 (full picture only) to 3.
         overlap: least shared fraction of a tile side between neighbours, in [0, 0.9].
         min_side: smallest tile side in pixels.
 
@@ -156,13 +160,13 @@ def tile_windows(
         columns ``x0 .. x0 + w - 1`` and rows ``y0 .. y0 + h - 1``); row 0 is the full picture.
 
     Raises:
-        ValueError: a size below 1, levels outside 0..2 or overlap outside [0, 0.9].
+        ValueError: a size below 1, levels outside 0..3 or overlap outside [0, 0.9].
     """
     height, width, levels = int(height), int(width), int(levels)
     if height < 1 or width < 1:
         raise ValueError(f"Picture size must be positive, got {height}x{width}.")
-    if not 0 <= levels <= 2:
-        raise ValueError(f"levels must be 0, 1 or 2, got {levels}.")
+    if not 0 <= levels <= 3:
+        raise ValueError(f"levels must be 0, 1, 2 or 3, got {levels}.")
     if not 0.0 <= overlap <= 0.9:
         raise ValueError(f"overlap must be in [0, 0.9], got {overlap}.")
     wins = [(0, 0, width, height, 0)]
@@ -258,9 +262,10 @@ class MultiPersonPose:
 
     Args:
         setting: ``"fast"`` (full picture + tiles of the short side), ``"thorough"`` (also tiles
-            of half the short side: finds smaller, more distant people; slower) or ``"full"``
-            (full picture only: what the legacy single-person API sees, but every person).
-            See :data:`SETTINGS`.
+            of half the short side: finds smaller, more distant people; slower),
+            ``"exhaustive"`` (also tiles of a quarter: people down to ~1/8 of the short side;
+            slowest) or ``"full"`` (full picture only: what the legacy single-person API sees,
+            but every person). See :data:`SETTINGS`.
         min_detection_confidence: person-detector score threshold in (0, 1] (MediaPipe's own
             default is 0.5).
         enable_segmentation: also predict each person's mask (``Detection.mask``).
@@ -295,7 +300,7 @@ class MultiPersonPose:
         model_complexity: int = 1,
         landmark_model_path: str | os.PathLike | None = None,
         tile_overlap: float = 0.25,
-        min_tile_side: int = 160,
+        min_tile_side: int = 128,
         region_iou: float = 0.4,
         min_presence: float = 0.8,
         min_visible_landmarks: int = 8,
