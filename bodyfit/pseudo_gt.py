@@ -174,7 +174,8 @@ def picture_people(paths, out: str | os.PathLike, detector, max_pixels: int | No
 
     Args:
         paths: picture files. detector: an object with ``detect_all(image) -> list[Detection]``
-            (``bodyfit.detectors``) or None when every picture was detected already.
+            (``bodyfit.detectors``), or None to read only what was detected before (pictures
+            never detected are left out).
         max_pixels: pictures above it are detected downscaled (``read_picture``); keypoints and
             boxes are mapped back to full resolution.
     Returns:
@@ -186,7 +187,7 @@ def picture_people(paths, out: str | os.PathLike, detector, max_pixels: int | No
     folder.mkdir(parents=True, exist_ok=True)
     people = []
     for path in paths:
-        name = str(path)
+        name = str(Path(path).resolve())  # the same picture gets the same ids from any working folder
         key = _sample_id(name, 0).rsplit("_", 1)[0]
         cache = folder / f"{key}.npz"
         found = None
@@ -197,8 +198,8 @@ def picture_people(paths, out: str | os.PathLike, detector, max_pixels: int | No
             except Exception as e:  # a damaged cache: detect again
                 log.warning("%s unreadable (%s): detecting %s again", cache, e, name)
         if found is None:
-            if detector is None:
-                raise ValueError(f"{name} has not been detected and no detector was given.")
+            if detector is None:  # not detected: it could not be read (reported when it was tried)
+                continue
             try:
                 image, full = read_picture(path, max_pixels)
             except (OSError, ValueError) as e:

@@ -156,3 +156,29 @@ def test_killed_run_resumes_and_two_processes_give_the_same_fits(dataset, tmp_pa
     assert list(a["imgname"]) == list(b["imgname"]) and np.array_equal(a["valid"], b["valid"])
     for key in ("global_orient", "body_pose", "betas", "transl"):
         assert np.allclose(a[key], b[key], atol=1e-4), key
+
+
+@pytest.mark.slow
+def test_pictures_give_every_detected_person_and_detect_once(tmp_path, pose2sim_wheel, capsys):
+    pytest.importorskip("mediapipe")
+    from bodyfit.data.images import write_image
+    from bodyfit.data.pose2sim import demo_frames
+
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    for i, (_, img) in enumerate(demo_frames((0, 30), cameras=("cam01",), cache_dir=pose2sim_wheel.parent)):
+        write_image(pics / f"frame{i}.png", img)
+    (pics / "broken.png").write_bytes(b"not a picture")
+    out = tmp_path / "run"
+    args = ["pseudo-gt", str(pics), "--out", str(out), "--quiet", "stages.body.steps=30"]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert sorted(Path(r["picture"]).name for r in rows) == ["frame0.png", "frame1.png"]
+    assert all(r["valid"] and r["error_over_box"] < 0.05 for r in rows)
+    with np.load(out / "export" / "pseudo_gt_0000.npz", allow_pickle=False) as d:
+        assert d["keypoints"].shape == (2, 33, 3) and d["phenotypes"].shape == (2, 6)
+    cached = sorted(p.name for p in (out / "people").iterdir())
+    assert len(cached) == 2  # the broken picture has no detections; the others are not detected again
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "2 people: 0 fitted now, 2 done before" in capsys.readouterr().out
