@@ -19,7 +19,8 @@ How :meth:`MultiPersonPose.detect_all` finds everyone:
    or distant people are only a few pixels tall. It runs on the full picture and, by the
    ``setting``, on overlapping square tiles: level 1 with the picture's short side as the tile
    side, level 2 with half of it, level 3 with a quarter (tiles overlap by ``tile_overlap`` of
-   their side; none smaller than ``min_tile_side``). Detections are mapped from each tile back to the picture.
+   their side; none smaller than ``min_tile_side``). Detections are mapped from each tile back
+   to the picture.
 2. **Person regions**, exactly as MediaPipe's pose graph (``PoseDetectionToRoi``:
    ``AlignmentPointsRectsCalculator`` then ``RectTransformationCalculator``): centre = the
    detection's hip centre (keypoint 0), side = 2 x its distance to keypoint 1, rotated so that
@@ -27,20 +28,30 @@ How :meth:`MultiPersonPose.detect_all` finds everyone:
    made square on its long side (in pixels).
 3. **Duplicate regions** (the same person seen in several windows) are merged by non-maximum
    suppression on the overlap (IoU) of the detection boxes, in priority order: coarser windows
-   first (full picture, then level 1, then level 2), then higher score. So a person the full
+   first (full picture, then level 1, 2, 3), then higher score. So a person the full
    picture finds keeps the full picture's region, which is the region the legacy API uses, and
    tiles only add people the coarser windows missed. (The regions themselves are too coarse to
    tell apart two people standing shoulder to shoulder: their IoU is ~0.7. The detection
    boxes, which hug the torso and head, are not.)
-4. **Landmarks**: the landmark subgraph runs once per kept region; where the landmark model's
-   pose-presence flag is below 0.5 it returns nothing and the region is dropped.
+4. **Landmarks**: the landmark subgraph runs once per kept region. Its pose-presence score
+   must reach ``min_presence`` (MediaPipe's graph gates at 0.5; the default 0.8 drops most of
+   the false people tiles bring: cones, litter, a leg seen alone, while keeping every real
+   person in our test pictures).
 5. **People**: normalized landmarks become pixels (``x_px = x_norm * W - 0.5``, as in
    :mod:`bodyfit.detectors.mediapipe_pose`); a person with fewer than
    ``min_visible_landmarks`` confident landmarks inside the picture is dropped, and so is a
-   person that duplicates one already kept (their confident landmarks agree, or their masks
-   overlap by IoU > ``duplicate_iou``).
+   person that repeats one already kept: the same person (their confident landmarks agree, or
+   their masks overlap by IoU > ``duplicate_iou``) or a part of them (a tile that saw only a
+   leg or a head: a smaller person whose mask lies mostly on the kept person's mask).
 
-The result is sorted by person box area, largest first (ties: higher score first).
+The result is sorted by person box area, largest first (ties: higher score first), or by
+detector score with ``order="score"``.
+
+Known limits (BlazePose's detector, not the tiling): people in a tight group are often found as
+one (the detector gives one detection for the group, and the landmarks then follow the front
+person); person-like objects at the detector's threshold (litter on a lawn, a lab's skeleton
+model) can pass as people; raise ``min_detection_confidence`` or ``min_presence`` to trade
+recall for fewer of them.
 
 Source: BlazePose (Bazarevsky et al. 2020, "BlazePose: On-device Real-time Body Pose tracking",
 CVPR Workshop on Computer Vision for AR/VR) and MediaPipe's pose graph
@@ -98,7 +109,8 @@ REGION_SCALE = 1.25
 
 _LANDMARK_FILES = {0: "pose_landmark_lite.tflite", 1: "pose_landmark_full.tflite",
                    2: "pose_landmark_heavy.tflite"}
-_MODEL_PATH_NODE = "poselandmarkbyroicpu__poselandmarkmodelloader__switchcontainer__ConstantSidePacketCalculator_{}"
+_MODEL_PATH_NODE = ("poselandmarkbyroicpu__poselandmarkmodelloader__switchcontainer__"
+                    "ConstantSidePacketCalculator_{}")
 _SCORE_NODE = "posedetectioncpu__TensorsToDetectionsCalculator"
 _PRESENCE_STREAM = "poselandmarkbyroicpu__tensorstoposelandmarksandsegmentation__pose_presence_score"
 
@@ -145,9 +157,9 @@ def tile_windows(
     """Windows the person detector runs on: the full picture, then overlapping square tiles.
 
     Level 1 tiles have the picture's short side (skipped for a square picture, where the one
-    tile is the full picture); level 2 tiles half of it, level 3 a quarter. Along each axis the tiles are spread
-    evenly from edge to edge with at least ``overlap`` of their side shared by neighbours. A
-    level whose side would be below ``min_side`` pixels is skipped.
+    tile is the full picture); level 2 tiles half of it, level 3 a quarter. Along each axis the
+    tiles are spread evenly from edge to edge with at least ``overlap`` of their side shared by
+    neighbours. A level whose side would be below ``min_side`` pixels is skipped.
 
     Args:
         height, width: picture size in pixels.
@@ -279,16 +291,23 @@ class MultiPersonPose:
         tile_overlap: least shared fraction of a tile's side between neighbouring tiles.
         min_tile_side: no tiles smaller than this, in pixels.
         region_iou: two detections whose boxes overlap by more (IoU) are the same person.
+        min_presence: the landmark model's pose-presence score a person needs, in (0, 1].
         min_visible_landmarks: a person needs at least this many landmarks inside the picture
             with confidence > 0.5 (of 33).
         duplicate_iou: two people whose masks (> 0.5) overlap by more (IoU) are one person.
+        order: ``"area"`` (person box area, largest first) or ``"score"`` (detector score,
+            highest first).
+        max_people: keep at most this many people (the first in ``order``), or None for all.
+            With ``order="score"`` and the ``"full"`` setting the landmark model stops once
+            that many are found (the legacy single-person API is ``max_people=1`` there).
         box_padding: see :func:`bodyfit.detectors.mediapipe_pose.person_box`.
 
     Raises:
         ImportError: mediapipe is not installed (the message says how to install it), or its
             graphs cannot be built (another mediapipe version than :data:`MEDIAPIPE_VERSION`).
-        ValueError: an unknown setting, a model complexity outside 0..2, a missing or invalid
-            landmark model file, or a threshold outside its range.
+        ValueError: an unknown setting or order, a model complexity outside 0..2, a missing or
+            invalid landmark model file (one that MediaPipe cannot run as its landmark model is
+            refused here, by one run on a blank picture), or a threshold outside its range.
     """
 
     def __init__(
@@ -357,8 +376,8 @@ class MultiPersonPose:
                 lm_cfg = _expand(mp, _LANDMARK_GRAPH)
                 _set_model_path(lm_cfg, self.model_complexity, model_file)
                 self._det_graph = mp.CalculatorGraph(graph_config=det_cfg)
-                self._det_graph.observe_output_stream(
-                    "detections", lambda _s, p: self._det_out.append(p))
+                self._det_graph.observe_output_stream(  # (no reference to self: no cycle)
+                    "detections", lambda _s, p, sink=self._det_out: sink.append(p))
                 self._det_graph.start_run()
                 self._lm_graph = mp.CalculatorGraph(graph_config=lm_cfg)
                 for s, sink in self._lm_out.items():
