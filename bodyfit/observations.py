@@ -275,27 +275,36 @@ class Observations:
 
 def _camera_problems(cam: Camera, B: int) -> list[str | None]:
     """Per sample (B), why ``cam`` cannot be used (None when it can): non-finite values,
-    non-positive focal lengths, a principal point far outside the picture, R not a rotation."""
-    K, R, t = cam.K.double(), cam.R.double(), cam.t.double()
+    non-positive focal lengths, a principal point far outside the picture, R not a rotation.
+    Checked for the whole batch at once; only the cameras that fail are looked at one by one."""
+    K, R, t = cam.K.detach().cpu().double(), cam.R.detach().cpu().double(), cam.t.detach().cpu().double()
     H, W = cam.image_size
-    out = []
-    for b in range(cam.batch_size):
-        Kb, Rb, tb = K[b], R[b], t[b]
-        bad = [n for n, x in (("K", Kb), ("R", Rb), ("t", tb)) if not torch.isfinite(x).all()]
-        if bad:
-            why = f"{' and '.join(bad)} {'is' if len(bad) == 1 else 'are'} not finite (NaN or inf)"
-        elif float(Kb[0, 0]) <= 0 or float(Kb[1, 1]) <= 0:
-            why = (f"focal lengths must be positive pixels, got fx={float(Kb[0, 0]):g}, "
-                   f"fy={float(Kb[1, 1]):g}")
-        elif (Kb[2] - Kb.new_tensor([0.0, 0.0, 1.0])).abs().max() > 1e-6 or float(Kb[1, 0]) != 0.0:
-            why = "K's last row must be (0, 0, 1) and K upper triangular"
-        elif not (-W <= float(Kb[0, 2]) <= 2 * W and -H <= float(Kb[1, 2]) <= 2 * H):
-            why = (f"the principal point ({float(Kb[0, 2]):g}, {float(Kb[1, 2]):g}) px is far outside "
-                   f"the {W}x{H} picture")
-        elif (float((Rb @ Rb.T - torch.eye(3, dtype=Rb.dtype)).abs().max()) > 1e-3
-              or float(torch.linalg.det(Rb)) < 0.5):
-            why = "R is not a rotation (check the extrinsics)"
-        else:
-            why = None
-        out.append(why)
+    eye = torch.eye(3, dtype=K.dtype)
+    ok = torch.isfinite(K).all((1, 2)) & torch.isfinite(R).all((1, 2)) & torch.isfinite(t).all(1)
+    ok &= (K[:, 0, 0] > 0) & (K[:, 1, 1] > 0)
+    ok &= ((K[:, 2] - eye[2]).abs().amax(1) <= 1e-6) & (K[:, 1, 0] == 0)
+    ok &= (K[:, 0, 2] >= -W) & (K[:, 0, 2] <= 2 * W) & (K[:, 1, 2] >= -H) & (K[:, 1, 2] <= 2 * H)
+    ok &= ((R @ R.transpose(1, 2) - eye).abs().amax((1, 2)) <= 1e-3) & (torch.linalg.det(R) >= 0.5)
+    out: list[str | None] = [None] * cam.batch_size
+    for b in torch.nonzero(~ok).flatten().tolist():
+        out[b] = _camera_problem(K[b], R[b], t[b], H, W) or "the camera cannot be used"
     return out * B if cam.batch_size == 1 else out
+
+
+def _camera_problem(Kb: torch.Tensor, Rb: torch.Tensor, tb: torch.Tensor, H: int, W: int) -> str | None:
+    """Why one camera (K (3,3), R (3,3), t (3,)) cannot be used, or None."""
+    bad = [n for n, x in (("K", Kb), ("R", Rb), ("t", tb)) if not torch.isfinite(x).all()]
+    if bad:
+        return f"{' and '.join(bad)} {'is' if len(bad) == 1 else 'are'} not finite (NaN or inf)"
+    if float(Kb[0, 0]) <= 0 or float(Kb[1, 1]) <= 0:
+        return (f"focal lengths must be positive pixels, got fx={float(Kb[0, 0]):g}, "
+                f"fy={float(Kb[1, 1]):g}")
+    if (Kb[2] - Kb.new_tensor([0.0, 0.0, 1.0])).abs().max() > 1e-6 or float(Kb[1, 0]) != 0.0:
+        return "K's last row must be (0, 0, 1) and K upper triangular"
+    if not (-W <= float(Kb[0, 2]) <= 2 * W and -H <= float(Kb[1, 2]) <= 2 * H):
+        return (f"the principal point ({float(Kb[0, 2]):g}, {float(Kb[1, 2]):g}) px is far outside "
+                f"the {W}x{H} picture")
+    if (float((Rb @ Rb.T - torch.eye(3, dtype=Rb.dtype)).abs().max()) > 1e-3
+            or float(torch.linalg.det(Rb)) < 0.5):
+        return "R is not a rotation (check the extrinsics)"
+    return None

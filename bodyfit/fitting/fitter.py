@@ -320,17 +320,17 @@ class Fitter:
         error_over_box = torch.nanmean(view_err / problem.scale, dim=1)
         valid = problem.active & params.is_finite() & torch.isfinite(mean_err) & ~result.failed
         messages = problem.messages
-        for b in range(B):
-            if problem.active[b] and not valid[b]:
-                messages[b].insert(0, "the fit diverged (non-finite energy): sample not fitted")
-        flagged = []
+        for b in torch.nonzero(problem.active & ~valid).flatten().tolist():
+            messages[b].insert(0, "the fit diverged (non-finite energy): sample not fitted")
+        flagged: list[str | None] = [None] * B
         limit = self.config.max_error_over_box
-        ratio = view_err / problem.scale
-        for b in range(B):
-            far = [f"{observations.names[v]} {100 * float(ratio[b, v]):.1f}%" for v in range(V)
-                   if bool(valid[b]) and bool(ratio[b, v] > limit)]
-            flagged.append(f"keypoint error above {100 * limit:.0f}% of the box height ({', '.join(far)}): "
-                           f"check the camera (K, view order) and the detections" if far else None)
+        ratio = (view_err / problem.scale).cpu()
+        far = (ratio > limit) & valid.cpu()[:, None]  # (B,V); NaN (view not seen) is never far
+        for b in torch.nonzero(far.any(1)).flatten().tolist():  # only the flagged samples: no loop over B
+            views = ", ".join(f"{observations.names[v]} {100 * float(ratio[b, v]):.1f}%"
+                              for v in torch.nonzero(far[b]).flatten().tolist())
+            flagged[b] = (f"keypoint error above {100 * limit:.0f}% of the box height ({views}): "
+                          f"check the camera (K, view order) and the detections")
         params = params.where(valid, model.default_params(B))
         if not bool(valid.all()):
             out = model(params, vertices=vertices)
