@@ -17,14 +17,24 @@ with a picture or video extension is a picture (``dir/a=b.jpg`` too); otherwise 
 or starting with ``+`` or ``~`` is an override (a file named ``init=mean`` does not change that).
 Everything after ``--`` is an override.
 
-Reruns: ``bodyfit fit`` skips a picture whose folder in ``--out`` already holds its fit (same
-content, by SHA-1, and same body model; counted as "already done") unless ``--redo`` is given; a
-result that is replaced is named in the log. Pictures above ``detector.max_pixels`` (16.8 Mpx)
+``bodyfit fit`` fits every person the multi-person detector finds in each picture, all people
+of a picture as one batch: ``DIR/<stem>/person_<k>/{fit.npz,fit.json,mesh.ply,mesh.glb}`` (k = 0
+the largest person), one ``overlay.png`` with every person and a ``people.json`` per picture.
+``detector.max_people=N`` keeps the N largest, ``detector.min_box_height=0.1`` drops people
+shorter than 10% of the picture, ``detector.setting=full|fast|thorough`` picks the detector's
+tiling. ``fit-views``, ``fit-video`` and ``demo`` still fit one person per picture.
+
+Reruns: ``bodyfit fit`` skips a picture whose folder in ``--out`` already holds its people
+(people.json of the same content, by SHA-1, the same body model and the same ``detector``
+options; counted as "already done") unless ``--redo`` is given; a result that is replaced is
+named in the log. Pictures above ``detector.max_pixels`` (16.8 Mpx)
 are detected and fitted downscaled, results written at full resolution (``downscaled`` in
 fit.json); a picture too large to decode (a decompression bomb) is reported and left out.
 
 Exit codes: 0 every picture fitted; 1 some pictures failed (each is reported); 2 bad usage;
-3 every picture fitted but some fits are flagged as far off (``flagged`` in fit.json).
+3 every picture fitted but some fits are flagged as far off (``flagged`` in fit.json), or some
+people of a picture could not be fitted (``flagged`` in people.json). A person cut by the
+picture's frame is fitted on what is seen and marked ``truncated``: a note, not a flag.
 """
 from __future__ import annotations
 
@@ -51,9 +61,11 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    f = sub.add_parser("fit", help="fit pictures; writes DIR/<stem>/{fit.npz,fit.json,mesh.ply,overlay.png}")
+    f = sub.add_parser("fit", help="fit every person in pictures; writes DIR/<stem>/{people.json,overlay.png} "
+                       "and DIR/<stem>/person_<k>/{fit.npz,fit.json,mesh.ply,mesh.glb}")
     f.add_argument("words", nargs="+", metavar="IMAGE_OR_OVERRIDE",
-                   help="picture files, and config overrides (bodyfit/configs/fit.yaml)")
+                   help="picture files, and config overrides (bodyfit/configs/fit.yaml; people: "
+                        "detector.max_people=N, detector.min_box_height=SHARE, detector.setting=fast)")
     f.add_argument("--out", required=True, help="output folder")
     f.add_argument("--redo", action="store_true",
                    help="fit pictures again whose result in --out is already done (default: skip them)")
@@ -202,6 +214,14 @@ def _report(reports, out) -> int:
     for r in reports:
         if r.skipped:
             print(f"{r.name or out}: already done -> {r.out_dir} (--redo fits it again)")
+        elif r.ok and "people" in r.summary:
+            s = r.summary
+            fitted = [p for p in s["people"] if p["valid"]]
+            each = ", ".join(f"person_{p['id']} {p['reprojection_error_px']:.1f} px "
+                             f"({100 * p['reprojection_error_over_box']:.2f}%)"
+                             f"{' truncated' if p['truncated'] else ''}" for p in fitted)
+            print(f"{r.name or out}: {len(fitted)} of {len(s['people'])} people fitted ({each}), "
+                  f"{s['runtime_s'].get('total', float('nan')):.2f} s -> {r.out_dir}")
         elif r.ok:
             s = r.summary
             print(f"{r.name or out}: reprojection {s['reprojection_error_px']:.1f} px "
@@ -222,7 +242,7 @@ def _report(reports, out) -> int:
 
 def _fit(args, pictures, cfg, model) -> int:
     from bodyfit.data.images import check_picture_path, read_picture
-    from bodyfit.pipeline import PictureReport, Scene, done_result, fit_scenes
+    from bodyfit.pipeline import PictureReport, Scene, done_result, fit_scenes, people_options
 
     if not pictures:
         print("bodyfit fit: give one or more pictures", file=sys.stderr)
@@ -238,7 +258,8 @@ def _fit(args, pictures, cfg, model) -> int:
                 check_picture_path(path)
                 sha1 = _sha1(path)
                 target = Path(args.out) / name
-                done = None if args.redo else done_result(target, sha1, cfg.model.name)
+                done = None if args.redo else done_result(target, sha1, cfg.model.name,
+                                                          people_options(cfg.detector))
                 if done is not None:
                     log.info("%s: already done in %s, skipped (--redo fits it again)", path, target)
                     skipped.append(PictureReport(name, True, target, summary=done, skipped=True))
@@ -254,7 +275,7 @@ def _fit(args, pictures, cfg, model) -> int:
             yield Scene([[image]], [name], extra={"source": str(Path(path).resolve()), "source_sha1": sha1},
                         full_sizes=[full])
 
-    reports = fit_scenes(scenes(), args.out, model, cfg, progress=not args.quiet)
+    reports = fit_scenes(scenes(), args.out, model, cfg, progress=not args.quiet, people=True)
     return _report(failed + skipped + reports, args.out)
 
 

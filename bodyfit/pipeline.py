@@ -136,13 +136,28 @@ def full_cameras(scene: Scene, fov_deg: float) -> list[Camera]:
     return [Camera(*(x.float() for x in (c.K, c.R, c.t)), tuple(c.image_size)) for c in scene.cameras]
 
 
-def observe(scene: Scene, detections, fov_deg: float, dense: bool) -> tuple[Observations, list[float]]:
-    """Observations of a scene from its detections (``detections[v][t]``, None where nobody was
-    found; keypoints in the pictures' pixels, which may be downscaled: ``Scene.full_sizes``):
-    keypoints, and with ``dense`` the person masks and pictures, at the working resolution:
-    full resolution for keypoints only, longer side at most WORK_SIZE where ``dense``. Returns
-    them and each view's scale from full resolution to the working one."""
-    V, T = len(scene.pictures), len(scene.out_names)
+def observe(scene: Scene, detections, fov_deg: float, dense: bool,
+            frames: list[int] | None = None) -> tuple[Observations, list[float]]:
+    """Observations of a scene from its detections: keypoints, and with ``dense`` the person
+    masks and pictures, at the working resolution: full resolution for keypoints only, longer
+    side at most WORK_SIZE where ``dense``. Returns them and each view's scale from full
+    resolution to the working one.
+
+    Args:
+        detections: ``detections[v][b]``: sample ``b``'s Detection in view ``v`` (keypoints in
+            the pictures' pixels, which may be downscaled: ``Scene.full_sizes``), None where
+            nobody was found.
+        frames: per sample the index ``t`` of its picture in ``scene.pictures[v]``; None: sample
+            ``b`` is frame ``b`` (one person per frame). Several people of one picture: their
+            samples share the frame.
+    Raises:
+        ValueError: ``frames`` and ``detections`` disagree on the number of samples.
+    """
+    V = len(scene.pictures)
+    B = len(detections[0])
+    frames = list(range(B)) if frames is None else list(frames)
+    if len(frames) != B or any(len(d) != B for d in detections):
+        raise ValueError(f"observe: {len(frames)} frame indices for {[len(d) for d in detections]} detections per view")
     cameras = full_cameras(scene, fov_deg)
     kps, masks, images, work, scales = [], [], [], [], []
     for v in range(V):
@@ -153,8 +168,8 @@ def observe(scene: Scene, detections, fov_deg: float, dense: bool) -> tuple[Obse
         to_work = s / scene.picture_scale(v)  # picture pixels -> working pixels
         h, w = cam.image_size
         kp_v, mask_v, img_v = [], [], []
-        for t in range(T):
-            det, pic = detections[v][t], scene.pictures[v][t]
+        for b, t in enumerate(frames):
+            det, pic = detections[v][b], scene.pictures[v][t]
             kp = torch.zeros(33, 3)
             mask = np.zeros((h, w), np.float32)
             if det is not None:
@@ -174,8 +189,20 @@ def observe(scene: Scene, detections, fov_deg: float, dense: bool) -> tuple[Obse
     return obs, scales
 
 
+def _open_detector(det_cfg, people: bool):
+    """The detector of a run: ``MultiPersonPose`` (``det_cfg.setting``) for every person, the
+    legacy single-person ``MediaPipePose`` otherwise; built once, from the config."""
+    from bodyfit.detectors import MediaPipePose, MultiPersonPose
+
+    common = dict(min_detection_confidence=det_cfg.min_detection_confidence,
+                  enable_segmentation=det_cfg.enable_segmentation,
+                  model_complexity=det_cfg.model_complexity,
+                  landmark_model_path=det_cfg.landmark_model_path)
+    return MultiPersonPose(det_cfg.setting, **common) if people else MediaPipePose(**common)
+
+
 def fit_scenes(scenes, out_dir: str | Path, model=None, config=None, dense: bool = False,
-               progress: bool = True) -> list[PictureReport]:
+               progress: bool = True, people: bool = False) -> list[PictureReport]:
     """Detect, fit and write every scene; one report per output folder, in order.
 
     Args:
@@ -183,11 +210,19 @@ def fit_scenes(scenes, out_dir: str | Path, model=None, config=None, dense: bool
         out_dir: the run's folder.
         model: a BodyModel (Anny when None). config: a FitConfig (``configs/fit.yaml``).
         dense: also hand person masks and pictures to the fit (silhouette, texture).
+        people: fit every person of each picture (``bodyfit fit``): each scene must be one
+            picture (one view, one frame); the multi-person detector (``detector.setting``)
+            finds the people, :func:`select_people` keeps those the config asks for
+            (``detector.max_people``, ``detector.min_box_height``), all are fitted as one batch
+            and :func:`save_people` writes the picture's folder. Otherwise (views, videos) one
+            person per picture: the legacy detector's, written by :func:`save_result`.
+    Raises:
+        ValueError: with ``people``, a scene of several views or frames.
     """
     from tqdm import tqdm
 
     from bodyfit.body_models import body_model
-    from bodyfit.detectors import MediaPipePose, NoPersonError
+    from bodyfit.detectors import NoPersonError
 
     out_dir = Path(out_dir)
     model = model if model is not None else body_model("anny")
@@ -195,14 +230,14 @@ def fit_scenes(scenes, out_dir: str | Path, model=None, config=None, dense: bool
     fitter = Fitter(model, cfg)
     det_cfg = cfg.detector
     reports: list[PictureReport] = []
-    with MediaPipePose(min_detection_confidence=det_cfg.min_detection_confidence,
-                       enable_segmentation=det_cfg.enable_segmentation,
-                       model_complexity=det_cfg.model_complexity) as detector:
+    with _open_detector(det_cfg, people) as detector:
         bar = tqdm(scenes, desc="fitting", unit="scene", disable=not progress)
         for scene in bar:
             t0 = time.perf_counter()
             names = scene.view_names or [f"view{v}" for v in range(len(scene.pictures))]
-            dets = []
+            if people and (len(scene.pictures) != 1 or len(scene.out_names) != 1):
+                raise ValueError("fit_scenes(people=True) fits single pictures: one view, one frame per scene")
+            dets, frames, chosen, dropped = [], None, [], []
             for v, pics in enumerate(scene.pictures):
                 dets.append([])
                 for t, pic in enumerate(pics):
@@ -215,16 +250,27 @@ def fit_scenes(scenes, out_dir: str | Path, model=None, config=None, dense: bool
                             H, W = scene.cameras[v].image_size
                             raise ValueError(f"picture is {full[1]}x{full[0]} but the "
                                              f"calibration says {W}x{H}")
-                        dets[v].append(detector.detect(pic))
+                        if people:
+                            chosen, dropped = select_people(detector.detect_all(pic), pic.shape[:2],
+                                                            det_cfg.max_people, det_cfg.min_box_height)
+                            dets[v] += chosen
+                        else:
+                            dets[v].append(detector.detect(pic))
                     except (ValueError, NoPersonError) as e:
                         log.warning("%s left out: %s", where or "picture", e)
-                        dets[v].append(None)
+                        if not people:
+                            dets[v].append(None)
+            if people:
+                frames = [0] * len(dets[0])
             if all(d is None for per_view in dets for d in per_view):
-                reports += [PictureReport(n or out_dir.name, False, error="no person found")
-                            for n in scene.out_names]
+                why = "no person found"
+                if dropped:
+                    why += (f" ({len(dropped)} found, none kept: {dropped[0]['why']}"
+                            f"{'; ...' if len(dropped) > 1 else ''})")
+                reports += [PictureReport(n or out_dir.name, False, error=why) for n in scene.out_names]
                 continue
             t1 = time.perf_counter()
-            obs, scales = observe(scene, dets, cfg.fov_deg, dense)
+            obs, scales = observe(scene, dets, cfg.fov_deg, dense, frames)
             cams = full_cameras(scene, cfg.fov_deg)
             extra = dict(scene.extra)
             shrunk = scene.downscaled(names)
@@ -237,6 +283,21 @@ def fit_scenes(scenes, out_dir: str | Path, model=None, config=None, dense: bool
             T = len(scene.out_names)
             runtime = {"detection": (t1 - t0) / T, **{k: v / T for k, v in result.runtime_s.items()},
                        "total": (time.perf_counter() - t0) / T}
+            if people:
+                name = scene.out_names[0]
+                target = out_dir / name
+                notes = [person_notes(d, scene.picture_scale(0)) for d in chosen]
+                try:
+                    summary = save_people(result, target, notes, scene.pictures[0][0], scales[0], cams[0],
+                                          runtime, extra, dropped=dropped, detector=people_options(det_cfg))
+                except ValueError as e:  # nobody could be fitted
+                    reports.append(PictureReport(name or out_dir.name, False, error=str(e)))
+                except OSError as e:
+                    log.error("%s: could not write the result: %s", target, e)
+                    reports.append(PictureReport(name or out_dir.name, False, error=f"could not write: {e}"))
+                else:
+                    reports.append(PictureReport(name or out_dir.name, True, target, summary=summary))
+                continue
             for t, name in enumerate(scene.out_names):
                 if not bool(result.valid[t]):
                     reports.append(PictureReport(name or out_dir.name, False, error=result.messages[t]))
@@ -253,42 +314,107 @@ def fit_scenes(scenes, out_dir: str | Path, model=None, config=None, dense: bool
     return reports
 
 
+def select_people(detections, image_size: tuple[int, int], max_people: int | None = None,
+                  min_box_height: float = 0.0) -> tuple[list, list[dict]]:
+    """The people of a picture to fit: those whose box is at least ``min_box_height`` of the
+    picture height, then the ``max_people`` largest of them.
+
+    Args:
+        detections: Detections of one picture, largest box first (``MultiPersonPose.detect_all``).
+        image_size: (H, W) of the picture the detections are in, pixels.
+        max_people: keep at most this many (None: all).
+        min_box_height: share of the picture height in [0, 1).
+    Returns:
+        (kept Detections in the given order, dropped: one ``{"box", "score", "why"}`` per
+        person left out, box ``x0, y0, x1, y1`` in the picture's pixels).
+    """
+    H = float(image_size[0])
+    kept, dropped = [], []
+    for d in detections:
+        why = None
+        if d.box_height < min_box_height * H:
+            why = (f"box {d.box_height:.0f} px high, below detector.min_box_height={min_box_height:g} "
+                   f"of the {H:.0f} px picture")
+        elif max_people is not None and len(kept) >= max_people:
+            why = f"beyond detector.max_people={max_people} (smaller box)"
+        if why is None:
+            kept.append(d)
+        else:
+            dropped.append({"box": [float(x) for x in d.box], "score": _opt_float(d.score), "why": why})
+    return kept, dropped
+
+
+def _opt_float(x) -> float | None:
+    return None if x is None else float(x)
+
+
+def truncation(detection, edge_pixels: int = 3) -> dict:
+    """Is a person cut by the picture's frame? A note, never a failure: the person is fitted on
+    what is seen (landmarks outside the picture have confidence 0).
+
+    A person is ``truncated`` when some of its 33 landmarks are predicted outside the picture
+    (x outside [-0.5, W - 0.5] or y outside [-0.5, H - 0.5], pixel centres at integers), or when
+    its mask (> 0.5) covers at least ``edge_pixels`` pixels of a picture edge (a head or
+    feet cut off whose landmarks still fall inside).
+
+    Args:
+        detection: a Detection (keypoints (33,3) px, mask (H,W) or None, image_size (H,W)).
+    Returns:
+        ``{"truncated": bool, "edges": sorted subset of ["bottom", "left", "right", "top"],
+        "outside_landmarks": MediaPipe-33 names of the landmarks outside the picture}``.
+    """
+    from bodyfit.body_models.conventions import keypoint_names
+
+    H, W = detection.image_size
+    x, y = detection.keypoints[:, 0], detection.keypoints[:, 1]
+    sides = {"left": x < -0.5, "right": x > W - 0.5, "top": y < -0.5, "bottom": y > H - 0.5}
+    outside = np.zeros(len(x), bool)
+    edges = set()
+    for edge, m in sides.items():
+        outside |= m
+        if m.any():
+            edges.add(edge)
+    if detection.mask is not None:
+        m = detection.mask > 0.5
+        for edge, strip in (("top", m[0]), ("bottom", m[-1]), ("left", m[:, 0]), ("right", m[:, -1])):
+            if np.count_nonzero(strip) >= edge_pixels:
+                edges.add(edge)
+    names = keypoint_names("mediapipe33")
+    out = [names[i] for i in np.flatnonzero(outside)]
+    return {"truncated": bool(out or edges), "edges": sorted(edges), "outside_landmarks": out}
+
+
+def person_notes(detection, picture_scale: float = 1.0) -> dict:
+    """What the detector says of one person, for fit.json and people.json: ``box`` (x0, y0,
+    x1, y1 at full resolution, pixel centres at integers), ``score`` (detector confidence or
+    None) and :func:`truncation`'s ``truncated``, ``edges``, ``outside_landmarks``.
+
+    Args:
+        detection: a Detection in the picture's pixels.
+        picture_scale: picture pixels per full-resolution pixel (``Scene.picture_scale``).
+    """
+    box = _rescale(np.asarray(detection.box, np.float64).reshape(2, 2), picture_scale).reshape(4)
+    return {"box": [round(float(b), 2) for b in box], "score": _opt_float(detection.score),
+            **truncation(detection)}
+
+
+def people_options(det_cfg) -> dict:
+    """The detector config as written in people.json (``detector``): a picture's folder is
+    done (:func:`done_result`) only for the same options, since they decide who is fitted."""
+    from dataclasses import asdict
+
+    return json.loads(json.dumps(asdict(det_cfg)))
+
+
 def _finite(x) -> float | None:
     x = float(x)
     return x if np.isfinite(x) else None
 
 
-def save_result(result: FitResult, b: int, out_dir: str | Path, pictures=None, scales=None,
-                full_cameras: list[Camera] | None = None, runtime_s: dict | None = None,
-                extra: dict | None = None) -> dict:
-    """Write sample ``b`` of ``result`` to ``out_dir``, all or nothing: the files are written into
-    a temporary folder beside it, which then replaces ``out_dir``; an interrupted write leaves
-    the previous folder (if any) as it was.
-
-    Files: ``fit.npz`` (``global_orient``, ``body_pose``, ``phenotypes`` (Anny) or ``betas``,
-    ``transl``, ``joints``, ``vertices``, ``faces``; ``K``, ``R``, ``t``, ``keypoints``: (3,3),
-    (3,3), (3,), (K,3) for one view, with a leading view axis for several), ``fit.json``,
-    ``mesh.ply`` (world frame, metres) and ``overlay.png`` (one view) or ``overlay_<view>.png``.
-
-    Args:
-        pictures: per view the picture or None (no overlay for that view), at full resolution
-            or downscaled (the overlay is drawn at the picture's size).
-        scales: per view the working resolution over the full one (1 when the fit ran at full
-            resolution); keypoints, projections and errors are written at full resolution.
-        full_cameras: per view the full-resolution Camera (batch 1); the result's otherwise.
-    Returns:
-        the fit.json summary.
-    Raises:
-        ValueError: the sample was not fitted (``valid`` False): an invalid fit is never stored.
-    """
-    import trimesh
-
-    from bodyfit.data.images import write_image
-    from bodyfit.renderers.views import overlay_picture
-
-    if not bool(result.valid[b]):
-        raise ValueError(f"refusing to store an invalid fit: {result.messages[b]}")
-    out_dir = Path(out_dir)
+def _sample(result: FitResult, b: int, scales=None, full_cameras: list[Camera] | None = None,
+            runtime_s: dict | None = None, extra: dict | None = None) -> tuple[dict, dict, dict]:
+    """Sample ``b`` of ``result`` as written: (fit.json summary, fit.npz arrays, per-view
+    ``K``, ``R``, ``t``, ``kp``, ``proj`` stacked over views, at full resolution)."""
     V = len(result.cameras)
     scales = scales or [1.0] * V
     cams = full_cameras or [result.camera(v).index(slice(b, b + 1)) for v in range(V)]
@@ -331,45 +457,304 @@ def save_result(result: FitResult, b: int, out_dir: str | Path, pictures=None, s
                   else "world frame of the calibration; metres; cameras map X -> R X + t (OpenCV)"),
         **(extra or {}),
     }
+    return summary, arrays, {"K": K, "R": R, "t": t, "kp": kp, "proj": proj, "cams": cams}
+
+
+def _write_sample(folder: Path, summary: dict, arrays: dict) -> None:
+    """fit.npz, fit.json and (with vertices) mesh.ply and mesh.glb into ``folder``, each
+    written atomically."""
+    import trimesh
+
+    from bodyfit.files import atomic_save_npz, atomic_write_bytes, atomic_write_text
+
+    atomic_save_npz(folder / "fit.npz", compress=True, **arrays)
+    atomic_write_text(folder / "fit.json", json.dumps(summary, indent=2))
+    if "vertices" in arrays:
+        mesh = trimesh.Trimesh(arrays["vertices"], arrays["faces"], process=False)
+        atomic_write_bytes(folder / "mesh.ply", mesh.export(file_type="ply"))
+        atomic_write_bytes(folder / "mesh.glb", mesh.export(file_type="glb"))
+
+
+def _at_picture(picture: np.ndarray, size: tuple[int, int], K: np.ndarray, kp: np.ndarray, proj: np.ndarray):
+    """K (3,3), keypoints (K,3) and projections (K,2) at full resolution ``size`` (H, W) ->
+    at the picture's size (a picture downscaled for the pixel budget)."""
+    H, W = size
+    if tuple(picture.shape[:2]) == (H, W):
+        return K, kp, proj
+    sp = max(picture.shape[:2]) / max(H, W)
+    K = K.copy()
+    K[:2, :2] *= sp
+    K[:2, 2] = (K[:2, 2] + 0.5) * sp - 0.5
+    return K, _rescale(kp, 1 / sp), _rescale(proj, 1 / sp)
+
+
+def _in_new_folder(out_dir: Path, fill, summary: dict) -> None:
+    """Run ``fill(tmp)`` on a new temporary folder beside ``out_dir``, then publish it as
+    ``out_dir`` (:func:`_publish`); an interrupted or failed fill leaves ``out_dir`` as it was."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        np.savez_compressed(tmp / "fit.npz", **arrays)
-        (tmp / "fit.json").write_text(json.dumps(summary, indent=2))
-        if "vertices" in arrays:
-            trimesh.Trimesh(arrays["vertices"], arrays["faces"], process=False).export(tmp / "mesh.ply")
-            for v, name in enumerate(result.view_names):
-                if pictures is None or pictures[v] is None:
-                    continue
-                Kp, kpp, projp = K[v], kp[v], proj[v]
-                H, W = cams[v].image_size
-                if tuple(pictures[v].shape[:2]) != (H, W):  # a downscaled picture: draw at its size
-                    sp = max(pictures[v].shape[:2]) / max(H, W)
-                    Kp = Kp.copy()
-                    Kp[:2, :2] *= sp
-                    Kp[:2, 2] = (Kp[:2, 2] + 0.5) * sp - 0.5
-                    kpp, projp = _rescale(kpp, 1 / sp), _rescale(projp, 1 / sp)
-                pic = overlay_picture(pictures[v], arrays["vertices"] @ R[v].T + t[v], arrays["faces"], Kp,
-                                      kpp, projp)
-                write_image(tmp / ("overlay.png" if one else f"overlay_{name}.png"), pic)
+        fill(tmp)
         old = previous_result(out_dir)
         _publish(tmp, out_dir)
         _say_replaced(out_dir, old, summary)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_result(result: FitResult, b: int, out_dir: str | Path, pictures=None, scales=None,
+                full_cameras: list[Camera] | None = None, runtime_s: dict | None = None,
+                extra: dict | None = None) -> dict:
+    """Write sample ``b`` of ``result`` to ``out_dir``, all or nothing: the files are written into
+    a temporary folder beside it, which then replaces ``out_dir``; an interrupted write leaves
+    the previous folder (if any) as it was.
+
+    Files: ``fit.npz`` (``global_orient``, ``body_pose``, ``phenotypes`` (Anny) or ``betas``,
+    ``transl``, ``joints``, ``vertices``, ``faces``; ``K``, ``R``, ``t``, ``keypoints``: (3,3),
+    (3,3), (3,), (K,3) for one view, with a leading view axis for several), ``fit.json``,
+    ``mesh.ply`` and ``mesh.glb`` (glTF binary; world frame, metres) and ``overlay.png`` (one
+    view) or ``overlay_<view>.png``.
+
+    Args:
+        pictures: per view the picture or None (no overlay for that view), at full resolution
+            or downscaled (the overlay is drawn at the picture's size).
+        scales: per view the working resolution over the full one (1 when the fit ran at full
+            resolution); keypoints, projections and errors are written at full resolution.
+        full_cameras: per view the full-resolution Camera (batch 1); the result's otherwise.
+    Returns:
+        the fit.json summary.
+    Raises:
+        ValueError: the sample was not fitted (``valid`` False): an invalid fit is never stored.
+        FileExistsError: ``out_dir`` holds files that are not a result (see :func:`_publish`).
+    """
+    from bodyfit.data.images import write_image
+    from bodyfit.renderers.views import overlay_picture
+
+    if not bool(result.valid[b]):
+        raise ValueError(f"refusing to store an invalid fit: {result.messages[b]}")
+    out_dir = Path(out_dir)
+    summary, arrays, per_view = _sample(result, b, scales, full_cameras, runtime_s, extra)
+    one = len(result.cameras) == 1
+
+    def fill(tmp: Path) -> None:
+        _write_sample(tmp, summary, arrays)
+        if "vertices" not in arrays:
+            return
+        for v, name in enumerate(result.view_names):
+            if pictures is None or pictures[v] is None:
+                continue
+            R, t = per_view["R"][v], per_view["t"][v]
+            Kp, kpp, projp = _at_picture(pictures[v], per_view["cams"][v].image_size, per_view["K"][v],
+                                         per_view["kp"][v], per_view["proj"][v])
+            pic = overlay_picture(pictures[v], arrays["vertices"] @ R.T + t, arrays["faces"], Kp, kpp, projp)
+            write_image(tmp / ("overlay.png" if one else f"overlay_{name}.png"), pic)
+
+    _in_new_folder(out_dir, fill, summary)
     return summary
 
 
-RESULT_FILES = ("fit.npz", "fit.json", "mesh.ply", "overlay.png")
+PALETTE = np.array([[0.12, 0.47, 0.71], [1.00, 0.50, 0.05], [0.17, 0.63, 0.17], [0.84, 0.15, 0.16],
+                    [0.58, 0.40, 0.74], [0.55, 0.34, 0.29], [0.89, 0.47, 0.76], [0.09, 0.75, 0.81],
+                    [0.74, 0.74, 0.13], [0.50, 0.50, 0.50]], np.float32)
+"""Person colours of the overlays (matplotlib's tab10): person ``k`` is ``PALETTE[k % 10]``."""
+
+
+def _shade_crop(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray, size: tuple[int, int]):
+    """``shade`` of one mesh (camera frame, metres) rendered only over its projected box:
+    ((H,W) shading in [0,1] premultiplied by coverage, (H,W) coverage)."""
+    from bodyfit.renderers.views import _MESH_RGB, shade
+
+    H, W = size
+    light, cover = np.zeros((H, W), np.float32), np.zeros((H, W), np.float32)
+    v = torch.as_tensor(vertices, dtype=torch.float32)
+    front = v[:, 2] > 1e-3
+    if not bool(front.any()):
+        return light, cover
+    Kt = torch.as_tensor(K, dtype=torch.float32)
+    uv = (v[front] @ Kt.T)[:, :2] / v[front, 2:]
+    x0, y0 = (int(max(0, np.floor(float(uv[:, i].min())) - 2)) for i in (0, 1))
+    x1, y1 = (int(min(n, np.ceil(float(uv[:, i].max())) + 3)) for i, n in ((0, W), (1, H)))
+    if x1 <= x0 or y1 <= y0:
+        return light, cover
+    Kc = Kt.clone()
+    Kc[0, 2] -= x0
+    Kc[1, 2] -= y0
+    rgb, a = shade(v[None], torch.as_tensor(faces, dtype=torch.long), Camera.identity(Kc[None], (y1 - y0, x1 - x0)))
+    light[y0:y1, x0:x1] = (rgb[0].sum(-1) / float(_MESH_RGB.sum())).numpy()
+    cover[y0:y1, x0:x1] = a[0].numpy()
+    return light, cover
+
+
+def people_overlay(picture: np.ndarray, people: list[dict], alpha: float = 0.7) -> np.ndarray:
+    """Every fitted person of a picture over it, each in its own colour, drawn in depth order
+    (the farthest first, so nearer people cover farther ones), each with its keypoints (green:
+    detected, red: the fit's), box and id.
+
+    Args:
+        picture: (H,W,3) uint8 RGB.
+        people: per person ``{"id": int, "vertices": (N,3) metres in the camera frame (OpenCV),
+            "faces": (F,3), "K": (3,3) px, "keypoints": (K,3) px + confidence,
+            "projected": (K,2) px, "box": (4,) x0, y0, x1, y1 px}``, all at the picture's size.
+        alpha: opacity of the meshes.
+    Returns:
+        (H,W,3) uint8 RGB.
+    """
+    import cv2
+
+    from bodyfit.renderers.views import draw_keypoints
+
+    H, W = picture.shape[:2]
+    out = picture.astype(np.float32) / 255.0
+    order = sorted(people, key=lambda p: -float(np.median(np.asarray(p["vertices"])[:, 2])))
+    for p in order:
+        colour = PALETTE[int(p["id"]) % len(PALETTE)]
+        light, cover = _shade_crop(p["vertices"], p["faces"], p["K"], (H, W))
+        shaded = (0.35 + 0.65 * light[..., None] / np.maximum(cover[..., None], 1e-6)) * colour
+        a = (alpha * cover)[..., None]
+        out = out * (1 - a) + shaded * a
+        img = (out.clip(0, 1) * 255).round().astype(np.uint8)
+        img = draw_keypoints(img, p["keypoints"], p["projected"], radius=3)
+        c255 = tuple(int(x) for x in (colour * 255).round())
+        x0, y0, x1, y1 = (int(round(float(x))) for x in p["box"])
+        cv2.rectangle(img, (x0, y0), (x1, y1), c255, 2, cv2.LINE_AA)
+        cv2.putText(img, str(p["id"]), (x0 + 4, max(y0 + 22, 22)), cv2.FONT_HERSHEY_SIMPLEX, 0.8, c255, 2,
+                    cv2.LINE_AA)
+        out = img.astype(np.float32) / 255.0
+    return (out.clip(0, 1) * 255).round().astype(np.uint8)
+
+
+def save_people(result: FitResult, out_dir: str | Path, people: list[dict], picture: np.ndarray | None = None,
+                scale: float = 1.0, full_camera: Camera | None = None, runtime_s: dict | None = None,
+                extra: dict | None = None, dropped: list[dict] | None = None,
+                detector: dict | None = None) -> dict:
+    """Write every person of one picture (the B samples of ``result``, one view) to
+    ``out_dir``, all or nothing (one temporary folder, published whole as in
+    :func:`save_result`):
+
+    * ``person_<k>/`` per fitted person: ``fit.npz``, ``fit.json``, ``mesh.ply``, ``mesh.glb``
+      as :func:`save_result` writes them, fit.json with the person's ``person_id``,
+      ``box_xyxy_px``, ``detection_score``, ``truncated`` (cut by the frame: a note, not a
+      failure), ``truncation`` (``edges``, ``outside_landmarks``);
+    * ``overlay.png``: every person in its colour (:data:`PALETTE`), in depth order, at the
+      picture's size (:func:`people_overlay`);
+    * ``people.json``: ``source``, ``source_sha1``, ``model``, ``image_size`` (H, W, full
+      resolution), ``detector`` (:func:`people_options`), ``people`` (per person: ``id``,
+      ``box`` x0, y0, x1, y1 px, ``score``, ``reprojection_error_px``,
+      ``reprojection_error_over_box``, ``box_height_px``, ``depth_m`` (median camera-frame z
+      of the mesh), ``valid``, ``flagged``, ``truncated``, ``truncation``, ``message``,
+      ``files`` relative to the folder, None for a person not fitted), ``dropped`` (people the
+      options left out, and why), ``overlay``, ``runtime_s`` (the whole picture: its people are
+      fitted together), ``flagged`` (None, or which people are flagged or could not be
+      fitted).
+
+    A person who could not be fitted (``valid`` False) is listed with its message and gets no
+    folder; the others are written. Person ``k`` is sample ``k`` (0: the largest box).
+
+    Args:
+        people: per sample :func:`person_notes` (``box`` at full resolution, ``score``,
+            ``truncated``, ``edges``, ``outside_landmarks``).
+        picture: the picture (full size or downscaled) for the overlay; None: no overlay.
+        scale: working resolution over the full one (1 for keypoint-only fits).
+        full_camera: the full-resolution Camera (batch 1); the result's otherwise.
+    Returns:
+        the people.json content.
+    Raises:
+        ValueError: ``people`` does not match the batch, or nobody could be fitted (nothing is
+            written then).
+        FileExistsError: ``out_dir`` holds files that are not a result (see :func:`_publish`).
+    """
+    from bodyfit.data.images import write_image
+
+    out_dir = Path(out_dir)
+    B = result.batch_size
+    if len(people) != B or len(result.cameras) != 1:
+        raise ValueError(f"save_people: {len(people)} people for a fit of {B} samples in "
+                         f"{len(result.cameras)} views (expected one view, one entry per sample)")
+    if not bool(result.valid.any()):
+        raise ValueError("no person could be fitted: " + "; ".join(
+            f"person_{k}: {result.messages[k]}" for k in range(B)))
+    extra = dict(extra or {})
+    cams = [full_camera] if full_camera is not None else None
+    entries, samples, drawn = [], {}, []
+    for k in range(B):
+        note = people[k]
+        entry = {"id": k, "box": note["box"], "score": note["score"], "reprojection_error_px": None,
+                 "reprojection_error_over_box": None, "box_height_px": None, "depth_m": None,
+                 "valid": bool(result.valid[k]), "flagged": None, "truncated": note["truncated"],
+                 "truncation": {"edges": note["edges"], "outside_landmarks": note["outside_landmarks"]},
+                 "message": result.messages[k], "files": None}
+        if entry["valid"]:
+            person = {"person_id": k, "box_xyxy_px": note["box"], "detection_score": note["score"],
+                      "truncated": note["truncated"], "truncation": entry["truncation"]}
+            summary, arrays, pv = _sample(result, k, [scale], cams, runtime_s, {**person, **extra})
+            verts_cam = arrays["vertices"] @ pv["R"][0].T + pv["t"][0] if "vertices" in arrays else None
+            entry.update(reprojection_error_px=summary["reprojection_error_px"],
+                         reprojection_error_over_box=summary["reprojection_error_over_box"],
+                         box_height_px=summary["box_height_px"], flagged=summary["flagged"],
+                         depth_m=None if verts_cam is None else float(np.median(verts_cam[:, 2])),
+                         files={n.replace(".", "_"): f"person_{k}/{n}"
+                                for n in ("fit.npz", "fit.json", "mesh.ply", "mesh.glb")})
+            samples[k] = (summary, arrays)
+            if verts_cam is not None and picture is not None:
+                Kp, kpp, projp = _at_picture(picture, pv["cams"][0].image_size, pv["K"][0], pv["kp"][0],
+                                             pv["proj"][0])
+                sp = max(picture.shape[:2]) / max(pv["cams"][0].image_size)
+                box = _rescale(np.asarray(note["box"], np.float64).reshape(2, 2), 1 / sp).reshape(4) \
+                    if sp != 1.0 else note["box"]
+                drawn.append({"id": k, "vertices": verts_cam, "faces": arrays["faces"], "K": Kp,
+                              "keypoints": kpp, "projected": projp, "box": box})
+        entries.append(entry)
+    bad = [f"person_{e['id']}: {e['flagged']}" for e in entries if e["flagged"]]
+    bad += [f"person_{e['id']}: not fitted ({e['message']})" for e in entries if not e["valid"]]
+    cam = full_camera if full_camera is not None else result.camera(0).index(slice(0, 1))
+    listing = {
+        "source": extra.get("source"), "source_sha1": extra.get("source_sha1"), "model": result.model_name,
+        "image_size": [int(x) for x in cam.image_size], "detector": detector,
+        "people": entries, "dropped": dropped or [],
+        "overlay": "overlay.png" if drawn else None,
+        "runtime_s": runtime_s or {}, "flagged": "; ".join(bad) or None,
+        **{k: v for k, v in extra.items() if k not in ("source", "source_sha1")},
+    }
+
+    def fill(tmp: Path) -> None:
+        for k, (summary, arrays) in samples.items():
+            (tmp / f"person_{k}").mkdir()
+            _write_sample(tmp / f"person_{k}", summary, arrays)
+        if drawn:
+            write_image(tmp / "overlay.png", people_overlay(picture, drawn))
+        from bodyfit.files import atomic_write_text
+
+        atomic_write_text(tmp / "people.json", json.dumps(listing, indent=2))
+
+    _in_new_folder(out_dir, fill, listing)
+    return listing
+
+
+RESULT_FILES = ("fit.npz", "fit.json", "mesh.ply", "mesh.glb", "overlay.png", "people.json")
+
+
+def _is_result_entry(f: Path) -> bool:
+    """Is ``f`` (in a result folder) something a result folder holds: a result file, an
+    ``overlay_<view>.png``, or a ``person_<k>`` folder of result files?"""
+    if f.is_dir():
+        name = f.name
+        return (name.startswith("person_") and name[7:].isdigit()
+                and all(g.is_file() and g.name in RESULT_FILES for g in f.iterdir()))
+    return f.name in RESULT_FILES or (f.name.startswith("overlay_") and f.suffix == ".png")
 
 
 def previous_result(folder: str | Path) -> dict | None:
-    """The fit.json summary of the finished result in ``folder``, or None: no folder, no
-    ``fit.npz``, or a ``fit.json`` that is missing or not a JSON object (result folders are
-    published whole, so both files present means a complete result)."""
+    """The summary of the finished result in ``folder``, or None: a multi-person folder's
+    ``people.json`` (a JSON object with a ``people`` list), else a single fit's ``fit.json``
+    when ``fit.npz`` is there too; None for no folder, a missing or unreadable file, or one
+    that is not a JSON object (result folders are published whole, so these files present
+    means a complete result)."""
     folder = Path(folder)
     try:
+        if (folder / "people.json").is_file():
+            summary = json.loads((folder / "people.json").read_text())
+            return summary if isinstance(summary, dict) and isinstance(summary.get("people"), list) else None
         if not (folder / "fit.npz").is_file():
             return None
         summary = json.loads((folder / "fit.json").read_text())
@@ -378,15 +763,21 @@ def previous_result(folder: str | Path) -> dict | None:
     return summary if isinstance(summary, dict) else None
 
 
-def done_result(folder: str | Path, source_sha1: str, model: str | None = None) -> dict | None:
-    """The fit.json summary of ``folder`` when it already holds the finished fit of the picture
-    whose content has SHA-1 ``source_sha1`` (hex), made with body model ``model`` when given;
-    None otherwise (nothing there, another picture or model, an unreadable result). Reruns
-    (``bodyfit fit``, pseudo-GT) skip such a picture unless asked to redo it."""
+def done_result(folder: str | Path, source_sha1: str, model: str | None = None,
+                detector: dict | None = None) -> dict | None:
+    """The summary (fit.json, or people.json for every person of a picture) of ``folder`` when
+    it already holds the finished fit of the picture whose content has SHA-1 ``source_sha1``
+    (hex), made with body model ``model`` when given, and, when ``detector`` is given
+    (:func:`people_options`), a multi-person result (people.json) made with those detector
+    options (they decide who is fitted); None otherwise (nothing there, another picture, model
+    or detector options, a single-person result where people are asked for, an unreadable
+    result). Reruns (``bodyfit fit``, pseudo-GT) skip such a picture unless asked to redo it."""
     summary = previous_result(folder)
     if summary is None or summary.get("source_sha1") != source_sha1:
         return None
     if model is not None and summary.get("model") != model:
+        return None
+    if detector is not None and ("people" not in summary or summary.get("detector") != detector):
         return None
     return summary
 
@@ -427,14 +818,14 @@ def _publish(tmp: Path, out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"{out_dir} is a file, not a folder: choose another --out.")
     if out_dir.exists():
-        foreign = [f.name for f in out_dir.iterdir()
-                   if f.name not in RESULT_FILES and not (f.name.startswith("overlay_") and f.suffix == ".png")]
+        foreign = [f.name for f in out_dir.iterdir() if not _is_result_entry(f)]
         if foreign:
             raise FileExistsError(f"{out_dir} exists and holds other files ({', '.join(sorted(foreign)[:3])}"
                                   f"{'...' if len(foreign) > 3 else ''}): choose an empty or new --out folder.")
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    for f in sorted(tmp.rglob("*")):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
     old = None
     if out_dir.exists():
         old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"

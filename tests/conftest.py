@@ -18,6 +18,40 @@ def pose2sim_wheel():
 
 
 @pytest.fixture(scope="session")
+def two_people(pose2sim_wheel):
+    """Two real people side by side: the Pose2Sim demo person seen by cam01 and by cam04
+    (frame 0), each cropped around the single-person detection, scaled to 440 px high and
+    pasted on a grey 480-px-high canvas. Returns (canvas, [(x0, y0, x1, y1) of each paste]).
+    Used by tests/test_multi_person.py and tests/test_cli.py."""
+    pytest.importorskip("mediapipe")
+    import cv2
+    import numpy as np
+
+    from bodyfit.data.pose2sim import demo_frames
+    from bodyfit.detectors import MediaPipePose
+
+    frames = demo_frames((0,), cameras=("cam01", "cam04"), cache_dir=pose2sim_wheel.parent)
+    crops = []
+    with MediaPipePose(enable_segmentation=False) as det:
+        for _, img in frames:
+            x0, y0, x1, y1 = det.detect(img).box
+            m = 0.08 * (y1 - y0)
+            x0, y0 = int(max(x0 - m, 0)), int(max(y0 - m, 0))
+            x1, y1 = int(min(x1 + m, img.shape[1])), int(min(y1 + m, img.shape[0]))
+            c = img[y0:y1, x0:x1]
+            s = 440 / c.shape[0]
+            crops.append(cv2.resize(c, (int(round(c.shape[1] * s)), 440), interpolation=cv2.INTER_AREA))
+    w = sum(c.shape[1] for c in crops) + 60
+    canvas = np.full((480, w, 3), 200, np.uint8)
+    places, x = [], 20
+    for c in crops:
+        canvas[20:460, x : x + c.shape[1]] = c
+        places.append((x, 20, x + c.shape[1], 460))
+        x += c.shape[1] + 20
+    return canvas, places
+
+
+@pytest.fixture(scope="session")
 def anny():
     """The default Anny model (float32, CPU), built once per test session."""
     from bodyfit.body_models import body_model

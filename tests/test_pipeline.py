@@ -23,7 +23,7 @@ def test_result_folder_is_written_whole_and_replaced_whole(result, tmp_path, mon
     out = tmp_path / "pic"
     picture = np.zeros((*result.cameras[0].image_size, 3), np.uint8)
     summary = save_result(result, 0, out, [picture])
-    assert sorted(p.name for p in out.iterdir()) == ["fit.json", "fit.npz", "mesh.ply", "overlay.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["fit.json", "fit.npz", "mesh.glb", "mesh.ply", "overlay.png"]
     written = json.loads((out / "fit.json").read_text())
     assert written["reprojection_error_px"] == summary["reprojection_error_px"]
     assert written["flagged"] == result.flagged[0]
