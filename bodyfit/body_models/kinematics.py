@@ -66,6 +66,14 @@ class KinematicTree:
         self._order = torch.tensor(order)
         self._unorder = torch.tensor([position[k] for k in range(len(parents))])
         self._parents = torch.tensor([max(p, 0) for p in parents])
+        self._indices: dict[torch.device, tuple] = {}
+
+    def _on(self, device: torch.device) -> tuple:
+        """The index tensors on ``device`` (moved once per device, not at every step)."""
+        if device not in self._indices:
+            self._indices[device] = (self._parents.to(device), self._order.to(device), self._unorder.to(device),
+                                     [p.to(device) for p in self._parent_in_level])
+        return self._indices[device]
 
     def __len__(self) -> int:
         return len(self.parents)
@@ -84,17 +92,17 @@ class KinematicTree:
             (world_rotations (B, J, 3, 3), world_positions (B, J, 3)): ``G_k``'s rotation and
             the posed joint positions (the root stays at its rest position).
         """
-        dev = rotations.device
+        parents, order, unorder, parent_in_levels = self._on(rotations.device)
         B = rotations.shape[0]
-        rel = rest_joints - rest_joints[:, self._parents.to(dev)]
+        rel = rest_joints - rest_joints[:, parents]
         rel[:, 0] = rest_joints[:, 0]
         bottom = rotations.new_tensor([0.0, 0.0, 0.0, 1.0]).expand(B, len(self), 1, 4)
         local = torch.cat([torch.cat([rotations, rel[..., None]], -1), bottom], -2)  # (B, J, 4, 4)
-        local = local[:, self._order.to(dev)].split(self._sizes, 1)
+        local = local[:, order].split(self._sizes, 1)
         world = [local[0][..., :3, :]]  # (B, n, 3, 4) per level
-        for parent_in_level, level in zip(self._parent_in_level, local[1:]):
-            world.append(world[-1][:, parent_in_level.to(dev)] @ level)
-        world = torch.cat(world, 1)[:, self._unorder.to(dev)]
+        for parent_in_level, level in zip(parent_in_levels, local[1:]):
+            world.append(world[-1][:, parent_in_level] @ level)
+        world = torch.cat(world, 1)[:, unorder]
         return world[..., :3], world[..., 3]
 
     __call__ = forward
