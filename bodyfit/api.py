@@ -62,7 +62,8 @@ def fit(keypoints, model: BodyModel | None = None, convention: str = "mediapipe3
         K: (B,3,3) or (3,3) intrinsics in pixels.
         boxes: (B,4) xyxy person boxes in pixels; from the keypoints when None.
         init: starting BodyParams (camera frame); else from ``config.init`` (:func:`initialize`).
-        config / overrides: a FitConfig, or Hydra overrides of ``configs/fit.yaml``.
+        config: a FitConfig; ``configs/fit.yaml`` (with ``overrides``) when None.
+        overrides: Hydra overrides of ``configs/fit.yaml`` (when ``config`` is None).
         regressor: a KeypointRegressor to start from; the shipped one when None.
         vertices: also return the fitted vertices.
 
@@ -92,9 +93,12 @@ def fit_views(observations: Observations, model: BodyModel | None = None,
     Args:
         observations: the cameras and what they saw (masks, pictures and IUV turn on the
             silhouette, texture-consistency and DensePose energies).
-        config / overrides: a FitConfig, or Hydra overrides of ``configs/fit_views.yaml``.
+        model: a BodyModel; Anny (default topology) when None.
+        config: a FitConfig; ``configs/fit_views.yaml`` (with ``overrides``) when None.
+        overrides: Hydra overrides of ``configs/fit_views.yaml`` (when ``config`` is None).
         init: starting BodyParams (world frame); else from ``config.init``.
-        Other arguments as :func:`fit`.
+        regressor: a KeypointRegressor to start from; the shipped one when None.
+        vertices: also return the fitted vertices.
     Returns:
         FitResult in the calibration's world frame; a view a sample cannot use (degenerate
         camera, NaN keypoints, too few keypoints) is left out for it and reported.

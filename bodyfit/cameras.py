@@ -129,9 +129,11 @@ def init_translation(joints: torch.Tensor, keypoints: torch.Tensor, kp_index: to
     Args:
         joints: (B,J,3) model landmarks in the camera frame with zero translation, metres.
         keypoints: (B,K,3) pixels + confidence.
-        kp_index, kp_weight: (K,) the convention's map onto ``joints``.
+        kp_index: (K,) the convention's map onto ``joints`` (landmark indices).
+        kp_weight: (K,) the convention's keypoint weights (0: no such landmark).
         K: (B,3,3) intrinsics.
-        torso_names, names: the torso keypoint names and the convention's names.
+        torso_names: the torso keypoint names.
+        names: the convention's keypoint names.
     Returns:
         transl (B,3) metres.
     """

@@ -24,7 +24,8 @@ def body_model(name: str = "anny", *, model_path: str | None = None, topology: s
             ``<name>/<NAME>_<GENDER>.{pkl,npz}`` as smplx expects.
         topology: Anny only: ``"default"`` or a low-poly topology (``notoes_collapse3pc``...).
         gender: SMPL-family only: ``"neutral"``, ``"male"`` or ``"female"``.
-        dtype, device: where the model lives; float32 on CPU by default.
+        dtype: the model's float type (float32 by default).
+        device: where the model lives (the CPU by default).
         cache_dir: Anny only: where Anny caches its parsed assets.
 
     Returns:

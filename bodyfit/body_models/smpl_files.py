@@ -248,8 +248,8 @@ def read_model_file(path: str | os.PathLike) -> dict:
     Raises:
         UnsafePickleError: the pickle references a global that is not allowed.
         ValueError: the file does not hold a dict of arrays.
-        Anything the pickle or zip reader raises on a file that is not a model file
-        (:func:`load_model_arrays` turns those into a ValueError naming the file).
+        Exception: anything the pickle or zip reader raises on a file that is not a model file
+            (:func:`load_model_arrays` turns those into a ValueError naming the file).
     """
     path = Path(path)
     if path.suffix.lower() == ".npz":

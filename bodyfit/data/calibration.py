@@ -74,8 +74,9 @@ def load_calibration(path: str | os.PathLike) -> list[CalibratedCamera]:
     ``Calib.toml`` layout (:func:`read_toml_calibration`).
 
     Raises:
-        FileNotFoundError: no such file. ValueError: an unsupported or malformed file (the
-        message names the file, the camera and the field).
+        FileNotFoundError: no such file.
+        ValueError: an unsupported or malformed file (the message names the file, the camera
+            and the field).
     """
     p = Path(path)
     if not p.is_file():
@@ -135,8 +136,9 @@ def read_qca_calibration(path_or_text) -> dict[str, dict]:
     - ``size`` is ``fov_video``'s ``(right - left + 1, bottom - top + 1)``.
 
     Raises:
-        FileNotFoundError: no such file. ValueError: malformed XML, a DOCTYPE or entity
-        declaration (refused), no camera, a missing element or attribute, a non-rotation.
+        FileNotFoundError: no such file.
+        ValueError: malformed XML, a DOCTYPE or entity declaration (refused), no camera, a
+            missing element or attribute, a non-rotation.
     """
     root = _parse_xml(path_or_text)
     cams = root.findall("cameras/camera")
@@ -264,8 +266,9 @@ def read_toml_calibration(path_or_text) -> dict[str, dict]:
         for fisheye).
 
     Raises:
-        FileNotFoundError: no such file. ValueError: not TOML, no camera table, or a camera
-        with a missing or malformed field (the message names the file, the camera and the field).
+        FileNotFoundError: no such file.
+        ValueError: not TOML, no camera table, or a camera with a missing or malformed field
+            (the message names the file, the camera and the field).
     """
     import cv2
 
@@ -379,7 +382,7 @@ def undistort_keypoints(keypoints, K, dist, new_K=None, fisheye: bool = False) -
 
     Raises:
         ValueError: ``keypoints`` is not ``(..., K, 2 or 3)``; ``K``/``new_K`` not ``(3, 3)``;
-        fisheye ``dist`` not 4 numbers.
+            fisheye ``dist`` not 4 numbers.
     """
     import cv2
 

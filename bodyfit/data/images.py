@@ -331,7 +331,8 @@ def read_video_frames(path: str | os.PathLike, every: int = 1, max_frames: int |
 
     Args:
         path: the video file (any format OpenCV's FFmpeg backend decodes).
-        every, max_frames: which frames when ``frames`` is None (>= 1 each).
+        every: keep every ``every``-th frame (>= 1) when ``frames`` is None.
+        max_frames: at most this many frames (>= 1) when ``frames`` is None.
         frames: 0-based frame indices; the distinct ones are yielded in increasing order.
     Raises:
         FileNotFoundError: no such file. ValueError: OpenCV cannot decode it, it holds no frame,

@@ -193,7 +193,8 @@ class DensePoseChart(torch.nn.Module):
 
         Args:
             I: (N,) int part indices in 0..24 (0, background, is never found).
-            U, V: (N,) float in [0, 1].
+            U: (N,) float in [0, 1].
+            V: (N,) float in [0, 1].
             tolerance: overrides the chart's ``tolerance`` (UV units).
         Returns:
             tri: (N,) int64 face index, -1 where not found.

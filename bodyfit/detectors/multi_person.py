@@ -162,7 +162,8 @@ def tile_windows(
     neighbours. A level whose side would be below ``min_side`` pixels is skipped.
 
     Args:
-        height, width: picture size in pixels.
+        height: picture height in pixels.
+        width: picture width in pixels.
         levels: number of tile levels, 0 (full picture only) to 3.
         overlap: least shared fraction of a tile side between neighbours, in [0, 0.9].
         min_side: smallest tile side in pixels.

@@ -61,7 +61,8 @@ class JointLimits(torch.nn.Module):
     Args:
         joint_index: (M,) indices into ``body_pose``'s joint dimension.
         frames: (M,3,3) rows = flexion, abduction, twist axes (unit vectors, parent frame).
-        lo, hi: (M,3) radians.
+        lo: (M,3) lower limits, radians.
+        hi: (M,3) upper limits, radians.
 
     ``forward(body_pose (B,P,3)) -> (B,)`` squared radians of excess beyond the limits.
     """

@@ -63,7 +63,8 @@ class RasterizeContext:
 
         Args:
             pos: (B,V,4) clip-space positions, detached. tri: (F,3) int64 on pos's device.
-            height, width: output size in pixels (nvdiffrast's pixel-centre grid).
+            height: output height in pixels (nvdiffrast's pixel-centre grid).
+            width: output width in pixels.
         Returns:
             (B*H*W,) int64 triangle index (-1 where empty) on pos's device, flat index
             ``(b * H + y) * W + x``; row 0 at NDC y = -1.

@@ -344,8 +344,9 @@ def texture(tex: torch.Tensor, uv: torch.Tensor, uv_da=None, mip_level_bias=None
         uv: (B,H,W,2) texture coordinates: (0, 0) is the outer corner of texel ``tex[:, 0, 0]``,
             (1, 1) that of ``tex[:, -1, -1]``; u along the columns (Wt), v along the rows (Ht),
             v = 0 at row 0 (nvdiffrast's convention: the tensor is indexed directly).
-        uv_da, mip_level_bias, mip, max_mip_level: nvdiffrast's mipmapping inputs; unused by
-            the torch implementation, which has no mipmaps (used by nvdiffrast on CUDA).
+        uv_da: nvdiffrast's mipmapping input (also ``mip_level_bias``, ``mip``,
+            ``max_mip_level``); unused by the torch implementation, which has no mipmaps
+            (used by nvdiffrast on CUDA).
         filter_mode: 'auto' (= 'linear' here) or 'linear' (bilinear between the four nearest
             texel centres) or 'nearest' (the texel containing uv; no gradient with respect to
             uv). The mipmapped modes run on nvdiffrast only.
@@ -433,7 +434,8 @@ def clip_matrix(K: torch.Tensor, R: torch.Tensor, t: torch.Tensor, image_size,
     Args:
         K: (B,3,3) intrinsics, pixels. R: (B,3,3) world -> camera rotation. t: (B,3) metres.
         image_size: (H, W) of the picture (and of the rasterization), pixels.
-        near, far: depth clip planes in metres, 0 < near < far.
+        near: near depth clip plane in metres, 0 < near < far.
+        far: far depth clip plane in metres.
     Returns:
         (B,4,4) matrix, dtype of K.
     Raises:
