@@ -1,4 +1,5 @@
-"""Every teaching notebook (examples/notebooks/*.py, jupytext percent scripts) runs top to bottom.
+"""Every teaching notebook (examples/notebooks/*.py, jupytext percent scripts) runs top to bottom,
+and every example script (examples/*.py) does its job.
 
 Each notebook runs as a plain Python script in its own process (``python tests/test_notebooks.py
 NOTEBOOK FIGURES``): a percent script *is* Python, so this runs exactly the cells a reader runs,
@@ -20,7 +21,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "examples" / "notebooks").glob("[0-9]*.py"))
-BUDGET_S = 300  # per notebook on 2 cores; they take 15-90 s on a quiet machine
+BUDGET_S = 300  # per notebook or example on 2 cores; they take 10-60 s on a quiet machine
+# Each example script, with arguments that keep it small, and the files it must write.
+EXAMPLES = {
+    "fit_folder.py": ([], ["example_outputs/fit_folder/cam01_frame000/fit.npz",
+                           "example_outputs/fit_folder/cam01_frame000/overlay.png"]),
+    "fit_calibrated_views.py": ([], ["example_outputs/fit_calibrated_views/fit.npz",
+                                     "example_outputs/fit_calibrated_views/overlay_cam04.png"]),
+    "fit_video.py": (["--max-frames", "4"], ["example_outputs/fit_video/frame_000006/fit.npz",
+                                             "example_outputs/fit_video/joints.png"]),
+    "make_pseudo_gt.py": ([], ["example_outputs/pseudo_gt/run/export/pseudo_gt_0000.npz",
+                               "example_outputs/pseudo_gt/run/index.jsonl"]),
+    "export_gltf.py": ([], ["example_outputs/body.glb"]),
+    "use_smpl_files.py": (["--model-path", "SMPL_NEUTRAL.npz"], ["example_outputs/smpl_fit/fit.npz"]),
+}
 
 
 def _run(notebook: Path, figures: Path) -> None:
@@ -78,6 +92,41 @@ def test_notebook_runs(notebook, tmp_path):
     pictures = sorted(figures.glob(f"{notebook.stem}_*.png"))
     assert pictures, f"{notebook.name} showed no figure"
     print(f"{notebook.name}: {took:.1f} s, {len(pictures)} figures")
+
+
+def test_every_example_is_tested():
+    assert sorted(p.name for p in (ROOT / "examples").glob("*.py")) == sorted(EXAMPLES)
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("script", sorted(EXAMPLES), ids=[Path(n).stem for n in sorted(EXAMPLES)])
+def test_example_runs(script, tmp_path):
+    args, outputs = EXAMPLES[script]
+    if script == "use_smpl_files.py":  # the user's licensed files, stood in for by a synthetic one
+        sys.path.insert(0, str(ROOT / "tests"))
+        from synthetic_smpl import write_synthetic_smpl
+
+        pytest.importorskip("smplx")
+        write_synthetic_smpl(tmp_path / "SMPL_NEUTRAL.npz", "npz")
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    env.pop("BODYFIT_SMPL_DIR", None)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=BUDGET_S)
+    out = (proc.stdout + proc.stderr)[-4000:]
+    assert proc.returncode == 0, f"{script} failed:\n{out}"
+    missing = [o for o in outputs if not (tmp_path / o).is_file()]
+    assert not missing, f"{script} did not write {missing}:\n{out}"
+    print(f"{script}: {time.perf_counter() - start:.1f} s")
+
+
+def test_smpl_example_says_what_is_missing(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "BODYFIT_SMPL_DIR"}
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "use_smpl_files.py")], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "No SMPL model files: pass --model-path or set BODYFIT_SMPL_DIR" in proc.stderr
+    assert not (tmp_path / "example_outputs").exists()
 
 
 if __name__ == "__main__":
