@@ -2,17 +2,31 @@
 
 One driver (:func:`fit_scenes`) runs every command's work: a *scene* is V views x T frames of
 pictures (a picture: 1 x 1; calibrated views of one moment: V x 1; a video chunk: 1 x T, fitted
-as a sequence). One writer (:func:`save_result`) writes each fitted sample's folder:
-``fit.npz`` (parameters, joints, vertices, faces, K, R, t, keypoints), ``fit.json`` (model,
-convention, source, errors, energies, runtimes, messages), ``mesh.ply`` (world frame, metres)
-and an overlay picture per view. A picture that cannot be read or holds no person is reported
+as a sequence). Two writers share one way of writing a fitted sample:
+
+* :func:`save_result` (fit-views, fit-video, demo: one person per picture) writes each fitted
+  sample's folder: ``fit.npz`` (parameters, joints, vertices, faces, K, R, t, keypoints),
+  ``fit.json`` (model, convention, source, errors, energies, runtimes, messages), ``mesh.ply``
+  and ``mesh.glb`` (world frame, metres) and an overlay picture per view.
+* :func:`save_people` (``bodyfit fit``, ``fit_scenes(people=True)``: every person of a picture,
+  fitted as one batch) writes the picture's folder: ``person_<k>/`` with those four files per
+  person (k = 0 the largest box), one ``overlay.png`` with every person in its colour in depth
+  order, and ``people.json`` (per person: id, box, detector score, errors, valid, flagged,
+  truncated, file paths). A person who cannot be fitted is listed, not written; the others are.
+  A person cut by the frame is fitted on what is seen and noted ``truncated``
+  (:func:`truncation`).
+
+Either folder is published whole (written into a temporary folder, then renamed into place):
+complete or absent, never a mix. A picture that cannot be read or holds no person is reported
 and left out; the rest go on.
 
 Pictures above the pixel budget (``detector.max_pixels``) come in downscaled
 (``bodyfit.data.images.read_picture``) with their full size in ``Scene.full_sizes``: detection
-and fitting run at that size, and keypoints, K and errors are written at full resolution (the
-overlay at the working size; ``downscaled`` in fit.json). :func:`done_result` tells whether a
-result folder already holds the fit of a given picture (reruns skip it unless asked to redo).
+and fitting run at that size, and keypoints, boxes, K and errors are written at full resolution
+(the overlay at the working size; ``downscaled`` in fit.json). :func:`done_result` tells whether
+a result folder already holds the fit of a given picture (reruns skip it unless asked to redo):
+for every person, a ``people.json`` of the same picture content (SHA-1), body model and
+detector options.
 """
 from __future__ import annotations
 

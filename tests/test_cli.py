@@ -34,13 +34,18 @@ def test_fit_writes_files_and_skips_bad_pictures(tmp_path, real_frame, capsys):
     err = capsys.readouterr().err
     assert "corrupt" in err and "blank" in err and "missing" in err
     d = out / "walker"
-    for name in ["fit.npz", "fit.json", "mesh.ply", "overlay.png"]:
-        assert (d / name).stat().st_size > 0
-    summary = json.loads((d / "fit.json").read_text())
+    listing = json.loads((d / "people.json").read_text())
+    assert len(listing["people"]) >= 1 and listing["source"] == str(good.resolve())
+    assert (d / "overlay.png").stat().st_size > 0
+    p = d / "person_0"  # the largest person: the walker
+    for name in ["fit.npz", "fit.json", "mesh.ply", "mesh.glb"]:
+        assert (p / name).stat().st_size > 0
+    summary = json.loads((p / "fit.json").read_text())
     assert summary["model"] == "anny" and summary["keypoint_convention"] == "mediapipe33"
     assert 0 < summary["reprojection_error_px"] < 0.05 * summary["box_height_px"]
     assert set(summary["runtime_s"]) >= {"detection", "init", "fit"}
-    data = np.load(d / "fit.npz")
+    assert summary["person_id"] == 0 and summary["truncated"] is False
+    data = np.load(p / "fit.npz")
     assert data["vertices"].shape == (13718, 3) and np.isfinite(data["vertices"]).all()
     assert data["phenotypes"].shape == (6,) and data["K"].shape == (3, 3)
     assert not (out / "blank").exists() and not (out / "corrupt").exists()
@@ -75,7 +80,7 @@ def test_same_stem_pictures_get_their_own_folders(tmp_path, real_frame):
                  "--quiet", "stages.body.steps=10"]) == 0
     folders = sorted(p.name for p in out.iterdir())
     assert len(folders) == 2 and all(f.startswith("walker-") for f in folders)
-    sources = {json.loads((out / f / "fit.json").read_text())["source"] for f in folders}
+    sources = {json.loads((out / f / "person_0" / "fit.json").read_text())["source"] for f in folders}
     assert sources == {str((tmp_path / d / "walker.png").resolve()) for d in ("a", "b")}
 
 
@@ -207,33 +212,131 @@ def test_big_pictures_are_fitted_downscaled_and_reruns_skip_what_is_done(tmp_pat
     args = ["fit", str(pic), "--out", str(out), "--quiet", "stages.body.steps=10", f"detector.max_pixels={h * w}"]
     assert main(args) == 0
     d = out / "walker"
-    s = json.loads((d / "fit.json").read_text())
+    s = json.loads((d / "person_0" / "fit.json").read_text())
     note = s["downscaled"]
     assert "detector.max_pixels" in note.pop("note")
     assert note == {"original_hw": [2 * h, 2 * w], "working_hw": [h, w], "scale": 0.5}
-    first = np.load(d / "fit.npz")
+    first = np.load(d / "person_0" / "fit.npz")
     assert abs(first["K"][0, 2] - w) < 1e-3 and abs(first["K"][1, 2] - h) < 1e-3  # the full picture's camera
-    assert cv2.imread(str(d / "overlay.png")).shape[:2] == (h, 2 * w)  # drawn at the working size
+    assert cv2.imread(str(d / "overlay.png")).shape[:2] == (h, w)  # drawn at the working size
+    first_box = np.array(json.loads((d / "people.json").read_text())["people"][0]["box"])
     capsys.readouterr()
 
-    written = {p.name: p.stat().st_mtime_ns for p in d.iterdir()}
+    written = {str(p.relative_to(d)): p.stat().st_mtime_ns for p in d.rglob("*")}
     assert main(args) == 0  # the same picture again: already done
     captured = capsys.readouterr()
     assert "walker: already done" in captured.out and "0 fitted (0 flagged as far off), 1 already done" in captured.out
-    assert {p.name: p.stat().st_mtime_ns for p in d.iterdir()} == written
+    assert {str(p.relative_to(d)): p.stat().st_mtime_ns for p in d.rglob("*")} == written
 
     write_image(pic, real_frame)  # another picture under the same name, at the working size
     assert main(args) == 0
     captured = capsys.readouterr()
     assert "1 fitted" in captured.out
     assert f"replaced the previous result (anny fit of {pic.resolve()}, sha1" in captured.err
-    second = np.load(d / "fit.npz")
-    assert "downscaled" not in json.loads((d / "fit.json").read_text())
+    second = np.load(d / "person_0" / "fit.npz")
+    assert "downscaled" not in json.loads((d / "person_0" / "fit.json").read_text())
     seen = (first["keypoints"][:, 2] > 0.5) & (second["keypoints"][:, 2] > 0.5)
     assert seen.sum() > 15
     gap = np.linalg.norm((first["keypoints"][seen, :2] + 0.5) / 2 - 0.5 - second["keypoints"][seen, :2], axis=1)
     assert np.median(gap) < 3.0  # the same detections, mapped back to full resolution
+    second_box = np.array(json.loads((d / "people.json").read_text())["people"][0]["box"])
+    assert np.abs((first_box + 0.5) / 2 - 0.5 - second_box).max() < 6.0  # boxes too
 
     assert main([*args, "--redo"]) == 0  # asked to redo: fitted again
     assert "1 fitted" in capsys.readouterr().out
-    assert {p.name: p.stat().st_mtime_ns for p in d.iterdir()} != written
+    assert {str(p.relative_to(d)): p.stat().st_mtime_ns for p in d.rglob("*")} != written
+
+
+@needs_mediapipe
+@pytest.mark.slow
+def test_fit_every_person_of_a_picture(tmp_path, two_people, capsys):
+    """Two real people in one picture: each gets its folder and a good fit, people.json lists
+    both with their own boxes, one overlay at the picture's size, meshes that load back as
+    glTF; a rerun skips the picture, max_people=1 keeps only the largest."""
+    import cv2
+    import trimesh
+
+    from bodyfit.detectors.multi_person import box_iou
+
+    canvas, places = two_people
+    pic = write_image(tmp_path / "two.png", canvas)
+    out = tmp_path / "out"
+    args = ["fit", str(pic), "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    assert "two: 2 of 2 people fitted" in capsys.readouterr().out
+    d = out / "two"
+    listing = json.loads((d / "people.json").read_text())
+    people = listing["people"]
+    assert [p["id"] for p in people] == [0, 1] and listing["dropped"] == [] and listing["flagged"] is None
+    boxes = np.array([p["box"] for p in people])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    assert areas[0] >= areas[1]  # person_0 is the largest
+    assert box_iou(boxes[:1], boxes[1:])[0, 0] == 0.0
+    for x0, y0, x1, y1 in places:  # one person in each pasted crop
+        assert sum(x0 - 2 <= b[0] and b[2] <= x1 + 2 for b in boxes) == 1
+    for p in people:
+        assert p["valid"] and not p["flagged"] and not p["truncated"] and 0.5 <= p["score"] <= 1.0
+        assert p["reprojection_error_over_box"] < 0.02, p  # measured 0.8% and 0.7%
+        assert p["depth_m"] > 0
+        k = p["id"]
+        summary = json.loads((d / p["files"]["fit_json"]).read_text())
+        assert summary["person_id"] == k and summary["box_xyxy_px"] == p["box"]
+        assert summary["reprojection_error_px"] == p["reprojection_error_px"]
+        assert summary["source"] == str(pic.resolve())
+        vertices = np.load(d / p["files"]["fit_npz"])["vertices"]
+        mesh = trimesh.load(d / p["files"]["mesh_glb"], force="mesh", process=False)
+        assert mesh.vertices.shape == vertices.shape == (13718, 3)
+        np.testing.assert_allclose(np.sort(mesh.vertices, 0), np.sort(vertices, 0), atol=1e-5)
+    overlay = cv2.imread(str(d / "overlay.png"))
+    assert overlay.shape[:2] == canvas.shape[:2]
+    assert sorted(p.name for p in d.iterdir()) == ["overlay.png", "people.json", "person_0", "person_1"]
+
+    written = {str(p.relative_to(d)): p.stat().st_mtime_ns for p in d.rglob("*")}
+    assert main(args) == 0  # the same picture, the same options: done
+    assert "two: already done" in capsys.readouterr().out
+    assert {str(p.relative_to(d)): p.stat().st_mtime_ns for p in d.rglob("*")} == written
+
+    assert main([*args, "detector.max_people=1"]) == 0  # other options: fitted again, the largest only
+    listing = json.loads((d / "people.json").read_text())
+    assert len(listing["people"]) == 1 and listing["detector"]["max_people"] == 1
+    np.testing.assert_allclose(listing["people"][0]["box"], boxes[0], atol=1.0)
+    assert len(listing["dropped"]) == 1 and "max_people=1" in listing["dropped"][0]["why"]
+    assert sorted(p.name for p in d.iterdir()) == ["overlay.png", "people.json", "person_0"]
+
+
+@needs_mediapipe
+@pytest.mark.slow
+def test_people_cut_by_the_frame_are_fitted_and_noted_truncated(tmp_path, two_people, capsys):
+    canvas, _ = two_people
+    pic = write_image(tmp_path / "cut.png", canvas[:330])  # the frame cuts both people below the knees
+    out = tmp_path / "out"
+    assert main(["fit", str(pic), "--out", str(out), "--quiet"]) == 0  # a note, not a failure
+    listing = json.loads((out / "cut" / "people.json").read_text())
+    assert len(listing["people"]) == 2 and listing["flagged"] is None
+    for p in listing["people"]:
+        assert p["valid"] and p["truncated"] and "bottom" in p["truncation"]["edges"]
+        assert {"left_ankle", "right_ankle"} & set(p["truncation"]["outside_landmarks"])
+        assert p["reprojection_error_over_box"] < 0.03  # fitted on what is seen; measured 1.4% and 1.0%
+        summary = json.loads((out / "cut" / p["files"]["fit_json"]).read_text())
+        assert summary["truncated"] is True and summary["truncation"] == p["truncation"]
+    capsys.readouterr()
+    # people too small for min_box_height: nobody left, reported as a picture without a person
+    assert main(["fit", str(pic), "--out", str(tmp_path / "none"), "--quiet", "detector.min_box_height=0.99"]) == 1
+    err = capsys.readouterr().err
+    assert "cut not fitted: no person found (2 found, none kept" in err and "min_box_height=0.99" in err
+    assert not (tmp_path / "none" / "cut").exists()
+
+
+def test_people_options_are_checked():
+    from bodyfit.config import ConfigError
+    from bodyfit.fitting import load_config
+
+    cfg = load_config(["detector.max_people=2", "detector.min_box_height=0.1", "detector.setting=thorough"])
+    assert (cfg.detector.max_people, cfg.detector.min_box_height, cfg.detector.setting) == (2, 0.1, "thorough")
+    assert load_config().detector.max_people is None
+    for bad, key in (("detector.max_people=0", "detector.max_people"),
+                     ("detector.min_box_height=1.5", "detector.min_box_height"),
+                     ("detector.min_box_height=-0.1", "detector.min_box_height"),
+                     ("detector.setting=everything", "detector.setting")):
+        with pytest.raises(ConfigError, match=key):
+            load_config([bad])

@@ -127,3 +127,77 @@ def test_scene_maps_a_downscaled_picture_to_full_resolution():
     cam = full_cameras(scene, 55.0)[0]
     assert cam.image_size == (1200, 1600) and float(cam.K[0, 0, 2]) == 800.0
     assert Scene([[np.zeros((30, 40, 3), np.uint8)]], ["b"]).downscaled(["picture"]) == {}
+
+
+NOTES = [{"box": [10.0, 20.0, 110.0, 220.0], "score": 0.9, "truncated": False, "edges": [], "outside_landmarks": []},
+         {"box": [0.0, 0.0, 50.0, 50.0], "score": 0.6, "truncated": True, "edges": ["left"],
+          "outside_landmarks": ["left_wrist"]}]
+
+
+def test_people_of_a_picture_are_written_whole_and_a_failed_person_sinks_nobody(result, tmp_path):
+    import dataclasses
+
+    import cv2
+
+    from bodyfit.pipeline import done_result, save_people
+
+    H, W = result.cameras[0].image_size
+    picture = np.zeros((H, W, 3), np.uint8)
+    det = {"setting": "fast", "max_people": None, "min_box_height": 0.0}
+    out = tmp_path / "pic"
+    listing = save_people(result, out, NOTES, picture, extra={"source": "/p/a.jpg", "source_sha1": "abc"},
+                          detector=det)
+    assert json.loads((out / "people.json").read_text()) == listing
+    assert sorted(p.name for p in out.iterdir()) == ["overlay.png", "people.json", "person_0"]
+    assert sorted(p.name for p in (out / "person_0").iterdir()) == ["fit.json", "fit.npz", "mesh.glb", "mesh.ply"]
+    assert cv2.imread(str(out / "overlay.png")).shape[:2] == (H, W)
+    p0, p1 = listing["people"]
+    assert p0["valid"] and p0["files"]["mesh_glb"] == "person_0/mesh.glb" and p0["score"] == 0.9
+    assert not p1["valid"] and p1["files"] is None and p1["message"] and p1["truncated"]  # sample 1 was not fitted
+    assert listing["flagged"].count("person_1: not fitted") == 1
+    assert listing["source"] == "/p/a.jpg" and listing["model"] == "anny" and listing["image_size"] == [H, W]
+    fit0 = json.loads((out / "person_0" / "fit.json").read_text())
+    assert (fit0["person_id"], fit0["box_xyxy_px"], fit0["detection_score"], fit0["truncated"]) == (0, NOTES[0]["box"], 0.9, False)
+    assert fit0["source_sha1"] == "abc"
+
+    assert done_result(out, "abc", "anny", det) is not None
+    assert done_result(out, "abc", "anny", {**det, "max_people": 1}) is None  # other people asked for
+    assert done_result(out, "abd", "anny", det) is None
+    single = tmp_path / "single"
+    save_result(result, 0, single, extra={"source_sha1": "abc"})
+    assert done_result(single, "abc", "anny") is not None
+    assert done_result(single, "abc", "anny", det) is None  # one person's result: not the people's
+    save_people(result, single, NOTES, picture, extra={"source_sha1": "abc"}, detector=det)  # replaces it
+    assert not (single / "fit.json").exists() and (single / "person_0" / "fit.json").exists()
+
+    nobody = dataclasses.replace(result, valid=torch.zeros(2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="no person could be fitted"):
+        save_people(nobody, tmp_path / "nobody", NOTES, picture)
+    assert not (tmp_path / "nobody").exists()
+    (out / "person_0" / "my_notes.txt").write_text("the user's")
+    with pytest.raises(FileExistsError, match="other files"):
+        save_people(result, out, NOTES, picture)
+    assert (out / "person_0" / "my_notes.txt").read_text() == "the user's"
+
+
+def test_people_overlay_draws_the_nearer_person_over_the_farther(result):
+    from bodyfit.pipeline import PALETTE, _shade_crop, people_overlay
+
+    H, W = result.cameras[0].image_size
+    K = result.cameras[0].K[0].numpy()
+    near = result.vertices[0].numpy()
+    far = near + np.array([0.0, 0.0, 1.5], np.float32)
+    faces = result.faces.numpy()
+    both = (_shade_crop(near, faces, K, (H, W))[1] > 0.99) & (_shade_crop(far, faces, K, (H, W))[1] > 0.99)
+    ys, xs = np.nonzero(both)
+    y, x = ys[len(ys) // 2], xs[len(xs) // 2]
+    picture = np.full((H, W, 3), 255, np.uint8)
+    kp = np.zeros((33, 3), np.float32)
+    people = [{"id": i, "vertices": v, "faces": faces, "K": K, "keypoints": kp, "projected": kp[:, :2],
+               "box": [0, 0, 1, 1]} for i, v in ((0, near), (1, far))]
+    for order in (people, people[::-1]):
+        img = people_overlay(picture, order).astype(np.float32)
+        assert img.shape == (H, W, 3)
+        colour = img[y, x] / np.linalg.norm(img[y, x])
+        hue = PALETTE[:2] / np.linalg.norm(PALETTE[:2], axis=1, keepdims=True)
+        assert np.argmax(hue @ colour) == 0  # the near person's colour, whatever the list order
