@@ -19,9 +19,12 @@
 # Pagnon et al. 2022), which bodyfit reads offline from the `pose2sim` wheel (fetched once into
 # `~/.cache/bodyfit` by `pip download`).
 #
-# 1. detect 2D keypoints, 2. guess the camera and place a first body on the torso, 3. run the
-# stages (SMPLify, Bogo et al. 2016), watching each energy, 4. see what each prior does,
-# 5. the flip trial, 6. fits that fail, and why.
+# 1. detect 2D keypoints;
+# 2. guess the camera and place a first body on the torso;
+# 3. run the stages (SMPLify, Bogo et al. 2016), watching each energy;
+# 4. see what each prior does;
+# 5. the flip trial;
+# 6. fits that fail, and why.
 #
 # Runs on a CPU in about a minute.
 
