@@ -103,6 +103,27 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
+# Some changes are subtle at this size. Overlaying the outlines at 0 and at 1 shows them: blue
+# where only the body at 0 is, red where only the body at 1 is.
+
+# %%
+with torch.no_grad():
+    out = model(p)
+    _, coverage = shade(out.vertices, out.faces, camera.expand(p.batch_size))
+coverage = coverage.numpy() > 0.5
+fig, axes = plt.subplots(1, len(labels), figsize=(13, 4))
+for i, ax in enumerate(axes):
+    at0, at1 = coverage[i * len(values)], coverage[i * len(values) + len(values) - 1]
+    picture = np.ones(at0.shape + (3,))
+    picture[at0 & at1] = 0.7
+    picture[at0 & ~at1] = (0.2, 0.4, 1.0)
+    picture[at1 & ~at0] = (1.0, 0.3, 0.2)
+    ax.imshow(picture[20:-20, 30:-30])
+    ax.set_title(labels[i])
+    ax.axis("off")
+plt.show()
+
+# %% [markdown]
 # ## Pose: axis-angle per bone
 #
 # `body_pose` is (B, 103, 3): one axis-angle rotation (radians) per bone, relative to its parent,
