@@ -239,14 +239,14 @@ ax.set_zlabel("z (m)")
 plt.show()
 
 # %%
-import tempfile
 from pathlib import Path
 
 import trimesh
 
 from bodyfit.files import atomic_write_bytes
 
-glb = Path(tempfile.mkdtemp()) / "anny_posed.glb"
+glb = Path("notebook_outputs") / "anny_posed.glb"
+glb.parent.mkdir(exist_ok=True)
 atomic_write_bytes(glb, trimesh.Trimesh(v, f, process=False).export(file_type="glb"))
 print("wrote", glb, glb.stat().st_size // 1024, "KiB")
 
