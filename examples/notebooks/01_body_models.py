@@ -247,7 +247,8 @@ from bodyfit.files import atomic_write_bytes
 
 glb = Path("notebook_outputs") / "anny_posed.glb"
 glb.parent.mkdir(exist_ok=True)
-atomic_write_bytes(glb, trimesh.Trimesh(v, f, process=False).export(file_type="glb"))
+y_up = v[:, [0, 2, 1]] * np.array([1.0, 1.0, -1.0])  # Anny (Z up, face along -Y) -> glTF (Y up, face along +Z)
+atomic_write_bytes(glb, trimesh.Trimesh(y_up, f, process=False).export(file_type="glb"))
 print("wrote", glb, glb.stat().st_size // 1024, "KiB")
 
 # %% [markdown]
