@@ -15,9 +15,6 @@ import torch
 
 import bodyfit
 from bodyfit.data.calibration import load_calibration, undistort_image
-from bodyfit.data.images import read_image
-from bodyfit.detectors import MediaPipePose
-from bodyfit.pipeline import save_result
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("pictures", nargs="*", help="one picture per camera, in the calibration's order")
@@ -30,7 +27,7 @@ if args.calib:
     if len(args.pictures) != len(cameras):
         parser.error(f"{len(cameras)} cameras in {args.calib}: give one picture for each, in order")
     names = [c.name for c in cameras]
-    pictures = [undistort_image(read_image(p), c) for p, c in zip(args.pictures, cameras)]
+    pictures = [undistort_image(bodyfit.read_image(p), c) for p, c in zip(args.pictures, cameras)]
     cameras = [c.camera for c in cameras]
 else:
     from bodyfit.data.pose2sim import demo_views
@@ -39,10 +36,11 @@ else:
     names, pictures = list(demo.names), demo.images[0]
     cameras = [demo.cameras.index(slice(v, v + 1)) for v in range(len(names))]
 
-with MediaPipePose() as detector:
+with bodyfit.MediaPipePose() as detector:
     keypoints = torch.stack([torch.as_tensor(detector.detect(p).keypoints) for p in pictures])  # (V,33,3)
 observations = bodyfit.Observations(keypoints[None], cameras, "mediapipe33", names=names)
 result = bodyfit.fit_views(observations, bodyfit.body_model("anny"))
-save_result(result, 0, args.out, pictures=pictures)
-print("per view keypoint error (px):", dict(zip(names, [round(float(e), 1) for e in result.view_error_px[0]])))
+bodyfit.save_result(result, 0, args.out, pictures=pictures)
+errors = [round(float(e), 1) for e in result.view_error_px[0]]
+print("per view keypoint error (px):", dict(zip(names, errors)))
 print("written to", args.out)

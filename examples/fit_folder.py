@@ -4,16 +4,15 @@
     python examples/fit_folder.py --out results/          # two frames of the Pose2Sim demo
 
 Each picture gets ``results/<stem>/`` with fit.npz, fit.json, mesh.ply and overlay.png, written
-whole or not at all (``bodyfit.pipeline.save_result``). The command ``bodyfit fit PHOTOS_DIR/*.jpg
+whole or not at all (``bodyfit.save_result``). The command ``bodyfit fit PHOTOS_DIR/*.jpg
 --out results/`` does the same, with reruns that skip finished pictures.
 """
 import argparse
 from pathlib import Path
 
 import bodyfit
-from bodyfit.data.images import read_image, write_image
-from bodyfit.detectors import MediaPipePose, NoPersonError
-from bodyfit.pipeline import save_result
+from bodyfit.data.images import write_image
+from bodyfit.detectors import NoPersonError
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("folder", nargs="?", help="a folder of .jpg/.png pictures (default: demo frames)")
@@ -29,14 +28,15 @@ if folder is None:  # no folder given: make one from the Pose2Sim demo (fetched 
         write_image(folder / f"{name}.jpg", image)
 
 model = bodyfit.body_model("anny")
-with MediaPipePose() as detector:
+with bodyfit.MediaPipePose() as detector:
     for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"}):
-        image = read_image(path)
+        image = bodyfit.read_image(path)
         try:
             keypoints = detector.detect(image).keypoints  # (33, 3) px + confidence, mediapipe33
         except NoPersonError:
             print(f"{path.name}: nobody found, skipped")
             continue
         result = bodyfit.fit(keypoints, model, "mediapipe33", image_size=image.shape[:2])
-        save_result(result, 0, Path(args.out) / path.stem, pictures=[image])
-        print(f"{path.name}: {float(result.reprojection_error_px[0]):.1f} px -> {Path(args.out) / path.stem}")
+        target = Path(args.out) / path.stem
+        bodyfit.save_result(result, 0, target, pictures=[image], extra={"source": str(path)})
+        print(f"{path.name}: {float(result.reprojection_error_px[0]):.1f} px -> {target}")

@@ -20,9 +20,8 @@ import torch  # noqa: E402
 import bodyfit  # noqa: E402
 from bodyfit.cameras import default_intrinsics  # noqa: E402
 from bodyfit.data.images import read_video_frames  # noqa: E402
-from bodyfit.detectors import MediaPipePose, NoPersonError  # noqa: E402
+from bodyfit.detectors import NoPersonError  # noqa: E402
 from bodyfit.files import atomic_write  # noqa: E402
-from bodyfit.pipeline import save_result  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("video", nargs="?", help="a video file (default: the Pose2Sim demo, cam01)")
@@ -36,7 +35,7 @@ if args.video is None:
 
     args.video = demo_video("cam01")
 frames, keypoints = [], []
-with MediaPipePose() as detector:
+with bodyfit.MediaPipePose() as detector:
     for name, image in read_video_frames(args.video, every=args.every, max_frames=args.max_frames):
         try:
             keypoints.append(torch.as_tensor(detector.detect(image).keypoints))
@@ -52,7 +51,7 @@ result = bodyfit.fit_views(observations, model)
 out = Path(args.out)
 for t, (name, image) in enumerate(frames):
     if bool(result.valid[t]):
-        save_result(result, t, out / name, pictures=[image])
+        bodyfit.save_result(result, t, out / name, pictures=[image])
 fig, ax = plt.subplots(figsize=(6, 3))
 for joint in ["left_wrist", "left_ankle", "right_ankle"]:
     ax.plot(result.joints[:, model.joint_names.index(joint), 1].numpy(), label=joint)

@@ -35,8 +35,9 @@ if args.coco is None:  # four demo frames, MediaPipe keypoints renamed to COCO-1
         xy = kp[:, :2] + 0.5  # COCO puts pixel centres at +0.5
         (x0, y0), (x1, y1) = xy[seen].min(0), xy[seen].max(0)
         images.append({"id": i, "file_name": f"demo_{i}.jpg", "width": W, "height": H})
-        annotations.append({"id": i, "image_id": i, "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
-                            "keypoints": [float(v) for x, y, s in zip(*xy.T, seen) for v in (x * s, y * s, 2 * s)]})
+        labelled = [float(v) for x, y, s in zip(*xy.T, seen) for v in (x * s, y * s, 2 * s)]  # x, y, v
+        box = [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
+        annotations.append({"id": i, "image_id": i, "bbox": box, "keypoints": labelled})
     args.coco = Path(args.out) / "person_keypoints.json"
     args.coco.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.coco, json.dumps({"images": images, "annotations": annotations}))

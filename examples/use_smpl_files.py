@@ -14,11 +14,11 @@ import sys
 
 import bodyfit
 from bodyfit.data.pose2sim import demo_cameras, demo_keypoints, demo_views
-from bodyfit.pipeline import save_result
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--model", default="smpl", choices=["smpl", "smplh", "smplx"])
-parser.add_argument("--model-path", default=None, help="the model file, or a folder (default: $BODYFIT_SMPL_DIR)")
+parser.add_argument("--model-path", default=None,
+                    help="the model file, or a folder (default: $BODYFIT_SMPL_DIR)")
 parser.add_argument("--gender", default="neutral", choices=["neutral", "male", "female"])
 parser.add_argument("--out", default="example_outputs/smpl_fit")
 args = parser.parse_args()
@@ -33,6 +33,6 @@ except (FileNotFoundError, ImportError, ValueError) as e:
 
 keypoints = demo_keypoints([0], ["cam01"])[0, 0]  # MediaPipe-33 detections, cached
 result = bodyfit.fit(keypoints, model, "mediapipe33", K=demo_cameras(["cam01"]).K)  # mean-body start
-save_result(result, 0, args.out, pictures=[demo_views([0], ["cam01"]).images[0][0]])
+bodyfit.save_result(result, 0, args.out, pictures=[demo_views([0], ["cam01"]).images[0][0]])
 print(f"{args.model}: betas {result.params.shape[0, :3].numpy().round(2)}..., "
       f"{float(result.reprojection_error_px[0]):.1f} px -> {args.out}")

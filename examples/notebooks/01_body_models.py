@@ -18,7 +18,7 @@
 # landmarks. Everything bodyfit fits goes through one interface:
 #
 # ```
-# BodyParams (global_orient, body_pose, shape, transl) -> model(params) -> BodyOutput (vertices, joints, faces)
+# BodyParams (global_orient, body_pose, shape, transl) -> model(params) -> BodyOutput (vertices, joints)
 # ```
 #
 # This notebook builds **Anny**, bodyfit's default model (Apache-2.0 code, CC0 data, no licensed
@@ -219,10 +219,8 @@ plt.show()
 # writes a file whole or not at all); `examples/export_gltf.py` does it for a fitted body.
 
 # %%
-from bodyfit.body_models.base import BodyParams
-
 low = model.with_mesh("notoes_collapse10pc")
-world = BodyParams(torch.zeros(1, 3), posed.body_pose, posed.shape, torch.zeros(1, 3))  # Anny's frame
+world = bodyfit.BodyParams(torch.zeros(1, 3), posed.body_pose, posed.shape, torch.zeros(1, 3))  # Anny's frame
 with torch.no_grad():
     out = low(world)
 v, f, j = out.vertices[0].numpy(), out.faces.numpy(), out.joints[0].numpy()
@@ -247,7 +245,7 @@ from bodyfit.files import atomic_write_bytes
 
 glb = Path("notebook_outputs") / "anny_posed.glb"
 glb.parent.mkdir(exist_ok=True)
-y_up = v[:, [0, 2, 1]] * np.array([1.0, 1.0, -1.0])  # Anny (Z up, face along -Y) -> glTF (Y up, face along +Z)
+y_up = v[:, [0, 2, 1]] * np.array([1.0, 1.0, -1.0])  # Anny (Z up, face -Y) -> glTF (Y up, face +Z)
 atomic_write_bytes(glb, trimesh.Trimesh(y_up, f, process=False).export(file_type="glb"))
 print("wrote", glb, glb.stat().st_size // 1024, "KiB")
 

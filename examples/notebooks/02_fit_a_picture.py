@@ -36,7 +36,6 @@ import torch
 
 import bodyfit
 from bodyfit.data.pose2sim import ATTRIBUTION, demo_frames
-from bodyfit.detectors import MediaPipePose
 from bodyfit.renderers.views import overlay_picture
 
 model = bodyfit.body_model("anny")
@@ -52,12 +51,13 @@ print(name, f"{W}x{H} px;", ATTRIBUTION[:60], "...")
 # `mediapipe33`.
 
 # %%
-with MediaPipePose() as detector:
+with bodyfit.MediaPipePose() as detector:
     detection = detector.detect(picture)
 keypoints = torch.as_tensor(detection.keypoints)  # (33, 3)
 x0, y0, x1, y1 = detection.box
 pad = 0.15 * (y1 - y0)
-crop = (slice(int(max(0, y0 - pad)), int(min(H, y1 + pad))), slice(int(max(0, x0 - 2 * pad)), int(min(W, x1 + 2 * pad))))
+crop = (slice(int(max(0, y0 - pad)), int(min(H, y1 + pad))),  # rows and columns around the person
+        slice(int(max(0, x0 - 2 * pad)), int(min(W, x1 + 2 * pad))))
 
 fig, axes = plt.subplots(1, 3, figsize=(12, 6))
 axes[0].imshow(picture)
@@ -296,7 +296,8 @@ for b, label in enumerate(["real", "left/right swapped", "five keypoints"]):
 from bodyfit.cameras import default_intrinsics
 
 tele = bodyfit.fit(keypoints, model, K=default_intrinsics((H, W), 1, fov_deg=20.0))
-print(f"55 deg: {float(result.params.transl[0, 2]):.1f} m away, {float(result.reprojection_error_px[0]):.1f} px; "
+print(f"55 deg: {float(result.params.transl[0, 2]):.1f} m away, "
+      f"{float(result.reprojection_error_px[0]):.1f} px; "
       f"20 deg: {float(tele.params.transl[0, 2]):.1f} m away, {float(tele.reprojection_error_px[0]):.1f} px")
 
 fig, axes = plt.subplots(1, 2, figsize=(12, 6))

@@ -57,7 +57,8 @@ print(obs.keypoints.shape, "keypoints;", len(obs.cameras), "views:", obs.names)
 def around(mask, pad=12):
     """Row and column slices of the box around a (H,W) mask, `pad` pixels wider."""
     rows, cols = np.nonzero(np.asarray(mask) > 0.5)
-    return (slice(max(0, rows.min() - pad), rows.max() + pad), slice(max(0, cols.min() - pad), cols.max() + pad))
+    return (slice(max(0, rows.min() - pad), rows.max() + pad),
+            slice(max(0, cols.min() - pad), cols.max() + pad))
 
 
 fig, axes = plt.subplots(2, 5, figsize=(13, 7))
@@ -134,7 +135,8 @@ errors, results = {}, {}
 for label, observations in variants.items():
     results[label] = r = bodyfit.fit_views(observations, model, overrides=fast)
     errors[label] = pve(r.vertices, scene.vertices, r.joints, scene.joints).numpy()
-    print(f"{label:15s} PVE {errors[label].mean():5.1f} mm  (energies left out: {', '.join(r.skipped_energies)})")
+    print(f"{label:15s} PVE {errors[label].mean():5.1f} mm  "
+          f"(energies left out: {', '.join(r.skipped_energies)})")
 
 fig, ax = plt.subplots(figsize=(8, 3.5))
 labels = list(errors)
@@ -191,13 +193,16 @@ for v in range(len(views)):
     camera, s = frames.cameras.index(slice(v, v + 1)).at_most(640)
     h, w = camera.image_size
     cameras.append(camera)
-    pictures.append(torch.as_tensor(cv2.resize(frames.images[0][v], (w, h), interpolation=cv2.INTER_AREA))[None])
+    picture = cv2.resize(frames.images[0][v], (w, h), interpolation=cv2.INTER_AREA)
+    pictures.append(torch.as_tensor(picture)[None])
     masks.append(torch.as_tensor(cv2.resize(frames.masks[0][v], (w, h), interpolation=cv2.INTER_AREA))[None])
     keypoints[:, v, :, :2] = (keypoints[:, v, :, :2] + 0.5) * s - 0.5  # to the smaller pictures' pixels
-real = bodyfit.Observations(keypoints, cameras, "mediapipe33", masks=masks, images=pictures, names=list(views))
+real = bodyfit.Observations(keypoints, cameras, "mediapipe33", masks=masks, images=pictures,
+                            names=list(views))
 
 full = bodyfit.body_model("anny")
-plain = bodyfit.fit_views(real, full, overrides=["stages.dense.weights.silhouette=0", "stages.dense.weights.texture=0"])
+plain = bodyfit.fit_views(real, full, overrides=["stages.dense.weights.silhouette=0",
+                                                 "stages.dense.weights.texture=0"])
 dense = bodyfit.fit_views(real, full)
 check = bodyfit.Fitter(full, bodyfit.load_config(name="fit_views"))
 for label, r in [("keypoints only", plain), ("+ silhouette + texture", dense)]:
@@ -233,8 +238,8 @@ with torch.no_grad():
     (ca, va), (cb, vb) = (vertex_colours(vertices, cameras[v], pictures[v][0]) for v in range(2))
     both = (va & vb).float()[:, None]
     maps = render_maps(vertices[None], full.faces, cameras[0],
-                       vertex_attributes={"a": ca * va[:, None], "b": cb * vb[:, None],
-                                          "diff": (ca - cb).abs().mean(-1, keepdim=True) * both, "both": both})
+                       vertex_attributes={"a": ca * va[:, None], "b": cb * vb[:, None], "both": both,
+                                          "diff": (ca - cb).abs().mean(-1, keepdim=True) * both})
 box = around(maps["mask"][0].numpy(), pad=20)
 fig, axes = plt.subplots(1, 4, figsize=(13, 6))
 axes[0].imshow(pictures[0][0].numpy()[box])

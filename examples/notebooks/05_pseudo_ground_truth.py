@@ -39,7 +39,7 @@ import torch
 
 import bodyfit
 from bodyfit.body_models import keypoint_names
-from bodyfit.data.images import read_image, write_image
+from bodyfit.data.images import write_image
 from bodyfit.data.pose2sim import demo_keypoints, demo_views
 from bodyfit.files import atomic_write_text
 from bodyfit.renderers.views import overlay_picture
@@ -77,26 +77,29 @@ for f, frame in enumerate(frames):
         name = f"frame{frame:03d}_{left}_{right}.jpg"
         write_image(pictures_dir / name, picture)  # bodyfit's writer: the file appears whole
         image_id = len(images)
-        images.append({"id": image_id, "file_name": name, "height": picture.shape[0], "width": picture.shape[1]})
+        images.append({"id": image_id, "file_name": name,
+                       "height": picture.shape[0], "width": picture.shape[1]})
         for side, cam in enumerate((left, right)):
             kp = detections[f, cams.index(cam)][to_coco].astype(np.float64)
             kp[:, 0] += side * W
-            kp[:, :2] = (kp[:, :2] + 0.5) * s  # bodyfit pixels (centres at 0) -> COCO's (centres at 0.5), halved
+            kp[:, :2] = (kp[:, :2] + 0.5) * s  # bodyfit pixels (centres at 0) -> COCO's (at 0.5), halved
             seen = kp[:, 2] > 0.5
             x0, y0 = kp[seen, :2].min(0)
             x1, y1 = kp[seen, :2].max(0)
             coco_kp = np.concatenate([kp[:, :2] * seen[:, None], 2.0 * seen[:, None]], 1)
             annotations.append({"id": len(annotations), "image_id": image_id, "category_id": 1,
-                                "keypoints": coco_kp.round(2).flatten().tolist(), "num_keypoints": int(seen.sum()),
+                                "keypoints": coco_kp.round(2).flatten().tolist(),
+                                "num_keypoints": int(seen.sum()),
                                 "bbox": [round(float(v), 2) for v in (x0, y0, x1 - x0, y1 - y0)]})
 annotations[3]["keypoints"] = [v if i < 9 else 0.0 for i, v in enumerate(annotations[3]["keypoints"])]
 annotations[6]["bbox"] = [5000.0, 5000.0, 20.0, 40.0]
 coco_file = root / "person_keypoints.json"
-atomic_write_text(coco_file, json.dumps({"images": images, "annotations": annotations,
-                                         "categories": [{"id": 1, "name": "person", "keypoints": coco_names}]}))
+categories = [{"id": 1, "name": "person", "keypoints": coco_names}]
+coco = {"images": images, "annotations": annotations, "categories": categories}
+atomic_write_text(coco_file, json.dumps(coco))
 print(f"{len(images)} pictures, {len(annotations)} people -> {coco_file}")
 
-first = read_image(pictures_dir / images[0]["file_name"])
+first = bodyfit.read_image(pictures_dir / images[0]["file_name"])
 plt.figure(figsize=(8, 4.5))
 plt.imshow(first)
 for ann in annotations[:2]:
@@ -143,7 +146,7 @@ print(again.stdout.strip())
 
 # %%
 shard = np.load(out / "export" / "pseudo_gt_0000.npz")
-print({k: shard[k].shape for k in ["imgname", "global_orient", "body_pose", "phenotypes", "transl", "cam_int", "keypoints"]})
+print({k: shard[k].shape for k in ["imgname", "global_orient", "body_pose", "phenotypes", "transl"]})
 index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
 for row in index:
     if not row["plausible"]:
@@ -156,7 +159,8 @@ plt.bar(range(len(index)), errors, color=colours)
 for i, row in enumerate(index):
     if not row["valid"]:
         plt.text(i, 0.05, "not fitted", rotation=90, ha="center", va="bottom", color="tab:red", fontsize=8)
-plt.xticks(range(len(index)), [f"{row['picture'][5:8]}:{row['person']}" for row in index], rotation=90, fontsize=7)
+plt.xticks(range(len(index)), [f"{row['picture'][5:8]}:{row['person']}" for row in index],
+           rotation=90, fontsize=7)
 plt.ylabel("keypoint error (% of box)")
 plt.title("each person's fit (frame:person; green: plausible)")
 plt.tight_layout()
@@ -171,7 +175,8 @@ plt.show()
 
 # %%
 model = bodyfit.body_model("anny")
-params = bodyfit.BodyParams(*(torch.as_tensor(shard[k]) for k in ["global_orient", "body_pose", "phenotypes", "transl"]))
+fields = ["global_orient", "body_pose", "phenotypes", "transl"]  # BodyParams' order; phenotypes = shape
+params = bodyfit.BodyParams(*(torch.as_tensor(shard[k]) for k in fields))
 with torch.no_grad():
     bodies = model(params)
 names = [str(n) for n in shard["imgname"]]
@@ -182,7 +187,7 @@ for ax, name in zip(axes, shown):
     faces = np.concatenate([bodies.faces.numpy() + k * bodies.vertices.shape[1] for k in range(len(rows))])
     vertices = bodies.vertices[rows].reshape(-1, 3).numpy()
     keypoints = shard["keypoints"][rows].reshape(-1, 3)
-    picture = read_image(pictures_dir / name)
+    picture = bodyfit.read_image(pictures_dir / name)
     ax.imshow(overlay_picture(picture, vertices, faces, shard["cam_int"][rows[0]], keypoints))
     ax.set_title(f"{name}: {len(rows)} fitted people")
     ax.axis("off")
@@ -199,7 +204,8 @@ plt.show()
 
 # %%
 found_run = root / "detected"
-command = [sys.executable, "-m", "bodyfit.cli", "pseudo-gt", str(pictures_dir), "--out", str(found_run), "--quiet"]
+command = [sys.executable, "-m", "bodyfit.cli", "pseudo-gt", str(pictures_dir), "--out", str(found_run),
+           "--quiet"]
 done = subprocess.run(command, capture_output=True, text=True)
 assert done.returncode == 0, done.stderr[-2000:]
 print(done.stdout.strip())
@@ -218,6 +224,8 @@ plt.show()
 
 # %% [markdown]
 # Where the bars differ, the detector missed someone an annotator would not: datasets' own
-# annotations, where there are some, make better pseudo-ground-truth than detections. At scale: `torchrun --nproc_per_node N -m bodyfit.cli
-# pseudo-gt ...` gives each process its share of the people; a rerun with another N still fits
-# each person exactly once, and the export does not depend on N.
+# annotations, where there are some, make better pseudo-ground-truth than detections.
+#
+# At scale: `torchrun --nproc_per_node N -m bodyfit.cli pseudo-gt ...` gives each process its
+# share of the people; a rerun with another N still fits each person exactly once, and the
+# export does not depend on N.
