@@ -263,7 +263,7 @@ _CONTENT_BOX = {"cam01": (0.0, 7.0, 1080.0, 1906.0), "cam02": (0.0, 7.0, 1080.0,
 #: The calibration's image size ``(width, height)`` for all four demo cameras.
 DEMO_CALIBRATION_SIZE = (1088, 1920)
 
-_DETECTION_FORMAT = 1  # bump when what the keypoint cache stores changes
+_DETECTION_FORMAT = 2  # bump when the cached keypoints change (2: MediaPipePose runs the multi-person graphs)
 _MASK_DOWNSAMPLE = 4
 
 
