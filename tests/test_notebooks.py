@@ -7,6 +7,11 @@ without a Jupyter kernel (no ZeroMQ, no kernel to orphan on a timeout, the real 
 failure). Matplotlib runs on the non-interactive Agg backend and ``plt.show()`` saves each open
 figure as a PNG instead (set ``BODYFIT_NOTEBOOK_FIGURES=DIR`` to keep them and look at them).
 Each notebook has a time budget; a notebook that takes longer fails.
+
+The notebooks and examples run with one torch thread (``OMP_NUM_THREADS=1``): they fit a few
+bodies at a time, whose small tensors gain nothing from a second thread, and on a 2-core machine
+shared with other work two threads wait on each other (the SPIN notebook took 9-22 s per step
+instead of 1 s with two threads on a busy machine).
 """
 from __future__ import annotations
 
@@ -21,7 +26,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "examples" / "notebooks").glob("[0-9]*.py"))
-BUDGET_S = 300  # per notebook or example on 2 cores; they take 10-60 s on a quiet machine
+BUDGET_S = 480  # per notebook or example; each takes 10-60 s of CPU time
+THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # Each example script, with arguments that keep it small, and the files it must write.
 EXAMPLES = {
     "fit_folder.py": ([], ["example_outputs/fit_folder/cam01_frame000/fit.npz",
@@ -79,7 +85,7 @@ def test_notebook_is_a_jupytext_percent_script(notebook):
 def test_notebook_runs(notebook, tmp_path):
     keep = os.environ.get("BODYFIT_NOTEBOOK_FIGURES")
     figures = Path(keep) if keep else tmp_path / "figures"
-    env = {**os.environ, "MPLBACKEND": "Agg"}
+    env = {**os.environ, "MPLBACKEND": "Agg", **THREADS}
     start = time.perf_counter()
     try:
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(notebook), str(figures)],
@@ -108,7 +114,7 @@ def test_example_runs(script, tmp_path):
 
         pytest.importorskip("smplx")
         write_synthetic_smpl(tmp_path / "SMPL_NEUTRAL.npz", "npz")
-    env = {**os.environ, "MPLBACKEND": "Agg"}
+    env = {**os.environ, "MPLBACKEND": "Agg", **THREADS}
     env.pop("BODYFIT_SMPL_DIR", None)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args], cwd=tmp_path, env=env,
@@ -121,7 +127,7 @@ def test_example_runs(script, tmp_path):
 
 
 def test_smpl_example_says_what_is_missing(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "BODYFIT_SMPL_DIR"}
+    env = {**{k: v for k, v in os.environ.items() if k != "BODYFIT_SMPL_DIR"}, **THREADS}
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / "use_smpl_files.py")], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
