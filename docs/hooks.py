@@ -13,7 +13,7 @@ _MARK = re.compile(r"^<!-- bodyfit-help ([a-z-]+) -->$", re.MULTILINE)
 def _help(command: str) -> str:
     from bodyfit.cli import main
 
-    os.environ["COLUMNS"] = "100"  # argparse wraps at the terminal's width
+    os.environ["COLUMNS"] = "84"  # argparse wraps at the terminal's width: the page's code width
     text = io.StringIO()
     with contextlib.redirect_stdout(text), contextlib.suppress(SystemExit):
         main([command, "--help"])
