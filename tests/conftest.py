@@ -82,3 +82,29 @@ def folder_holder(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
+
+
+@pytest.fixture
+def log_records():
+    """``capture(logger_name, level)``: a list that receives that logger's records from
+    ``level`` up for the rest of the test (the CLI stops 'bodyfit' from propagating, so
+    caplog does not see them)."""
+    import logging
+
+    undo = []
+
+    def capture(name: str, level: int = logging.WARNING) -> list:
+        records = []
+        handler = logging.Handler(level)
+        handler.emit = records.append
+        logger = logging.getLogger(name)
+        undo.append((logger, handler, logger.level))
+        logger.addHandler(handler)
+        if logger.getEffectiveLevel() > level:
+            logger.setLevel(level)
+        return records
+
+    yield capture
+    for logger, handler, level in reversed(undo):
+        logger.removeHandler(handler)
+        logger.setLevel(level)

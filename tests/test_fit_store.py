@@ -1,5 +1,4 @@
 """A corrupt fit-store record is named, set aside and refitted: it never blocks a run."""
-import logging
 
 import numpy as np
 import pytest
@@ -17,15 +16,9 @@ def _params(n, value=0.0):
 
 
 @pytest.fixture
-def store_log():
-    """Records of the fit store's logger (the CLI stops 'bodyfit' from propagating)."""
-    records = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = records.append
-    logger = logging.getLogger("bodyfit.regressors.fit_store")
-    logger.addHandler(handler)
-    yield records
-    logger.removeHandler(handler)
+def store_log(log_records):
+    """Records of the fit store's logger, warnings and up."""
+    return log_records("bodyfit.regressors.fit_store")
 
 
 def _filled(root, ids):

@@ -52,20 +52,11 @@ def test_foreign_folders_and_invalid_fits_are_refused(result, tmp_path):
 
 
 @pytest.fixture
-def pipeline_log():
-    """Records of the bodyfit.pipeline logger (the CLI stops 'bodyfit' from propagating)."""
+def pipeline_log(log_records):
+    """Records of the bodyfit.pipeline logger, info and up."""
     import logging
 
-    records = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = records.append
-    logger = logging.getLogger("bodyfit.pipeline")
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield records
-    logger.removeHandler(handler)
-    logger.setLevel(old_level)
+    return log_records("bodyfit.pipeline", logging.INFO)
 
 
 def test_done_result_knows_the_finished_fit_of_the_same_picture(result, tmp_path, pipeline_log):
