@@ -22,14 +22,14 @@ def _scene(anny, size=256):
     return pos.detach(), anny.faces, (size, size)
 
 
-def _grads(context, pos, tri, size, device):
+def _grads(context, pos, tri, size, device, keep):
     """d/dpos of a loss on interpolated attributes (barycentric path) and on an antialiased
-    coverage (silhouette-edge path)."""
+    coverage (silhouette-edge path), counting only the pixels in ``keep`` (B,H,W)."""
     pos = pos.to(device).clone().requires_grad_(True)
     tri = tri.to(device)
     g = torch.Generator().manual_seed(0)
     attr = torch.rand(pos.shape[1], 3, generator=g).to(device)
-    weight = torch.rand(1, *size, 3, generator=g).to(device)
+    weight = (torch.rand(pos.shape[0], *size, 3, generator=g) * keep[..., None]).to(device)
     rast, _ = ops.rasterize(context, pos, tri, size)
     image, _ = ops.interpolate(attr[None].expand(pos.shape[0], -1, -1).contiguous(), rast, tri)
     (image * weight).sum().backward()
@@ -38,7 +38,12 @@ def _grads(context, pos, tri, size, device):
     rast, _ = ops.rasterize(context, pos, tri, size)
     cover = ops.antialias((rast[..., 3:] > 0).float(), rast, pos, tri)
     (cover * weight[..., :1]).sum().backward()
-    return g_interp, pos.grad.detach().cpu(), rast[..., 3].detach().cpu()
+    return g_interp, pos.grad.detach().cpu()
+
+
+def _triangle_ids(context, pos, tri, size, device):
+    rast, _ = ops.rasterize(context, pos.to(device), tri.to(device), size)
+    return rast[..., 3].cpu()
 
 
 @needs_cuda
@@ -46,17 +51,27 @@ def test_nvdiffrast_gradients_match_torch(anny):
     if "nvdiffrast" not in backends.available_backends("cuda"):
         pytest.skip("nvdiffrast backend unavailable here (needs nvcc and diffrp-nvdiffrast)")
     pos, tri, size = _scene(anny)
-    ref_i, ref_a, ref_ids = _grads(ops.RasterizeTorchContext(), pos, tri, size, "cpu")
-    got_i, got_a, got_ids = _grads(ops.RasterizeCudaContext(), pos, tri, size, "cuda")
-    covered = (ref_ids > 0) | (got_ids > 0)
-    assert ((ref_ids == got_ids) & covered).sum() / covered.sum() > 0.98
+    ref_ids = _triangle_ids(ops.RasterizeTorchContext(), pos, tri, size, "cpu")
+    got_ids = _triangle_ids(ops.RasterizeCudaContext(), pos, tri, size, "cuda")
+    # Sub-pixel triangles put many pixel centres within nvdiffrast's 1/256-px vertex snapping of
+    # a shared edge, where the two rasterizers break the tie differently (the test of
+    # test_renderers_backends checks that both name the same surface there). A pixel given to
+    # another triangle moves its gradient to other vertices, so the comparison counts the pixels
+    # whose 3x3 neighbourhood (antialiasing looks at neighbours) has the same ids in both.
+    differ = (ref_ids != got_ids).float()[:, None]
+    keep = torch.nn.functional.max_pool2d(differ, 3, stride=1, padding=1)[:, 0] == 0
+    assert keep.float().mean() > 0.8 and (keep & (ref_ids > 0)).sum() > 2000
+    ref_i, ref_a = _grads(ops.RasterizeTorchContext(), pos, tri, size, "cpu", keep)
+    got_i, got_a = _grads(ops.RasterizeCudaContext(), pos, tri, size, "cuda", keep)
     for ref, got in ((ref_i, got_i), (ref_a, got_a)):
-        assert ref.abs().sum() > 0
-        rel = (ref - got).norm() / ref.norm()
-        cos = torch.nn.functional.cosine_similarity(ref.flatten(), got.flatten(), dim=0)
-        # Edge pixels that the two rasterizers give to different triangles change a few
-        # vertices' gradients; the field as a whole must agree.
-        assert rel < 0.1 and cos > 0.99, (float(rel), float(cos))
+        ref_n, err = ref.norm(dim=-1), (ref - got).norm(dim=-1)  # per vertex
+        hit = ref_n > 0
+        assert hit.sum() > 300 and not bool(((got.norm(dim=-1) > 0) & ~hit).any())
+        rel = err[hit] / (ref_n[hit] + 0.01 * ref_n[hit].median())
+        # Barycentric gradients scale with 1/area: on the few sliver triangles nvdiffrast's
+        # fixed-point vertex snapping shows (measured on an H100: per-vertex error median 0.3%,
+        # 90th percentile 2.7%); a wrong convention or sign gives errors of order 100%.
+        assert rel.median() < 0.01 and rel.quantile(0.9) < 0.05, rel.quantile(torch.tensor([0.5, 0.9]))
 
 
 @needs_cuda

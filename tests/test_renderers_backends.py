@@ -40,19 +40,27 @@ def test_backend_agrees_with_torch(body_scene, backend):
     ref, _ = ops.rasterize(TORCH, pos, tri, size)
     got, _ = ops.rasterize(_context(backend), pos.to(device), tri.to(device), size)
     got = got.cpu()
-    covered = (ref[..., 3] > 0) | (got[..., 3] > 0)
+    ref_in, got_in = ref[..., 3] > 0, got[..., 3] > 0
+    covered = ref_in | got_in
     same = (ref[..., 3] == got[..., 3]) & covered
     assert covered.sum() > 5000
-    assert (ref[..., :2][same] - got[..., :2][same]).abs().max() < 1e-5
-    # Where the ids differ, both triangles must name the same surface point: a tie on the edge
-    # they share (OpenGL snaps vertices to 1/256 px and applies the top-left rule; the torch
-    # z-buffer gives edge pixels to the lower id).
-    surface = pos[..., :3]
-    a, _ = ops.interpolate(surface, ref, tri)
-    b, _ = ops.interpolate(surface, got, tri)
-    tie = ~same & covered & (ref[..., 3] > 0) & (got[..., 3] > 0) & ((a - b).norm(dim=-1) < 1e-3)
-    assert same.sum() / covered.sum() >= 0.985
-    assert (same | tie).sum() / covered.sum() >= 0.995
+    assert (ref_in ^ got_in).sum() / covered.sum() < 0.01
+    # Where both name the same triangle, the barycentrics put the pixel at the same place in it:
+    # within 0.02 px on screen (nvdiffrast snaps vertices to 1/256 px before rasterizing).
+    screen = pos[..., :2] / pos[..., 3:] * pos.new_tensor([size[1] / 2, size[0] / 2])
+    a, _ = ops.interpolate(screen, ref, tri)
+    b, _ = ops.interpolate(screen, got, tri)
+    assert (a - b).norm(dim=-1)[same].max() < 0.02
+    # Where the ids differ, both must see the same surface: a tie on an edge the two triangles
+    # share (OpenGL and nvdiffrast snap vertices and apply the top-left rule; the torch z-buffer
+    # gives edge pixels to the lower id). Camera depth (clip w, metres) tells a tie from a wrong
+    # occlusion.
+    depth = pos[..., 3:]
+    za, _ = ops.interpolate(depth, ref, tri)
+    zb, _ = ops.interpolate(depth, got, tri)
+    both = ref_in & got_in
+    assert same.sum() / covered.sum() >= 0.9
+    assert ((za - zb).abs()[..., 0][both] < 0.01).float().mean() >= 0.995
 
 
 def test_moderngl_skips_triangles_behind_the_camera_like_torch():
@@ -110,14 +118,14 @@ def test_nvdiffrast_interpolate_and_antialias_match_cpu(body_scene):
     a, _ = ops.interpolate(attr, ref, tri)
     b, _ = ops.interpolate(attr.cuda(), got, tri.cuda())
     assert (a[same] - b.cpu()[same]).abs().max() < 1e-4
+    # antialias runs in torch on both devices; nvdiffrast's visibility must feed it the same
+    # blends. A pixel whose 3x3 neighbourhood holds a triangle id the two rasterizers resolve
+    # differently (edge ties) may blend differently: compare where the neighbourhood agrees.
     color = (ref[..., 3:] > 0).float()
     aa_cpu = ops.antialias(color, ref, pos, tri)
     aa_gpu = ops.antialias(color.cuda(), got, pos.cuda(), tri.cuda()).cpu()
-    # Antialiasing blends across silhouette edges, so a pixel whose 3x3 neighbourhood holds a
-    # triangle id the two rasterizers resolve differently (depth ties) may blend differently.
-    # Compare where the whole neighbourhood agrees.
+    assert (aa_cpu - color).abs().sum() > 100  # the silhouette is blended
     differ = (ref[..., 3] != got[..., 3].cpu()).float()[:, None]
     near_tie = torch.nn.functional.max_pool2d(differ, 3, stride=1, padding=1)[:, 0] > 0
     diff = (aa_cpu - aa_gpu).abs()[..., 0][~near_tie]
-    assert diff.mean() < 1e-3, f"antialias differs by {float(diff.mean()):.2e} on average"
-    assert (diff > 0.05).float().mean() < 0.005
+    assert diff.max() < 0.02, f"antialias differs by up to {float(diff.max()):.2e}"

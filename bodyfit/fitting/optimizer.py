@@ -89,6 +89,11 @@ class StageResult:
                            put(self.moving, other.moving))
 
 
+def _rows(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A (B,) mask shaped to broadcast over the rows of ``x`` (B, ...)."""
+    return mask.view(-1, *([1] * (x.dim() - 1)))
+
+
 def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, torch.Tensor]],
               free: list[str], weights: dict[str, float], steps: int, lr: float,
               optimizer: str = "adam", ftol: float = 1e-5, check_every: int = 10,
@@ -159,7 +164,8 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
         return total, terms
 
     if optimizer == "adam":
-        opt = torch.optim.Adam(list(leaves.values()), lr=lr)
+        # fused: one kernel per step for all leaves on CUDA (fewer launches at large batches)
+        opt = torch.optim.Adam(list(leaves.values()), lr=lr, fused=device.type == "cuda")
         if state is not None:
             for name, leaf in leaves.items():
                 m, v = state.moments[name]
@@ -187,18 +193,19 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
             for leaf in leaves.values():
                 if leaf.grad is not None:
                     if leaf.shape[0] == B:
-                        leaf.grad[~keep] = 0.0
+                        leaf.grad.mul_(_rows(keep, leaf))
                     leaf.grad.nan_to_num_(0.0, 0.0, 0.0)
             return loss
 
         opt.step(closure)
         with torch.no_grad():
+            # masks by torch.where, not boolean indexing: no host sync per step on CUDA
             for name, leaf in leaves.items():
                 if leaf.shape[0] == B:
-                    leaf[frozen] = last_good[name][frozen]
+                    leaf.copy_(torch.where(_rows(frozen, leaf), last_good[name], leaf))
             if clamp_shape is not None and "shape" in leaves:
                 leaves["shape"].copy_(clamp_shape(leaves["shape"]))
-            sample_steps[~frozen] = step
+            sample_steps.masked_fill_(~frozen, step)
         if step % check_every == 0 or step == steps:
             with torch.no_grad():
                 total, _ = objective()

@@ -107,7 +107,7 @@ def anny_joint_limits(model) -> JointLimits:
     coeffs = model.anny._get_phenotype_blendshape_coefficients(
         params.shape, params.shape.new_zeros(1, 0), params.shape.new_zeros(1, 0))
     rest = model._skeleton.get_rest_model(coeffs)
-    heads = rest["rest_bone_heads"][0].double()
+    heads = rest["rest_bone_heads"][0].double().cpu()  # limits are built on the CPU, then moved
     parents = [int(p) for p in model.anny.bone_parents]
     names = model.pose_joint_names
     idx, frames, lo, hi = [], [], [], []

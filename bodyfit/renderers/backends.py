@@ -12,8 +12,9 @@ caller creates once and passes in, the way nvdiffrast (Laine et al. 2020) does.
 With the first two, only visibility (which triangle covers each pixel centre) comes from the
 context; ``ops.rasterize`` recomputes the barycentrics in torch from the positions, as
 nvdiffrast's second stage does, so gradients flow the same way on every context.
-``interpolate``, ``texture`` and ``antialias`` take no context (as in nvdiffrast): they run in
-nvdiffrast when all their tensors are on CUDA and nvdiffrast can be loaded, else in torch.
+``interpolate``, ``texture`` and ``antialias`` take no context (as in nvdiffrast): the first two
+run in nvdiffrast when all their tensors are on CUDA and nvdiffrast can be loaded, else in
+torch; ``antialias`` always runs in torch, on the tensors' device.
 
 :func:`default_context` picks the best context available for a device (nvdiffrast for CUDA
 tensors, else OpenGL, else torch), reports the choice on this module's logger (INFO) and

@@ -1,4 +1,5 @@
-"""nvdiffrast (Laine et al. 2020) as a backend: the GPU path for the four ops.
+"""nvdiffrast (Laine et al. 2020) as a backend: the GPU path for rasterize, interpolate and
+texture (antialias stays in torch on every device; see :mod:`bodyfit.renderers.antialias`).
 
 nvdiffrast is under NVIDIA's Source Code License (non-commercial): it is an optional extra
 (``pip install "bodyfit[nvdiffrast]"``, the registry's ``diffrp-nvdiffrast``, NVlabs' 0.3.3

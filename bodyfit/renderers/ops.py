@@ -43,7 +43,8 @@ headless EGL context), ``RasterizeTorchContext`` a pure-torch z-buffer (any devi
 two the barycentrics are recomputed in torch from ``pos``, as nvdiffrast's second stage does,
 so gradients flow the same way. ``default_context(device)`` picks the best one available.
 :func:`interpolate`, :func:`texture` and ``antialias`` take no context, as in nvdiffrast: when
-all their tensors are on CUDA and nvdiffrast can be loaded they run in nvdiffrast, else in torch.
+all their tensors are on CUDA and nvdiffrast can be loaded, interpolate and texture run in
+nvdiffrast, else in torch; ``antialias`` always runs in torch (see its docstring).
 
 Deviations from nvdiffrast, by design of the torch implementation:
 
