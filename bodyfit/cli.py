@@ -104,10 +104,10 @@ def _parser() -> argparse.ArgumentParser:
     common(tr)
 
     pg = sub.add_parser("pseudo-gt", help="fit every person of a dataset (a COCO keypoint file, or "
-                        "pictures); writes DIR/store, DIR/export/pseudo_gt_*.npz and DIR/index.jsonl")
+                        "pictures and videos); writes DIR/store, DIR/export/pseudo_gt_*.npz and DIR/index.jsonl")
     pg.add_argument("words", nargs="+", metavar="INPUT_OR_OVERRIDE",
-                    help="a COCO-format keypoint .json, or picture files / folders of pictures; "
-                         "and overrides (bodyfit/configs/fit.yaml)")
+                    help="a COCO-format keypoint .json, or picture and video files / folders of "
+                         "them (every frame of a video); and overrides (bodyfit/configs/fit.yaml)")
     pg.add_argument("--out", required=True, help="run folder")
     pg.add_argument("--images", default=None, help="the pictures of a COCO file (for sizes it lacks)")
     pg.add_argument("--batch-size", type=int, default=64, help="people fitted together (default 64)")

@@ -9,7 +9,7 @@ the fits kept with their quality.
 Run folder ``out``::
 
     run.lock                  one run at a time (bodyfit.files.run_lock)
-    people/<picture>.npz      the detector's people of each picture (folder input), once
+    people/<picture>.npz      the detector's people of each picture or video (folder input), once
     store/<sample>.npz        one record per person, written atomically once it is fitted
     store/corrupt/            records that could not be read back (set aside, refitted)
     export/pseudo_gt_<i>.npz  the shards, rebuilt from the store at the end of every run
@@ -37,6 +37,7 @@ import torch
 from bodyfit.api import initialize
 from bodyfit.body_models.conventions import keypoint_names
 from bodyfit.cameras import default_intrinsics
+from bodyfit.data.images import is_video
 from bodyfit.distributed import barrier, hold_run_folder, rank_and_world
 from bodyfit.files import atomic_save_npz, atomic_write_text
 from bodyfit.observations import Observations
@@ -166,28 +167,30 @@ def coco_people(json_path: str | os.PathLike, images: str | os.PathLike | None =
 
 def picture_people(paths, out: str | os.PathLike, detector, max_pixels: int | None = None,
                    fov_deg: float = 55.0) -> list[Person]:
-    """Every person the detector finds in each picture (MediaPipe-33 keypoints).
+    """Every person the detector finds in each picture, or in every frame of each video
+    (MediaPipe-33 keypoints).
 
-    Each picture's detections are kept in ``out/people/`` (written once, atomically), so a rerun
-    does not detect again. A picture that cannot be read or shows nobody gives no person; it is
-    named in a warning.
+    Each picture's or video's detections are kept in ``out/people/`` (written once, atomically,
+    a video's once all its frames are detected), so a rerun does not detect again. A picture or
+    video that cannot be read, or a picture that shows nobody, gives no person; it is named in a
+    warning. A video frame is named ``<video path>#frame_<index>`` (``Person.picture``, the
+    export's imgname), its index counted from 0 in the file.
 
     Args:
-        paths: picture files. detector: an object with ``detect_all(image) -> list[Detection]``
-            (``bodyfit.detectors``), or None to read only what was detected before (pictures
-            never detected are left out).
+        paths: picture or video files (videos: ``bodyfit.data.images.VIDEO_SUFFIXES``).
+        detector: an object with ``detect_all(image) -> list[Detection]`` (``bodyfit.detectors``),
+            or None to read only what was detected before (inputs never detected are left out).
         max_pixels: pictures above it are detected downscaled (``read_picture``); keypoints and
-            boxes are mapped back to full resolution.
+            boxes are mapped back to full resolution. Video frames are detected at full size.
     Returns:
         the people sorted by sample id.
     """
-    from bodyfit.data.images import read_picture
-
     folder = Path(out) / "people"
     folder.mkdir(parents=True, exist_ok=True)
     people = []
     for path in paths:
         name = str(Path(path).resolve())  # the same picture gets the same ids from any working folder
+        video = is_video(name)
         key = _sample_id(name, 0).rsplit("_", 1)[0]
         cache = folder / f"{key}.npz"
         found = None
@@ -195,32 +198,61 @@ def picture_people(paths, out: str | os.PathLike, detector, max_pixels: int | No
             try:
                 with np.load(cache, allow_pickle=False) as d:
                     found = {k: d[k] for k in ("keypoints", "boxes", "size")}
+                    found["frame"] = d["frame"] if "frame" in d else np.full(len(found["boxes"]), -1)
             except Exception as e:  # a damaged cache: detect again
                 log.warning("%s unreadable (%s): detecting %s again", cache, e, name)
+                found = None
         if found is None:
             if detector is None:  # not detected: it could not be read (reported when it was tried)
                 continue
             try:
-                image, full = read_picture(path, max_pixels)
+                found = _detect_video(name, detector) if video else _detect_picture(name, detector, max_pixels)
             except (OSError, ValueError) as e:
                 log.warning("%s left out: %s", name, e)
                 continue
-            dets = detector.detect_all(image)
-            s = full[1] / image.shape[1]
-            kps = np.stack([d.keypoints for d in dets]) if dets else np.zeros((0, 33, 3), np.float32)
-            boxes = np.stack([d.box for d in dets]) if dets else np.zeros((0, 4), np.float32)
-            kps = kps.copy()
-            kps[..., :2] = (kps[..., :2] + 0.5) * s - 0.5
-            boxes = (boxes + 0.5) * s - 0.5
-            found = {"keypoints": kps.astype(np.float32), "boxes": boxes.astype(np.float32),
-                     "size": np.array(full)}
             atomic_save_npz(cache, **found)
         if len(found["keypoints"]) == 0:
             log.warning("%s: nobody found", name)
         size = (int(found["size"][0]), int(found["size"][1]))
-        for i, (kp, box) in enumerate(zip(found["keypoints"], found["boxes"])):
-            people.append(Person(_sample_id(name, i), name, i, kp, box, _intrinsics(size, fov_deg), size))
+        K = _intrinsics(size, fov_deg)
+        counts: dict[int, int] = {}
+        for kp, box, t in zip(found["keypoints"], found["boxes"], found["frame"].tolist()):
+            picture = f"{name}#frame_{t:06d}" if t >= 0 else name
+            i = counts[t] = counts.get(t, -1) + 1  # the person's number in its picture
+            people.append(Person(_sample_id(picture, i), picture, i, kp, box, K, size))
     return sorted(people, key=lambda p: p.id)
+
+
+def _found(dets, scale: float, size, frame: int) -> dict:
+    """Detections as arrays: keypoints (N,33,3), boxes (N,4) at full resolution (``scale``:
+    full over working size), size (H,W), frame (N,) the frame index (-1 for a picture)."""
+    kps = np.stack([d.keypoints for d in dets]).copy() if dets else np.zeros((0, 33, 3), np.float32)
+    boxes = np.stack([d.box for d in dets]) if dets else np.zeros((0, 4), np.float32)
+    kps[..., :2] = (kps[..., :2] + 0.5) * scale - 0.5
+    boxes = (boxes + 0.5) * scale - 0.5
+    return {"keypoints": kps.astype(np.float32), "boxes": boxes.astype(np.float32),
+            "size": np.array(size), "frame": np.full(len(dets), frame, dtype=np.int64)}
+
+
+def _detect_picture(path: str, detector, max_pixels: int | None) -> dict:
+    from bodyfit.data.images import read_picture
+
+    image, full = read_picture(path, max_pixels)
+    return _found(detector.detect_all(image), full[1] / image.shape[1], full, -1)
+
+
+def _detect_video(path: str, detector) -> dict:
+    """Every frame's people (one frame decoded at a time), with a progress bar."""
+    from tqdm import tqdm
+
+    from bodyfit.data.images import read_video_frames
+
+    parts, size = [], None
+    for frame, image in tqdm(read_video_frames(path), desc=f"detecting {Path(path).name}", unit="frame",
+                             disable=not log.isEnabledFor(logging.INFO)):
+        size = image.shape[:2]
+        parts.append(_found(detector.detect_all(image), 1.0, size, int(frame.rsplit("_", 1)[1])))
+    return {k: np.concatenate([p[k] for p in parts]) for k in ("keypoints", "boxes", "frame")} | {"size": np.array(size)}
 
 
 def _record_path(out: Path, sample_id: str) -> Path:

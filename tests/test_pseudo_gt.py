@@ -159,26 +159,38 @@ def test_killed_run_resumes_and_two_processes_give_the_same_fits(dataset, tmp_pa
 
 
 @pytest.mark.slow
-def test_pictures_give_every_detected_person_and_detect_once(tmp_path, pose2sim_wheel, capsys):
+def test_pictures_and_video_frames_give_every_detected_person_and_detect_once(tmp_path, pose2sim_wheel, capsys):
     pytest.importorskip("mediapipe")
+    import cv2
+
     from bodyfit.data.images import write_image
     from bodyfit.data.pose2sim import demo_frames
 
     pics = tmp_path / "pics"
     pics.mkdir()
-    for i, (_, img) in enumerate(demo_frames((0, 30), cameras=("cam01",), cache_dir=pose2sim_wheel.parent)):
+    frames = [img for _, img in demo_frames((0, 30), cameras=("cam01",), cache_dir=pose2sim_wheel.parent)]
+    for i, img in enumerate(frames):
         write_image(pics / f"frame{i}.png", img)
     (pics / "broken.png").write_bytes(b"not a picture")
+    (pics / "broken.avi").write_bytes(b"not a video")
+    H, W = frames[0].shape[:2]
+    video = cv2.VideoWriter(str(pics / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 25, (W, H))
+    for img in frames[::-1]:  # frame 0 of the clip is picture 1
+        video.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    video.release()
     out = tmp_path / "run"
     args = ["pseudo-gt", str(pics), "--out", str(out), "--quiet", "stages.body.steps=30"]
     assert main(args) == 0
     rows = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
-    assert sorted(Path(r["picture"]).name for r in rows) == ["frame0.png", "frame1.png"]
+    assert sorted(Path(r["picture"]).name for r in rows) == [
+        "clip.avi#frame_000000", "clip.avi#frame_000001", "frame0.png", "frame1.png"]
     assert all(r["valid"] and r["error_over_box"] < 0.05 for r in rows)
+    by_name = {Path(r["picture"]).name: r for r in rows}
+    assert np.allclose(by_name["clip.avi#frame_000001"]["box"], by_name["frame0.png"]["box"], atol=8)
     with np.load(out / "export" / "pseudo_gt_0000.npz", allow_pickle=False) as d:
-        assert d["keypoints"].shape == (2, 33, 3) and d["phenotypes"].shape == (2, 6)
+        assert d["keypoints"].shape == (4, 33, 3) and d["phenotypes"].shape == (4, 6)
     cached = sorted(p.name for p in (out / "people").iterdir())
-    assert len(cached) == 2  # the broken picture has no detections; the others are not detected again
+    assert len(cached) == 3  # the broken files have no detections; the others are not detected again
     capsys.readouterr()
     assert main(args) == 0
-    assert "2 people: 0 fitted now, 2 done before" in capsys.readouterr().out
+    assert "4 people: 0 fitted now, 4 done before" in capsys.readouterr().out

@@ -27,7 +27,15 @@ import numpy as np
 from bodyfit.files import atomic_write_bytes
 
 __all__ = ["read_image", "read_picture", "picture_size", "check_picture_path", "working_size", "write_image",
-           "read_video_frames", "DEFAULT_MAX_PIXELS", "MAX_DECODE_PIXELS"]
+           "read_video_frames", "is_video", "VIDEO_SUFFIXES", "DEFAULT_MAX_PIXELS", "MAX_DECODE_PIXELS"]
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+
+
+def is_video(path: str | os.PathLike) -> bool:
+    """True when the file name ends with a video suffix (``VIDEO_SUFFIXES``, any case)."""
+    return str(path).lower().endswith(VIDEO_SUFFIXES)
+
 
 DEFAULT_MAX_PIXELS = 4096 * 4096
 """Pixel budget of ``bodyfit fit``: larger pictures are detected and fitted downscaled (16.8 Mpx,
