@@ -3,9 +3,10 @@
     python examples/fit_folder.py PHOTOS_DIR --out results/
     python examples/fit_folder.py --out results/          # two frames of the Pose2Sim demo
 
-Each picture gets ``results/<stem>/`` with fit.npz, fit.json, mesh.ply and overlay.png, written
-whole or not at all (``bodyfit.save_result``). The command ``bodyfit fit PHOTOS_DIR/*.jpg
---out results/`` does the same, with reruns that skip finished pictures.
+The detector's top person of each picture gets ``results/<stem>/`` with fit.npz, fit.json,
+mesh.ply and overlay.png, written whole or not at all (``bodyfit.save_result``). The command
+``bodyfit fit PHOTOS_DIR/*.jpg --out results/`` fits every person instead (``results/<stem>/
+person_<k>/`` and people.json), with reruns that skip finished pictures.
 """
 import argparse
 from pathlib import Path
