@@ -376,7 +376,7 @@ def _fit_batch(batch: list[Person], out: Path, fitter, model, convention: str, r
                        converged=bool(result.converged[b]), valid=bool(result.valid[b]),
                        plausible=plausible, steps=sum(result.stage_steps.values()), reason=reason or "")
         rec.update(K=p.K, keypoints=p.keypoints, box=p.box, picture=p.picture, person=p.person,
-                   image_size=np.array(p.image_size), reason=rec.get("reason") or "")
+                   image_size=np.array(p.image_size))
         atomic_save_npz(_record_path(out, p.id), **{k: np.asarray(v) for k, v in rec.items()})
 
 
