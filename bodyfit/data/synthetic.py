@@ -219,3 +219,113 @@ def synthetic_views(model: BodyModel, batch_size: int = 1, n_views: int = 2,
                                 iuv=iuv_list if iuv else None,
                                 names=[f"cam{v}" for v in range(n_views)])
     return SyntheticViews(observations, params, verts, joints)
+
+
+@dataclass
+class SyntheticPeopleViews:
+    """Several people seen by calibrated cameras, with known identities.
+
+    Attributes:
+        cameras: V Cameras (batch 1), world frame = OpenCV axes (y down), metres.
+        keypoints: (V,P,K,3) noisy pixels + confidence of person p in view v, in person order
+            (0 confidence: missing, outside the picture or dropped).
+        clean: (V,P,K,2) exact pixels.
+        sizes: (V,P) each person's size in each view (keypoint extent, pixels).
+        params: ground-truth BodyParams (P), world frame. vertices: (P,N,3), joints: (P,J,3),
+            metres, world frame.
+    """
+
+    cameras: list
+    keypoints: torch.Tensor
+    clean: torch.Tensor
+    sizes: torch.Tensor
+    params: BodyParams
+    vertices: torch.Tensor
+    joints: torch.Tensor
+
+
+@torch.no_grad()
+def synthetic_people_views(model: BodyModel, n_people: int, n_views: int = 4,
+                           image_size: tuple[int, int] = (720, 960), convention: str = "mediapipe33",
+                           noise: float = 0.015, dropout: float = 0.1, distance: float = 7.0,
+                           radius: float = 2.0, min_gap: float = 0.8, fov_deg: float = 60.0,
+                           generator: torch.Generator | None = None) -> SyntheticPeopleViews:
+    """``n_people`` random bodies (:func:`sample_params`) standing on a floor disc of ``radius``
+    metres, at least ``min_gap`` metres apart (rejection sampling), seen by ``n_views`` cameras
+    evenly spaced around the disc at ``distance`` metres, 1 m above the bodies' centres, looking
+    at the centre; keypoints projected with :func:`corrupt_keypoints` noise (``noise`` of each
+    person's size in that view) and ``dropout``.
+
+    Raises:
+        ValueError: ``n_people`` < 1, ``n_views`` < 1, or the people cannot be placed
+            ``min_gap`` apart on the disc.
+    """
+    if n_people < 1 or n_views < 1:
+        raise ValueError(f"need at least one person and one view, got {n_people} people, {n_views} views")
+    g = generator
+    dt = model.dtype
+    params = sample_params(model, n_people, g)
+    spots: list[torch.Tensor] = []
+    for _ in range(10000):
+        if len(spots) == n_people:
+            break
+        r = radius * float(torch.rand((), generator=g)) ** 0.5
+        a = float(torch.rand((), generator=g)) * 2 * math.pi
+        p = torch.tensor([r * math.cos(a), 0.0, r * math.sin(a)], dtype=dt)
+        if all(float((p - q).norm()) >= min_gap for q in spots):
+            spots.append(p)
+    if len(spots) < n_people:
+        raise ValueError(f"cannot place {n_people} people {min_gap} m apart within {radius} m")
+    params.transl = torch.stack(spots).to(model.device)
+    out = model(params)
+    kp_index, kp_weight = model.keypoint_map(convention)
+    start = float(torch.rand((), generator=g)) * 2 * math.pi
+    cameras, kps, cleans, sizes = [], [], [], []
+    for v in range(n_views):
+        ang = start + 2 * math.pi * v / n_views
+        cam = look_at_camera((distance * math.sin(ang), -1.0, -distance * math.cos(ang)),
+                             image_size=image_size, fov_deg=fov_deg, dtype=dt)
+        cameras.append(cam)
+        clean = cam.expand(n_people).project(out.joints[:, kp_index])
+        size = (clean.amax(1) - clean.amin(1)).amax(1)
+        kps.append(corrupt_keypoints(clean, size, image_size, kp_weight, noise, dropout, g))
+        cleans.append(clean)
+        sizes.append(size)
+    return SyntheticPeopleViews(cameras, torch.stack(kps), torch.stack(cleans), torch.stack(sizes), params,
+                                out.vertices, out.joints)
+
+
+def shuffled_detections(scene: SyntheticPeopleViews, hidden: dict[int, list[int]] | None = None,
+                        spurious: list[int] = (), generator: torch.Generator | None = None
+                        ) -> tuple[list[torch.Tensor], list[list[int]]]:
+    """Per view the people's keypoints as a detector gives them: in a random order, without the
+    people ``hidden`` there, plus person-shaped detections that belong to nobody (another
+    person's keypoints shifted by 10-30% of the picture: consistent in shape, not in geometry).
+
+    Args:
+        hidden: ``{view: [person, ...]}`` left out of that view.
+        spurious: one spurious detection in each view listed (a view may be listed twice). Two
+            spurious detections in different views can happen to be consistent (a ghost person
+            no geometry can tell from a real one); tests list them in one view.
+    Returns:
+        (V tensors (N_v,K,3), V lists of N_v true identities: the person index, -1 spurious).
+    """
+    g = generator
+    hidden = hidden or {}
+    V, P = scene.keypoints.shape[:2]
+    H, W = scene.cameras[0].image_size
+    dets, ids = [], []
+    for v in range(V):
+        who = [p for p in range(P) if p not in hidden.get(v, [])]
+        kp = [scene.keypoints[v, p] for p in who]
+        for _ in range(list(spurious).count(v)):
+            src = scene.keypoints[v, int(torch.randint(P, (1,), generator=g))].clone()
+            shift = (0.1 + 0.2 * torch.rand(2, generator=g)) * torch.tensor([W, H], dtype=src.dtype)
+            shift = shift * torch.where(torch.rand(2, generator=g) < 0.5, -1.0, 1.0)
+            src[:, :2] += shift
+            kp.append(src)
+            who.append(-1)
+        order = torch.randperm(len(who), generator=g).tolist()
+        dets.append(torch.stack([kp[i] for i in order]) if order else scene.keypoints[v, :0])
+        ids.append([who[i] for i in order])
+    return dets, ids

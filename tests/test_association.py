@@ -1,0 +1,120 @@
+"""People across calibrated views (bodyfit.association) on synthetic scenes of known identities."""
+import numpy as np
+import pytest
+import torch
+
+from bodyfit.association import associate, detection_sizes
+from bodyfit.body_models import body_model
+from bodyfit.data.synthetic import shuffled_detections, synthetic_people_views
+
+
+@pytest.fixture(scope="module")
+def low_poly():
+    return body_model("anny", topology="notoes_collapse3pc")
+
+
+def recovered(assoc, ids) -> tuple[int, int]:
+    """(people whose detections form exactly one group, or who are seen in one view and left
+    unmatched; people present)."""
+    truth: dict[int, set] = {}
+    for v, per_view in enumerate(ids):
+        for i, p in enumerate(per_view):
+            if p >= 0:
+                truth.setdefault(p, set()).add((v, i))
+    groups = [set(m.detections.items()) for m in assoc.people]
+    alone = {(u.view, u.detection) for u in assoc.unmatched}
+    ok = sum(1 for dets in truth.values() if (dets in groups if len(dets) > 1 else dets <= alone))
+    return ok, len(truth)
+
+
+@pytest.mark.parametrize("n_people", [2, 3, 5])
+def test_clean_scenes_are_associated_exactly(low_poly, n_people):
+    g = torch.Generator().manual_seed(10 + n_people)
+    scene = synthetic_people_views(low_poly, n_people, noise=0.0, dropout=0.0, generator=g)
+    dets, ids = shuffled_detections(scene, generator=g)
+    assoc = associate([d.numpy() for d in dets], scene.cameras)
+    assert recovered(assoc, ids) == (n_people, n_people)
+    assert not assoc.unmatched
+    assert all(len(p.detections) == 4 for p in assoc.people)
+    assert max(e for p in assoc.people for e in p.error_over_box.values()) < 0.02  # the model's own landmarks
+    table = assoc.table(4)
+    for p in range(n_people):  # the table lists, per view, person p's detection
+        truth = {ids[v][table[v][p]] for v in range(4)}
+        assert len(truth) == 1
+
+
+@pytest.mark.parametrize("n_people", [2, 3, 5])
+def test_noisy_scenes_with_hidden_people_and_a_spurious_detection(low_poly, n_people):
+    """1.5% keypoint noise, 10% dropped keypoints, shuffled detections, person 0 seen in one view
+    only, person 1 hidden from one view, a spurious detection in one view: every person is
+    recovered (over 6 scenes, at least 95% of them), the spurious ones and the one-view person
+    are left out with a reason."""
+    ok = total = 0
+    for seed in range(6):
+        g = torch.Generator().manual_seed(100 * n_people + seed)
+        scene = synthetic_people_views(low_poly, n_people, noise=0.015, dropout=0.1, generator=g)
+        hidden = {1: [0], 2: [0], 3: [0, 1]}
+        dets, ids = shuffled_detections(scene, hidden=hidden, spurious=[seed % 4], generator=g)
+        assoc = associate([d.numpy() for d in dets], scene.cameras)
+        a, b = recovered(assoc, ids)
+        ok, total = ok + a, total + b
+        left = {ids[u.view][u.detection] for u in assoc.unmatched}
+        assert -1 in left
+        for m in assoc.people:  # a spurious detection is never merged into someone
+            assert all(ids[v][i] >= 0 for v, i in m.detections.items())
+        assert all("one view" in u.reason for u in assoc.unmatched)
+    assert ok / total >= 0.95, (ok, total)
+
+
+def test_spurious_detection_is_left_out_everywhere(low_poly):
+    g = torch.Generator().manual_seed(7)
+    scene = synthetic_people_views(low_poly, 3, generator=g)
+    dets, ids = shuffled_detections(scene, spurious=[2, 2], generator=g)
+    assoc = associate([d.numpy() for d in dets], scene.cameras)
+    assert recovered(assoc, ids) == (3, 3)
+    assert sorted((u.view, ids[u.view][u.detection]) for u in assoc.unmatched) == [(2, -1), (2, -1)]
+
+
+def test_single_view_person_is_reported(low_poly):
+    g = torch.Generator().manual_seed(8)
+    scene = synthetic_people_views(low_poly, 2, generator=g)
+    dets, ids = shuffled_detections(scene, hidden={0: [1], 1: [1], 2: [1]}, generator=g)
+    assoc = associate([d.numpy() for d in dets], scene.cameras)
+    assert len(assoc.people) == 1
+    assert [(u.view, ids[u.view][u.detection]) for u in assoc.unmatched] == [(3, 1)]
+    assert "one view only" in assoc.unmatched[0].reason
+
+
+def test_empty_views_and_few_keypoints(low_poly):
+    g = torch.Generator().manual_seed(9)
+    scene = synthetic_people_views(low_poly, 2, generator=g)
+    kp = [scene.keypoints[v].numpy() for v in range(4)]
+    kp[2] = np.zeros((0, 33, 3))
+    kp[3] = kp[3].copy()
+    kp[3][1, 5:, 2] = 0  # 5 keypoints left at most
+    assoc = associate(kp, scene.cameras)
+    assert sorted(sorted(p.detections) for p in assoc.people) == [[0, 1], [0, 1, 3]]
+    (u,) = assoc.unmatched
+    assert (u.view, u.detection) == (3, 1) and "fewer than 6" in u.reason
+    none = associate([np.zeros((0, 33, 3))] * 2, scene.cameras[:2])
+    assert none.people == [] and none.unmatched == []
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(keypoints=[np.zeros((1, 33, 3))]), "at least 2"),
+    (dict(keypoints=[np.zeros((1, 33, 3))] * 3), "3 views of keypoints for 2 cameras"),
+    (dict(keypoints=[np.zeros((1, 33)), np.zeros((1, 33, 3))]), r"\(N, K, 3\)"),
+    (dict(keypoints=[np.zeros((1, 33, 3))] * 2, sizes=[[0.0], [1.0]]), "positive sizes"),
+    (dict(keypoints=[np.zeros((1, 33, 3))] * 2, gate=0.0), "gate"),
+])
+def test_bad_input(low_poly, kwargs, match):
+    cams = synthetic_people_views(low_poly, 1, n_views=2, generator=torch.Generator().manual_seed(0)).cameras
+    kp = kwargs.pop("keypoints")
+    with pytest.raises(ValueError, match=match):
+        associate(kp, cams[:1] if len(kp) == 1 else cams, **kwargs)
+
+
+def test_detection_sizes():
+    kp = np.zeros((2, 4, 3))
+    kp[0] = [[0, 0, 1], [10, 40, 1], [500, 500, 0], [5, 5, 1]]
+    assert detection_sizes(kp).tolist() == [40.0, 1.0]
