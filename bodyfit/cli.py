@@ -409,10 +409,15 @@ def _pseudo_gt(args, words, cfg, model) -> int:
             rank, world = rank_and_world()
             from bodyfit.detectors.multi_person import MultiPersonPose
 
-            with MultiPersonPose() as detector:  # each rank detects its share of the pictures
-                picture_people(paths[rank::world], args.out, detector, cfg.detector.max_pixels, cfg.fov_deg)
+            d = cfg.detector
+            options = (f"setting={d.setting} min_detection_confidence={d.min_detection_confidence} "
+                       f"model_complexity={d.model_complexity} landmark_model_path={d.landmark_model_path}")
+            with MultiPersonPose(d.setting, min_detection_confidence=d.min_detection_confidence,
+                                 enable_segmentation=False, model_complexity=d.model_complexity,
+                                 landmark_model_path=d.landmark_model_path) as detector:  # each rank its share
+                picture_people(paths[rank::world], args.out, detector, d.max_pixels, cfg.fov_deg, options)
             barrier()
-            people, convention = picture_people(paths, args.out, None, cfg.detector.max_pixels, cfg.fov_deg), "mediapipe33"
+            people, convention = picture_people(paths, args.out, None, d.max_pixels, cfg.fov_deg, options), "mediapipe33"
         summary = run_pseudo_gt(people, args.out, Fitter(model, cfg), convention, args.batch_size,
                                 args.redo, args.shard_size, progress=not args.quiet)
     except (ValueError, OSError, ImportError, RuntimeError) as e:  # RuntimeError: FolderLockedError

@@ -166,7 +166,7 @@ def coco_people(json_path: str | os.PathLike, images: str | os.PathLike | None =
 
 
 def picture_people(paths, out: str | os.PathLike, detector, max_pixels: int | None = None,
-                   fov_deg: float = 55.0) -> list[Person]:
+                   fov_deg: float = 55.0, detector_options: str = "") -> list[Person]:
     """Every person the detector finds in each picture, or in every frame of each video
     (MediaPipe-33 keypoints).
 
@@ -182,6 +182,8 @@ def picture_people(paths, out: str | os.PathLike, detector, max_pixels: int | No
             or None to read only what was detected before (inputs never detected are left out).
         max_pixels: pictures above it are detected downscaled (``read_picture``); keypoints and
             boxes are mapped back to full resolution. Video frames are detected at full size.
+        detector_options: the detector's settings, kept with its detections: detections made
+            with other settings are made again (with a detector; without one they are read).
     Returns:
         the people sorted by sample id.
     """
@@ -199,6 +201,11 @@ def picture_people(paths, out: str | os.PathLike, detector, max_pixels: int | No
                 with np.load(cache, allow_pickle=False) as d:
                     found = {k: d[k] for k in ("keypoints", "boxes", "size")}
                     found["frame"] = d["frame"] if "frame" in d else np.full(len(found["boxes"]), -1)
+                    made_with = str(d["detector"]) if "detector" in d else ""
+                if detector is not None and made_with != detector_options:
+                    log.info("%s: detected with other settings (%s), detecting again (%s)", name,
+                             made_with or "unknown", detector_options)
+                    found = None
             except Exception as e:  # a damaged cache: detect again
                 log.warning("%s unreadable (%s): detecting %s again", cache, e, name)
                 found = None
@@ -210,7 +217,7 @@ def picture_people(paths, out: str | os.PathLike, detector, max_pixels: int | No
             except (OSError, ValueError) as e:
                 log.warning("%s left out: %s", name, e)
                 continue
-            atomic_save_npz(cache, **found)
+            atomic_save_npz(cache, **found, detector=np.array(detector_options))
         if len(found["keypoints"]) == 0:
             log.warning("%s: nobody found", name)
         size = (int(found["size"][0]), int(found["size"][1]))
@@ -257,6 +264,19 @@ def _detect_video(path: str, detector) -> dict:
 
 def _record_path(out: Path, sample_id: str) -> Path:
     return out / "store" / f"{sample_id}.npz"
+
+
+def _is_done(out: Path, person: Person) -> bool:
+    """A record of this person is committed, made from the same keypoints (the input file or
+    the detections may have changed since: then the person is fitted again)."""
+    record = _load_record(_record_path(out, person.id))
+    if record is None:
+        return False
+    same = record["keypoints"].shape == person.keypoints.shape and np.allclose(
+        record["keypoints"], person.keypoints, equal_nan=True)
+    if not same:
+        log.info("%s: its keypoints changed since it was fitted, fitting it again", person.id)
+    return same
 
 
 def _load_record(path: Path) -> dict | None:
@@ -317,7 +337,7 @@ def run_pseudo_gt(people: list[Person], out: str | os.PathLike, fitter, conventi
         (out / "store").mkdir(parents=True, exist_ok=True)
         barrier()
         mine = [p for i, p in enumerate(people) if i % world == rank]
-        todo = [p for p in mine if redo or _load_record(_record_path(out, p.id)) is None]
+        todo = [p for p in mine if redo or not _is_done(out, p)]
         done_before = len(mine) - len(todo)
         if done_before:
             log.info("rank %d: %d of its %d people already done, skipped", rank, done_before, len(mine))

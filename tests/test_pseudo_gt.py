@@ -117,6 +117,14 @@ def test_fits_every_person_exports_shards_and_resumes(dataset, tmp_path, capsys)
     assert "2 fitted now, 10 done before" in capsys.readouterr().out
     assert len(list((out / "store" / "corrupt").iterdir())) == 1
     assert len((out / "index.jsonl").read_text().splitlines()) == N
+    # A person whose keypoints changed in the input is fitted again, not served from the store.
+    coco = json.loads(dataset["json"].read_text())
+    coco["annotations"][0]["keypoints"][0] += 3.0
+    changed = tmp_path / "changed.json"
+    changed.write_text(json.dumps(coco))
+    assert main(["pseudo-gt", str(changed), "--out", str(out), "--quiet", "--model", "smpl",
+                 "--model-path", str(dataset["smpl"])]) == 0
+    assert "1 fitted now, 11 done before" in capsys.readouterr().out
 
 
 def _run(dataset, out, nproc=None, env=None):
@@ -194,3 +202,6 @@ def test_pictures_and_video_frames_give_every_detected_person_and_detect_once(tm
     capsys.readouterr()
     assert main(args) == 0
     assert "4 people: 0 fitted now, 4 done before" in capsys.readouterr().out
+    stamp = {p.name: p.stat().st_mtime_ns for p in (out / "people").iterdir()}
+    assert main(args + ["detector.setting=full"]) == 0  # other detector settings: detected again
+    assert all((out / "people" / n).stat().st_mtime_ns != t for n, t in stamp.items())
