@@ -8,8 +8,10 @@ as a sequence). Two writers share one way of writing a fitted sample:
   sample's folder: ``fit.npz`` (parameters, joints, vertices, faces, K, R, t, keypoints),
   ``fit.json`` (model, convention, source, errors, energies, runtimes, messages), ``mesh.ply``
   and ``mesh.glb`` (world frame, metres) and an overlay picture per view.
-* :func:`save_people` (``bodyfit fit``, ``fit_scenes(people=True)``: every person of a picture,
-  fitted as one batch) writes the picture's folder: ``person_<k>/`` with those four files per
+* :func:`save_people` (``bodyfit fit``, ``bodyfit fit-views``, ``fit_scenes(people=True)``:
+  every person of a picture, or of one moment seen by calibrated views after
+  :func:`associate_people` grouped each view's detections into people, fitted as one batch)
+  writes the scene's folder: ``person_<k>/`` with those four files per
   person (k = 0 the largest box), one ``overlay.png`` with every person in its colour in depth
   order, and ``people.json`` (per person: id, box, detector score, errors, valid, flagged,
   truncated, file paths). A person who cannot be fitted is listed, not written; the others are.
@@ -224,14 +226,18 @@ def fit_scenes(scenes, out_dir: str | Path, model=None, config=None, dense: bool
         out_dir: the run's folder.
         model: a BodyModel (Anny when None). config: a FitConfig (``configs/fit.yaml``).
         dense: also hand person masks and pictures to the fit (silhouette, texture).
-        people: fit every person of each picture (``bodyfit fit``): each scene must be one
-            picture (one view, one frame); the multi-person detector (``detector.setting``)
-            finds the people, :func:`select_people` keeps those the config asks for
-            (``detector.max_people``, ``detector.min_box_height``), all are fitted as one batch
-            and :func:`save_people` writes the picture's folder. Otherwise (views, videos) one
-            person per picture: the legacy detector's, written by :func:`save_result`.
+        people: fit every person of each scene (``bodyfit fit``, ``bodyfit fit-views``): each
+            scene must be one moment (one frame), one picture or one per calibrated view; the
+            multi-person detector (``detector.setting``) finds the people of each picture,
+            :func:`select_people` keeps those the config asks for (``detector.max_people``,
+            ``detector.min_box_height``, per view), several views are associated into people
+            (:func:`associate_people`: people seen in one view only and detections of nobody are
+            listed in people.json's ``unmatched``, not fitted), all are fitted as one batch and
+            :func:`save_people` writes the scene's folder. Otherwise one person per picture: the
+            legacy detector's, written by :func:`save_result`.
     Raises:
-        ValueError: with ``people``, a scene of several views or frames.
+        ValueError: with ``people``, a scene of several frames, or of several views without
+            cameras.
     """
     from tqdm import tqdm
 
@@ -249,8 +255,10 @@ def fit_scenes(scenes, out_dir: str | Path, model=None, config=None, dense: bool
         for scene in bar:
             t0 = time.perf_counter()
             names = scene.view_names or [f"view{v}" for v in range(len(scene.pictures))]
-            if people and (len(scene.pictures) != 1 or len(scene.out_names) != 1):
-                raise ValueError("fit_scenes(people=True) fits single pictures: one view, one frame per scene")
+            many = len(scene.pictures) > 1
+            if people and (len(scene.out_names) != 1 or (many and scene.cameras is None)):
+                raise ValueError("fit_scenes(people=True) fits one moment per scene: one picture, or one "
+                                 "picture per calibrated view")
             dets, frames, chosen, dropped = [], None, [], []
             for v, pics in enumerate(scene.pictures):
                 dets.append([])
@@ -265,15 +273,29 @@ def fit_scenes(scenes, out_dir: str | Path, model=None, config=None, dense: bool
                             raise ValueError(f"picture is {full[1]}x{full[0]} but the "
                                              f"calibration says {W}x{H}")
                         if people:
-                            chosen, dropped = select_people(detector.detect_all(pic), pic.shape[:2],
-                                                            det_cfg.max_people, det_cfg.min_box_height)
-                            dets[v] += chosen
+                            kept, left = select_people(detector.detect_all(pic), pic.shape[:2],
+                                                       det_cfg.max_people, det_cfg.min_box_height)
+                            dets[v] += kept
+                            dropped += [{"view": names[v], **d} for d in left] if many else left
                         else:
                             dets[v].append(detector.detect(pic))
                     except (ValueError, NoPersonError) as e:
                         log.warning("%s left out: %s", where or "picture", e)
                         if not people:
                             dets[v].append(None)
+            unmatched = []
+            if people and many:  # which detection of each view is which person
+                found = [list(d) for d in dets]
+                dets, chosen, unmatched = associate_people(scene, found, names, cfg.fov_deg)
+                if not chosen and any(found):
+                    why = (f"no person seen in two views or more ({sum(map(len, found))} detections, none "
+                           "consistent with one in another view: see the log)")
+                    for u in unmatched:
+                        log.warning("view %s detection %d left out: %s", u["view"], u["detection"], u["why"])
+                    reports.append(PictureReport(scene.out_names[0] or out_dir.name, False, error=why))
+                    continue
+            elif people:
+                chosen = [person_notes(d, scene.picture_scale(0)) for d in dets[0]]
             if people:
                 frames = [0] * len(dets[0])
             if all(d is None for per_view in dets for d in per_view):
@@ -300,10 +322,12 @@ def fit_scenes(scenes, out_dir: str | Path, model=None, config=None, dense: bool
             if people:
                 name = scene.out_names[0]
                 target = out_dir / name
-                notes = [person_notes(d, scene.picture_scale(0)) for d in chosen]
+                pics = [p[0] for p in scene.pictures]
                 try:
-                    summary = save_people(result, target, notes, scene.pictures[0][0], scales[0], cams[0],
-                                          runtime, extra, dropped=dropped, detector=people_options(det_cfg))
+                    summary = save_people(result, target, chosen, pics if many else pics[0],
+                                          scales if many else scales[0], cams if many else cams[0], runtime,
+                                          extra, dropped=dropped, detector=people_options(det_cfg),
+                                          unmatched=unmatched)
                 except ValueError as e:  # nobody could be fitted
                     reports.append(PictureReport(name or out_dir.name, False, error=str(e)))
                 except OSError as e:
@@ -326,6 +350,45 @@ def fit_scenes(scenes, out_dir: str | Path, model=None, config=None, dense: bool
                     continue
                 reports.append(PictureReport(name or out_dir.name, True, target, summary=summary))
     return reports
+
+
+def associate_people(scene: Scene, found: list[list], names: list[str], fov_deg: float):
+    """The people of one moment seen by calibrated views (:func:`bodyfit.association.associate`
+    on each view's detections, at full resolution, sizes = box heights).
+
+    A person seen in one view only is reported in ``unmatched`` and not fitted (from one view a
+    calibrated camera gives no depth, and such a detection cannot be told from a spurious one;
+    ``bodyfit fit`` on that view's picture fits it alone); so is a detection that belongs to
+    nobody: it is never merged into someone else's body.
+
+    Args:
+        found: ``found[v]``: view ``v``'s kept Detections (pictures' pixels), largest box first.
+    Returns:
+        (``dets[v][p]``: person p's Detection in view v or None; per person the note
+        :func:`save_people` takes for several views; ``unmatched``: per detection left out
+        ``{"view", "detection", "box", "score", "why"}``).
+    """
+    from bodyfit.association import associate
+
+    K = 33
+    kps, sizes = [], []
+    for v, per_view in enumerate(found):
+        s = scene.picture_scale(v)
+        kps.append(np.stack([_rescale(d.keypoints, s) for d in per_view]) if per_view else np.zeros((0, K, 3)))
+        sizes.append(np.array([max(d.box_height / s, 1.0) for d in per_view]))
+    assoc = associate(kps, full_cameras(scene, fov_deg), sizes)
+    table = assoc.table(len(found))
+    dets = [[None if i is None else found[v][i] for i in row] for v, row in enumerate(table)]
+    notes = [{"views": {names[v]: {**person_notes(found[v][i], scene.picture_scale(v)), "detection": i,
+                                   "association_error_over_box": round(m.error_over_box[v], 4)}
+                        for v, i in m.detections.items()}} for m in assoc.people]
+    unmatched = [{"view": names[u.view], "detection": u.detection,
+                  "box": person_notes(found[u.view][u.detection], scene.picture_scale(u.view))["box"],
+                  "score": _opt_float(found[u.view][u.detection].score), "why": u.reason}
+                 for u in assoc.unmatched]
+    for u in unmatched:
+        log.info("view %s detection %d not fitted: %s", u["view"], u["detection"], u["why"])
+    return dets, notes, unmatched
 
 
 def select_people(detections, image_size: tuple[int, int], max_people: int | None = None,
@@ -638,95 +701,147 @@ def people_overlay(picture: np.ndarray, people: list[dict], alpha: float = 0.7) 
     return (out.clip(0, 1) * 255).round().astype(np.uint8)
 
 
-def save_people(result: FitResult, out_dir: str | Path, people: list[dict], picture: np.ndarray | None = None,
-                scale: float = 1.0, full_camera: Camera | None = None, runtime_s: dict | None = None,
+def save_people(result: FitResult, out_dir: str | Path, people: list[dict], picture=None,
+                scale=1.0, full_camera=None, runtime_s: dict | None = None,
                 extra: dict | None = None, dropped: list[dict] | None = None,
-                detector: dict | None = None) -> dict:
-    """Write every person of one picture (the B samples of ``result``, one view) to
-    ``out_dir``, all or nothing (one temporary folder, published whole as in
-    :func:`save_result`):
+                detector: dict | None = None, unmatched: list[dict] | None = None) -> dict:
+    """Write every person of one picture, or of one moment seen by V calibrated views (the B
+    samples of ``result``), to ``out_dir``, all or nothing (one temporary folder, published
+    whole as in :func:`save_result`):
 
     * ``person_<k>/`` per fitted person: ``fit.npz``, ``fit.json``, ``mesh.ply``, ``mesh.glb``
-      as :func:`save_result` writes them, fit.json with the person's ``person_id``,
-      ``box_xyxy_px``, ``detection_score``, ``truncated`` (cut by the frame: a note, not a
-      failure), ``truncation`` (``edges``, ``outside_landmarks``);
-    * ``overlay.png``: every person in its colour (:data:`PALETTE`), in depth order, at the
-      picture's size (:func:`people_overlay`);
+      as :func:`save_result` writes them, fit.json with the person's ``person_id``, and for one
+      view ``box_xyxy_px``, ``detection_score``, ``truncated`` (cut by the frame: a note, not a
+      failure), ``truncation`` (``edges``, ``outside_landmarks``); for several views
+      ``person_views`` (per view name the detection's note as below);
+    * ``overlay.png`` (one view) or ``overlay_<view>.png``: every person seen there in its
+      colour (:data:`PALETTE`), in depth order, at the picture's size (:func:`people_overlay`);
     * ``people.json``: ``source``, ``source_sha1``, ``model``, ``image_size`` (H, W, full
-      resolution), ``detector`` (:func:`people_options`), ``people`` (per person: ``id``,
-      ``box`` x0, y0, x1, y1 px, ``score``, ``reprojection_error_px``,
-      ``reprojection_error_over_box``, ``box_height_px``, ``depth_m`` (median camera-frame z
-      of the mesh), ``valid``, ``flagged``, ``truncated``, ``truncation``, ``message``,
-      ``files`` relative to the folder, None for a person not fitted), ``dropped`` (people the
-      options left out, and why), ``overlay``, ``runtime_s`` (the whole picture: its people are
-      fitted together), ``flagged`` (None, or which people are flagged or could not be
-      fitted).
+      resolution; several views: per view name), ``detector`` (:func:`people_options`),
+      ``people`` (per person: ``id``, ``box`` x0, y0, x1, y1 px, ``score``,
+      ``reprojection_error_px``, ``reprojection_error_over_box``, ``box_height_px``,
+      ``depth_m`` (median camera-frame z of the mesh), ``valid``, ``flagged``, ``truncated``,
+      ``truncation``, ``message``, ``files`` relative to the folder, None for a person not
+      fitted; several views: no ``box``, ``score``, ``truncation``, ``depth_m`` but ``views``:
+      per view name where the person is seen ``detection`` (index among that view's
+      detections, largest box first), ``box``, ``score``, ``truncated``, ``truncation``,
+      ``association_error_over_box`` (:mod:`bodyfit.association`), ``reprojection_error_px``
+      and ``reprojection_error_over_box`` of the fit), ``dropped`` (people the options left
+      out, and why), ``unmatched`` (several views: detections that belong to no person seen in
+      two views, and why), ``overlay`` (``overlays`` per view name for several views),
+      ``runtime_s`` (the whole scene: its people are fitted together), ``flagged`` (None, or
+      which people are flagged or could not be fitted).
 
     A person who could not be fitted (``valid`` False) is listed with its message and gets no
-    folder; the others are written. Person ``k`` is sample ``k`` (0: the largest box).
+    folder; the others are written. Person ``k`` is sample ``k``.
 
     Args:
-        people: per sample :func:`person_notes` (``box`` at full resolution, ``score``,
-            ``truncated``, ``edges``, ``outside_landmarks``).
-        picture: the picture (full size or downscaled) for the overlay; None: no overlay.
-        scale: working resolution over the full one (1 for keypoint-only fits).
-        full_camera: the full-resolution Camera (batch 1); the result's otherwise.
+        people: per sample, one view: :func:`person_notes` (``box`` at full resolution,
+            ``score``, ``truncated``, ``edges``, ``outside_landmarks``); several views:
+            ``{"views": {view name: person_notes + "detection", "association_error_over_box"}}``
+            for the views where the person is seen.
+        picture: the picture (full size or downscaled) for the overlay, None: no overlay;
+            several views: a list, per view a picture or None.
+        scale: working resolution over the full one (1 for keypoint-only fits); several views:
+            a list.
+        full_camera: the full-resolution Camera (batch 1); the result's otherwise; several
+            views: a list.
+        unmatched: written as ``unmatched`` (several views).
     Returns:
         the people.json content.
     Raises:
-        ValueError: ``people`` does not match the batch, or nobody could be fitted (nothing is
-            written then).
+        ValueError: ``people`` or the per-view lists do not match the batch and the views, or
+            nobody could be fitted (nothing is written then).
         FileExistsError: ``out_dir`` holds files that are not a result (see :func:`_publish`).
     """
     from bodyfit.data.images import write_image
 
     out_dir = Path(out_dir)
-    B = result.batch_size
-    if len(people) != B or len(result.cameras) != 1:
-        raise ValueError(f"save_people: {len(people)} people for a fit of {B} samples in "
-                         f"{len(result.cameras)} views (expected one view, one entry per sample)")
+    B, V = result.batch_size, len(result.cameras)
+    many = V > 1
+    pictures = list(picture) if many and picture is not None else [picture] * V
+    scales = list(scale) if many else [scale]
+    cams = (list(full_camera) if many else [full_camera]) if full_camera is not None else None
+    if len(people) != B or len(pictures) != V or len(scales) != V or (cams is not None and len(cams) != V):
+        raise ValueError(f"save_people: {len(people)} people for a fit of {B} samples in {V} views, "
+                         f"{len(pictures)} pictures, {len(scales)} scales (expected one entry per sample, "
+                         "one picture, scale and camera per view)")
+    if many and not all("views" in n for n in people):
+        raise ValueError("save_people: several views need per person {'views': {view name: note}}")
     if not bool(result.valid.any()):
         raise ValueError("no person could be fitted: " + "; ".join(
             f"person_{k}: {result.messages[k]}" for k in range(B)))
     extra = dict(extra or {})
-    cams = [full_camera] if full_camera is not None else None
-    entries, samples, drawn = [], {}, []
+    names = list(result.view_names)
+    entries, samples, drawn = [], {}, {v: [] for v in range(V)}
     for k in range(B):
         note = people[k]
-        entry = {"id": k, "box": note["box"], "score": note["score"], "reprojection_error_px": None,
-                 "reprojection_error_over_box": None, "box_height_px": None, "depth_m": None,
-                 "valid": bool(result.valid[k]), "flagged": None, "truncated": note["truncated"],
-                 "truncation": {"edges": note["edges"], "outside_landmarks": note["outside_landmarks"]},
-                 "message": result.messages[k], "files": None}
-        if entry["valid"]:
+        seen = ({names.index(n): dict(d) for n, d in note["views"].items()} if many else {0: note})
+        entry = {"id": k}
+        if many:
+            entry["views"] = {names[v]: {key: d.get(key) for key in (
+                "detection", "box", "score", "truncated", "association_error_over_box")}
+                for v, d in sorted(seen.items())}
+            for v, d in seen.items():
+                entry["views"][names[v]]["truncation"] = {"edges": d["edges"],
+                                                          "outside_landmarks": d["outside_landmarks"]}
+            truncated = any(d["truncated"] for d in seen.values())
+            person = {"person_id": k, "person_views": entry["views"]}
+        else:
+            truncated = note["truncated"]
+            entry.update(box=note["box"], score=note["score"])
             person = {"person_id": k, "box_xyxy_px": note["box"], "detection_score": note["score"],
-                      "truncated": note["truncated"], "truncation": entry["truncation"]}
-            summary, arrays, pv = _sample(result, k, [scale], cams, runtime_s, {**person, **extra})
-            verts_cam = arrays["vertices"] @ pv["R"][0].T + pv["t"][0] if "vertices" in arrays else None
+                      "truncated": truncated,
+                      "truncation": {"edges": note["edges"], "outside_landmarks": note["outside_landmarks"]}}
+        entry.update({"reprojection_error_px": None, "reprojection_error_over_box": None, "box_height_px": None,
+                      **({} if many else {"depth_m": None}),
+                      "valid": bool(result.valid[k]), "flagged": None, "truncated": truncated,
+                      **({} if many else {"truncation": person["truncation"]}),
+                      "message": result.messages[k], "files": None})
+        if entry["valid"]:
+            summary, arrays, pv = _sample(result, k, scales, cams, runtime_s, {**person, **extra})
             entry.update(reprojection_error_px=summary["reprojection_error_px"],
                          reprojection_error_over_box=summary["reprojection_error_over_box"],
                          box_height_px=summary["box_height_px"], flagged=summary["flagged"],
-                         depth_m=None if verts_cam is None else float(np.median(verts_cam[:, 2])),
                          files={n.replace(".", "_"): f"person_{k}/{n}"
                                 for n in ("fit.npz", "fit.json", "mesh.ply", "mesh.glb")})
             samples[k] = (summary, arrays)
-            if verts_cam is not None and picture is not None:
-                Kp, kpp, projp = _at_picture(picture, pv["cams"][0].image_size, pv["K"][0], pv["kp"][0],
-                                             pv["proj"][0])
-                sp = max(picture.shape[:2]) / max(pv["cams"][0].image_size)
-                box = _rescale(np.asarray(note["box"], np.float64).reshape(2, 2), 1 / sp).reshape(4) \
-                    if sp != 1.0 else note["box"]
-                drawn.append({"id": k, "vertices": verts_cam, "faces": arrays["faces"], "K": Kp,
-                              "keypoints": kpp, "projected": projp, "box": box})
+            for v, d in seen.items():
+                if many:
+                    entry["views"][names[v]].update(
+                        {key: summary["views"][names[v]][key] for key in ("reprojection_error_px",
+                                                                          "reprojection_error_over_box")})
+                if "vertices" not in arrays:
+                    continue
+                verts_cam = arrays["vertices"] @ pv["R"][v].T + pv["t"][v]
+                if not many:
+                    entry["depth_m"] = float(np.median(verts_cam[:, 2]))
+                pic = pictures[v]
+                if pic is None:
+                    continue
+                Kp, kpp, projp = _at_picture(pic, pv["cams"][v].image_size, pv["K"][v], pv["kp"][v], pv["proj"][v])
+                sp = max(pic.shape[:2]) / max(pv["cams"][v].image_size)
+                box = _rescale(np.asarray(d["box"], np.float64).reshape(2, 2), 1 / sp).reshape(4) \
+                    if sp != 1.0 else d["box"]
+                drawn[v].append({"id": k, "vertices": verts_cam, "faces": arrays["faces"], "K": Kp,
+                                 "keypoints": kpp, "projected": projp, "box": box})
         entries.append(entry)
     bad = [f"person_{e['id']}: {e['flagged']}" for e in entries if e["flagged"]]
     bad += [f"person_{e['id']}: not fitted ({e['message']})" for e in entries if not e["valid"]]
-    cam = full_camera if full_camera is not None else result.camera(0).index(slice(0, 1))
+    overlays = {v: ("overlay.png" if not many else f"overlay_{names[v]}.png") for v in range(V) if drawn[v]}
+    if many:
+        sizes = {n: [int(x) for x in (cams[v] if cams is not None else result.camera(v)).image_size]
+                 for v, n in enumerate(names)}
+        where = {"image_size": sizes}
+        shown = {"overlays": {names[v]: f for v, f in overlays.items()}, "unmatched": unmatched or []}
+    else:
+        cam = cams[0] if cams is not None else result.camera(0).index(slice(0, 1))
+        where = {"image_size": [int(x) for x in cam.image_size]}
+        shown = {"overlay": overlays.get(0)}
     listing = {
         "source": extra.get("source"), "source_sha1": extra.get("source_sha1"), "model": result.model_name,
-        "image_size": [int(x) for x in cam.image_size], "detector": detector,
-        "people": entries, "dropped": dropped or [],
-        "overlay": "overlay.png" if drawn else None,
+        **where, "detector": detector,
+        "people": entries, "dropped": dropped or [], **shown,
         "runtime_s": runtime_s or {}, "flagged": "; ".join(bad) or None,
         **{k: v for k, v in extra.items() if k not in ("source", "source_sha1")},
     }
@@ -735,8 +850,8 @@ def save_people(result: FitResult, out_dir: str | Path, people: list[dict], pict
         for k, (summary, arrays) in samples.items():
             (tmp / f"person_{k}").mkdir()
             _write_sample(tmp / f"person_{k}", summary, arrays)
-        if drawn:
-            write_image(tmp / "overlay.png", people_overlay(picture, drawn))
+        for v, f in overlays.items():
+            write_image(tmp / f, people_overlay(pictures[v], drawn[v]))
         from bodyfit.files import atomic_write_text
 
         atomic_write_text(tmp / "people.json", json.dumps(listing, indent=2))

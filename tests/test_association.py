@@ -118,3 +118,71 @@ def test_detection_sizes():
     kp = np.zeros((2, 4, 3))
     kp[0] = [[0, 0, 1], [10, 40, 1], [500, 500, 0], [5, 5, 1]]
     assert detection_sizes(kp).tolist() == [40.0, 1.0]
+
+
+class FakeDetector:
+    """Stands in for MultiPersonPose: a picture's first pixel names its view; ``detect_all``
+    returns that view's synthetic detections, largest box first (as the real one)."""
+
+    def __init__(self, dets, size):
+        from bodyfit.detectors import Detection
+
+        self.per_view = []
+        for d in dets:
+            people = []
+            for kp in d.numpy().astype(np.float32):
+                seen = kp[kp[:, 2] > 0, :2]
+                box = np.concatenate([seen.min(0), seen.max(0)]).astype(np.float32)
+                people.append(Detection(kp, box, None, size, score=0.9))
+            self.per_view.append(people)
+        self.order = [sorted(range(len(p)), key=lambda i: -float(np.prod(p[i].box[2:] - p[i].box[:2])))
+                      for p in self.per_view]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def detect_all(self, picture):
+        v = int(picture[0, 0, 0])
+        return [self.per_view[v][i] for i in self.order[v]]
+
+
+def test_fit_views_fits_every_associated_person(low_poly, tmp_path, monkeypatch):
+    """fit_scenes on 4 views of 3 people (person 2 hidden in views 1-3: one view only, a
+    spurious detection in view 0): two people fitted in their views, the others listed as
+    unmatched; each fit near its true body."""
+    import json
+
+    from bodyfit import load_config
+    from bodyfit import pipeline
+    from bodyfit.pipeline import Scene, fit_scenes
+
+    g = torch.Generator().manual_seed(21)
+    scene = synthetic_people_views(low_poly, 3, image_size=(480, 640), generator=g)
+    dets, ids = shuffled_detections(scene, hidden={1: [2], 2: [2], 3: [2]}, spurious=[0], generator=g)
+    fake = FakeDetector(dets, (480, 640))
+    monkeypatch.setattr(pipeline, "_open_detector", lambda cfg, people: fake)
+    pictures = [[np.full((480, 640, 3), v, np.uint8)] for v in range(4)]
+    names = [f"cam{v}" for v in range(4)]
+    cfg = load_config(["stages.camera.steps=20", "stages.body.steps=60", "init=mean"], name="fit_views")
+    (report,) = fit_scenes([Scene(pictures, [""], scene.cameras, names)], tmp_path / "run", low_poly, cfg,
+                           progress=False, people=True)
+    assert report.ok, report.error
+    listing = json.loads((tmp_path / "run" / "people.json").read_text())
+    assert listing == report.summary and len(listing["people"]) == 2
+    truth_of = lambda v, i: ids[v][fake.order[v][i]]  # noqa: E731  (detections as the fake returned them)
+    for person in listing["people"]:
+        who = {truth_of(int(n[3:]), view["detection"]) for n, view in person["views"].items()}
+        assert len(who) == 1 and who <= {0, 1} and len(person["views"]) == 4
+        fit = np.load(tmp_path / "run" / person["files"]["fit_npz"])
+        assert fit["K"].shape == (4, 3, 3)
+        pve = float(np.linalg.norm(fit["vertices"] - scene.vertices[who.pop()].numpy(), axis=-1).mean())
+        assert pve < 0.12, pve  # metres: keypoints only, a short schedule
+        assert all(v["reprojection_error_over_box"] < 0.05 for v in person["views"].values())
+    left = sorted((u["view"], truth_of(int(u["view"][3:]), u["detection"])) for u in listing["unmatched"])
+    assert left == [("cam0", -1), ("cam0", 2)]
+    assert all("one view only" in u["why"] for u in listing["unmatched"])
+    assert sorted(listing["overlays"]) == names
+    assert (tmp_path / "run" / "overlay_cam0.png").stat().st_size > 0
