@@ -71,8 +71,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="fit pictures again whose result in --out is already done (default: skip them)")
     common(f)
 
-    mv = sub.add_parser("fit-views", help="one moment seen by calibrated cameras: one body fitted "
-                        "to all views; writes DIR/{fit.npz,fit.json,mesh.ply,overlay_<view>.png}")
+    mv = sub.add_parser("fit-views", help="one moment seen by calibrated cameras: every person "
+                        "found in two views or more, associated across views, fitted to the views "
+                        "where seen; writes DIR/{people.json,overlay_<view>.png} and "
+                        "DIR/person_<k>/{fit.npz,fit.json,mesh.ply,mesh.glb}")
     mv.add_argument("words", nargs="+", metavar="IMAGE_OR_OVERRIDE",
                     help="one picture per calibrated camera, in the calibration's order, and "
                          "overrides (bodyfit/configs/fit_views.yaml)")
@@ -222,6 +224,9 @@ def _report(reports, out) -> int:
                              f"{' truncated' if p['truncated'] else ''}" for p in fitted)
             print(f"{r.name or out}: {len(fitted)} of {len(s['people'])} people fitted ({each}), "
                   f"{s['runtime_s'].get('total', float('nan')):.2f} s -> {r.out_dir}")
+            for u in s.get("unmatched", []):  # several views: detections of nobody seen twice
+                print(f"{r.name or out}: view {u['view']} detection {u['detection']} not fitted: {u['why']}",
+                      file=sys.stderr)
         elif r.ok:
             s = r.summary
             print(f"{r.name or out}: reprojection {s['reprojection_error_px']:.1f} px "
@@ -339,7 +344,8 @@ def _fit_views(args, pictures, cfg, model) -> int:
             sizes.append(None)
     scene = Scene(images, [""], [c.camera for c in calib], [c.name for c in calib],
                   extra={"source": [str(Path(p).resolve()) for p in pictures]}, full_sizes=sizes)
-    reports = fit_scenes([scene], args.out, model, cfg, dense=not args.keypoints_only, progress=False)
+    reports = fit_scenes([scene], args.out, model, cfg, dense=not args.keypoints_only, progress=False,
+                         people=True)
     code = _report(reports, args.out)
     return code if code else (1 if any(im[0] is None for im in images) else 0)
 
@@ -389,7 +395,7 @@ def _fit_video(args, pictures, cfg, model) -> int:
 def _pseudo_gt(args, words, cfg, model) -> int:
     from bodyfit.distributed import barrier, rank_and_world
     from bodyfit.fitting import Fitter
-    from bodyfit.pseudo_gt import coco_people, picture_people, run_pseudo_gt
+    from bodyfit.pseudo_gt import coco_people, is_iuv_file, picture_people, run_pseudo_gt
 
     if args.batch_size < 1 or args.shard_size < 1:
         print("bodyfit pseudo-gt: --batch-size and --shard-size must be at least 1", file=sys.stderr)
@@ -405,7 +411,8 @@ def _pseudo_gt(args, words, cfg, model) -> int:
             paths = []
             for w in words:
                 p = Path(w)
-                paths += sorted(q for q in p.iterdir() if q.suffix.lower() in MEDIA_SUFFIXES) if p.is_dir() else [p]
+                paths += sorted(q for q in p.iterdir() if q.suffix.lower() in MEDIA_SUFFIXES
+                                and not is_iuv_file(q)) if p.is_dir() else [p]
             rank, world = rank_and_world()
             from bodyfit.detectors.multi_person import MultiPersonPose
 

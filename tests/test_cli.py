@@ -126,12 +126,15 @@ def test_fit_views_on_four_real_views(tmp_path, calibration_file):
     out = tmp_path / "views"
     assert main(["fit-views", *map(str, paths), "--calib", str(calibration_file), "--out", str(out),
                  "--keypoints-only", "--quiet"]) == 0
-    s = json.loads((out / "fit.json").read_text())
+    people = json.loads((out / "people.json").read_text())
+    assert len(people["people"]) == 1  # the demo's one person, associated across the 4 views
+    assert list(people["people"][0]["views"]) == list(mv.names)
+    s = json.loads((out / "person_0" / "fit.json").read_text())
     assert list(s["views"]) == list(mv.names)
     assert all(v["reprojection_error_over_box"] < 0.05 for v in s["views"].values())
     for name in mv.names:
         assert (out / f"overlay_{name}.png").stat().st_size > 0
-    assert np.load(out / "fit.npz")["K"].shape == (4, 3, 3)
+    assert np.load(out / "person_0" / "fit.npz")["K"].shape == (4, 3, 3)
 
 
 @needs_mediapipe
