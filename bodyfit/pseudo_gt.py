@@ -66,6 +66,7 @@ class Person:
         image_size: (H, W) pixels.
         problem: why the person cannot be fitted (then recorded as not valid with this reason,
             never fitted); None when fine.
+        iuv: the picture's DensePose IUV PNG (``<stem>_IUV.png`` beside it), or None.
     """
 
     id: str
@@ -76,6 +77,20 @@ class Person:
     K: np.ndarray
     image_size: tuple[int, int]
     problem: str | None = None
+    iuv: str | None = None
+
+
+def iuv_beside(picture: str | os.PathLike) -> str | None:
+    """The DensePose IUV PNG of a picture, ``<stem>_IUV.png`` in its folder (the name DensePose's
+    ``infer_simple.py`` gives it), or None when there is none."""
+    p = Path(picture)
+    q = p.with_name(f"{p.stem}_IUV.png")
+    return str(q) if q.is_file() else None
+
+
+def is_iuv_file(path: str | os.PathLike) -> bool:
+    """True for a DensePose IUV PNG by its name (``*_IUV.png``): not a picture to fit."""
+    return str(path).endswith("_IUV.png")
 
 
 def _sample_id(picture: str, person: int) -> str:
@@ -160,8 +175,9 @@ def coco_people(json_path: str | os.PathLike, images: str | os.PathLike | None =
         if problem is None and (box[2] < 0 or box[3] < 0 or box[0] > size[1] - 1 or box[1] > size[0] - 1):
             problem = f"person box {bbox} lies outside the {size[1]}x{size[0]} picture"
         size = size or (1, 1)
+        iuv = iuv_beside(Path(images) / name) if images is not None else None
         people.append(Person(_sample_id(name, pid), name, pid, keypoints, box.astype(np.float32),
-                             _intrinsics(size, fov_deg), size, problem))
+                             _intrinsics(size, fov_deg), size, problem, iuv))
     return sorted(people, key=lambda p: p.id)
 
 
@@ -222,11 +238,12 @@ def picture_people(paths, out: str | os.PathLike, detector, max_pixels: int | No
             log.warning("%s: nobody found", name)
         size = (int(found["size"][0]), int(found["size"][1]))
         K = _intrinsics(size, fov_deg)
+        iuv = None if video else iuv_beside(name)
         counts: dict[int, int] = {}
         for kp, box, t in zip(found["keypoints"], found["boxes"], found["frame"].tolist()):
             picture = f"{name}#frame_{t:06d}" if t >= 0 else name
             i = counts[t] = counts.get(t, -1) + 1  # the person's number in its picture
-            people.append(Person(_sample_id(picture, i), picture, i, kp, box, K, size))
+            people.append(Person(_sample_id(picture, i), picture, i, kp, box, K, size, iuv=iuv))
     return sorted(people, key=lambda p: p.id)
 
 
@@ -364,40 +381,120 @@ def run_pseudo_gt(people: list[Person], out: str | os.PathLike, fitter, conventi
 
 def _fit_batch(batch: list[Person], out: Path, fitter, model, convention: str, regressor) -> None:
     """Fit one batch and commit a record per person (people with a ``problem`` too, as not
-    valid with that reason)."""
+    valid with that reason). People with a DensePose IUV file are fitted apart, on crops
+    (:func:`_dense_observations`), when the config weighs the ``densepose`` energy."""
     fine = [p for p in batch if p.problem is None]
-    result = None
-    if fine:
-        kp = torch.as_tensor(np.stack([p.keypoints for p in fine]))
-        K = torch.as_tensor(np.stack([p.K for p in fine]))
-        boxes = torch.as_tensor(np.stack([p.box for p in fine]))
-        obs = Observations.from_pictures(kp, K=K, boxes=boxes, convention=convention)
+    iuvs = _read_iuvs(fine) if _weighs_densepose(fitter.config) else {}
+    fitted: dict[str, tuple] = {}
+    for group in ([p for p in fine if p.id not in iuvs], [p for p in fine if p.id in iuvs]):
+        if not group:
+            continue
+        kp = torch.as_tensor(np.stack([p.keypoints for p in group]))
+        K = torch.as_tensor(np.stack([p.K for p in group]))
+        boxes = torch.as_tensor(np.stack([p.box for p in group]))
+        px = torch.ones(len(group))  # fit pixels per picture pixel
+        if group[0].id in iuvs:
+            obs, px = _dense_observations(group, [iuvs[p.id] for p in group], convention,
+                                          fitter.config.render_size)
+        else:
+            obs = Observations.from_pictures(kp, K=K, boxes=boxes, convention=convention)
         how = "regressor" if regressor is not None else "mean"
         result = fitter(obs, initialize(obs, model, how, regressor), vertices=False)
         limits = _joint_limits(fitter, obs, result)
-    row = {p.id: i for i, p in enumerate(fine)}
+        fitted.update({p.id: (result, b, float(limits[b]), float(px[b])) for b, p in enumerate(group)})
     default = model.default_params(1)
     for p in batch:
-        if p.id not in row:
+        if p.id not in fitted:
             rec = {k: v[0].cpu().numpy() for k, v in default.as_dict().items()}
             nan = np.float32(math.nan)
             rec.update(energy=nan, joint_limits=nan, reprojection_error_px=nan, error_over_box=nan,
                        converged=False, valid=False, plausible=False, steps=0, reason=p.problem)
         else:
-            b = row[p.id]
+            result, b, limits, px = fitted[p.id]
             params = result.params.index([b])
             rec = {k: v[0].cpu().numpy() for k, v in params.as_dict().items()}
             lo_hi = (0.0, 1.0) if model.shape_name == "phenotypes" else (-5.0, 5.0)
             shape_ok = bool(((params.shape >= lo_hi[0]) & (params.shape <= lo_hi[1])).all())
-            plausible, reason = _plausible(result, b, float(limits[b]), shape_ok)
-            rec.update(energy=float(result.energies["total"][b]), joint_limits=float(limits[b]),
-                       reprojection_error_px=float(result.reprojection_error_px[b]),
+            plausible, reason = _plausible(result, b, limits, shape_ok)
+            rec.update(energy=float(result.energies["total"][b]), joint_limits=limits,
+                       reprojection_error_px=float(result.reprojection_error_px[b]) / px,
                        error_over_box=float(result.error_over_box[b]),
                        converged=bool(result.converged[b]), valid=bool(result.valid[b]),
-                       plausible=plausible, steps=sum(result.stage_steps.values()), reason=reason or "")
+                       plausible=plausible, steps=sum(result.stage_steps.values()), reason=reason or "",
+                       densepose=p.id in iuvs)
         rec.update(K=p.K, keypoints=p.keypoints, box=p.box, picture=p.picture, person=p.person,
                    image_size=np.array(p.image_size))
         atomic_save_npz(_record_path(out, p.id), **{k: np.asarray(v) for k, v in rec.items()})
+
+
+def _weighs_densepose(config) -> bool:
+    return any(st.weights.get("densepose", 0) for st in config.stages.values())
+
+
+def _read_iuvs(people: list[Person]) -> dict[str, torch.Tensor]:
+    """Each person's IUV (3,H,W) by id, for the people with an IUV file that can be read and
+    matches the picture's size; the others are named in a warning and fitted without it."""
+    from bodyfit.densepose import read_iuv_png
+
+    out = {}
+    for p in people:
+        if p.iuv is None:
+            continue
+        try:
+            iuv = read_iuv_png(p.iuv)
+            if tuple(iuv.shape[1:]) != tuple(p.image_size):
+                raise ValueError(f"it is {iuv.shape[2]}x{iuv.shape[1]} but the picture is "
+                                 f"{p.image_size[1]}x{p.image_size[0]}")
+        except (OSError, ValueError) as e:
+            log.warning("%s: DensePose file %s left out (%s); fitted on keypoints alone", p.id, p.iuv, e)
+            continue
+        out[p.id] = iuv
+    return out
+
+
+def _dense_observations(group: list[Person], iuvs: list[torch.Tensor], convention: str,
+                        size: int) -> tuple[Observations, torch.Tensor]:
+    """Observations of people with IUV files, each on a square crop of ``size`` pixels around
+    its box (1.2 times its longer side), so that pictures of any size share one batch.
+
+    The crop camera keeps the camera centre and axes: ``K' = S (K - corner)`` with S the scale,
+    so a body fitted in the crop is the body of the full picture (the same global_orient,
+    body_pose, shape and transl). IUV pixels outside the person's box are set to background,
+    which keeps other people's surfaces out where boxes do not overlap.
+
+    Args:
+        iuvs: per person its picture's IUV (3,H,W) (``read_iuv_png``, the picture's size).
+    Returns:
+        the observations (B samples, keypoints and K in crop pixels, iuv (B,3,size,size)), and
+        (B,) crop pixels per picture pixel.
+    """
+    import cv2
+
+    kps, Ks, boxes, crops, scales = [], [], [], [], []
+    for p, iuv in zip(group, iuvs):
+        x0, y0, x1, y1 = (float(v) for v in p.box)
+        side = 1.2 * max(x1 - x0, y1 - y0, 1.0)
+        left, top = 0.5 * (x0 + x1) - side / 2, 0.5 * (y0 + y1) - side / 2  # crop edges, picture px
+        s = size / side
+        # picture pixel x (centres at integers) -> crop pixel s (x - left + 0.5) - 0.5
+        M = np.array([[s, 0, s * (0.5 - left) - 0.5], [0, s, s * (0.5 - top) - 0.5]])
+        crop = cv2.warpAffine(iuv.permute(1, 2, 0).numpy(), M, (size, size), flags=cv2.INTER_NEAREST,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        crop = torch.from_numpy(crop).permute(2, 0, 1).clone()
+        bx = torch.tensor([x0, y0, x1, y1]) * s + torch.tensor([*M[:, 2], *M[:, 2]])
+        u = torch.arange(size, dtype=torch.float32)
+        inside = ((u[None] >= bx[0]) & (u[None] <= bx[2]) & (u[:, None] >= bx[1]) & (u[:, None] <= bx[3]))
+        crop[0][~inside] = 0.0
+        kp = torch.as_tensor(p.keypoints).clone()
+        kp[:, :2] = kp[:, :2] * s + torch.as_tensor(M[:, 2], dtype=kp.dtype)
+        K = torch.as_tensor(p.K, dtype=torch.float32).clone()
+        K[:2] = K[:2] * s
+        K[0, 2] += M[0, 2]
+        K[1, 2] += M[1, 2]
+        kps.append(kp), Ks.append(K), boxes.append(bx), crops.append(crop), scales.append(s)
+    obs = Observations.from_pictures(torch.stack(kps), image_size=(size, size), K=torch.stack(Ks),
+                                     boxes=torch.stack(boxes), convention=convention, iuv=torch.stack(crops))
+    return obs, torch.tensor(scales)
 
 
 def _joint_limits(fitter, obs, result) -> torch.Tensor:
@@ -433,6 +530,7 @@ def export(out: str | os.PathLike, people: list[Person], shard_size: int, model_
                      "keypoint_error_px": _num(rec["reprojection_error_px"]),
                      "error_over_box": _num(rec["error_over_box"]), "converged": bool(rec["converged"]),
                      "valid": bool(rec["valid"]), "plausible": bool(rec["plausible"]),
+                     "densepose": bool(rec.get("densepose", False)),
                      "reason": str(rec.get("reason", "")) or None})
     atomic_write_text(out / "index.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     folder = out / "export"

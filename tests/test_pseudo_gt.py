@@ -205,3 +205,70 @@ def test_pictures_and_video_frames_give_every_detected_person_and_detect_once(tm
     stamp = {p.name: p.stat().st_mtime_ns for p in (out / "people").iterdir()}
     assert main(args + ["detector.setting=full"]) == 0  # other detector settings: detected again
     assert all((out / "people" / n).stat().st_mtime_ns != t for n, t in stamp.items())
+
+
+@pytest.mark.slow
+def test_densepose_files_beside_the_pictures_are_fitted_on_crops(anny, tmp_path, caplog):
+    """People whose picture has a ``<stem>_IUV.png`` are fitted with the DensePose energy on a
+    crop whose camera keeps the body's pose: at the true body the crop's keypoints are its
+    projections and the DensePose energy is lower than beside it; a broken IUV file is left out
+    with a warning, never a lost person."""
+    from bodyfit.cameras import Camera, project
+    from bodyfit.data.synthetic import synthetic_batch
+    from bodyfit.densepose import anny_chart, render_iuv, write_iuv_png
+    from bodyfit.fitting import Fitter, load_config
+    from bodyfit.pseudo_gt import _dense_observations, _read_iuvs
+
+    images = tmp_path / "images"
+    images.mkdir()
+    sizes = [(480, 640), (600, 400), (500, 500)]
+    coco, truth = {"images": [], "annotations": []}, []
+    for i, size in enumerate(sizes):
+        sb = synthetic_batch(anny, 1, "coco17", image_size=size, noise=0.0, dropout=0.0, fov_range=(FOV, FOV),
+                             depth_range=(2.5, 3.5), generator=torch.Generator().manual_seed(i))
+        truth.append(sb)
+        camera = Camera(sb.K, torch.eye(3)[None], torch.zeros(1, 3), size)
+        with torch.no_grad():
+            iuv = render_iuv(anny(sb.params).vertices, camera, anny_chart(anny))[0]
+        if i < 2:
+            write_iuv_png(images / f"img_{i}_IUV.png", iuv)
+        else:
+            (images / f"img_{i}_IUV.png").write_bytes(b"broken")
+        kp = sb.keypoints[0].numpy().copy()
+        kp[:, :2] += 0.5
+        kp[:, 2] = 2
+        x0, y0, x1, y1 = sb.boxes[0].tolist()
+        coco["images"].append({"id": i, "file_name": f"img_{i}.jpg", "width": size[1], "height": size[0]})
+        coco["annotations"].append({"id": i, "image_id": i, "keypoints": kp.flatten().tolist(), "num_keypoints": 17,
+                                    "bbox": [x0 + 0.5, y0 + 0.5, x1 - x0, y1 - y0]})
+    path = tmp_path / "person_keypoints.json"
+    path.write_text(json.dumps(coco))
+    people = coco_people(path, images, FOV)
+    assert all(p.iuv for p in people)
+
+    with caplog.at_level("WARNING", logger="bodyfit"):
+        iuvs = _read_iuvs(people)
+    assert sorted(iuvs) == sorted(p.id for p in people[:2]) and "img_2_IUV.png" in caplog.text
+    dense = [p for p in people if p.id in iuvs]
+    obs, scale = _dense_observations(dense, [iuvs[p.id] for p in dense], "coco17", 128)
+    assert obs.iuv[0].shape == (2, 3, 128, 128) and bool((obs.iuv[0][:, 0] > 0).any((1, 2)).all())
+    kp_index, _ = anny.keypoint_map("coco17")
+    params = truth[0].params.clone()
+    for name in ("global_orient", "body_pose", "shape", "transl"):
+        setattr(params, name, torch.cat([getattr(sb.params, name) for sb in truth[:2]]))
+    K = obs.cameras[0].K
+    with torch.no_grad():
+        crop_kp = project(anny(params, vertices=False).joints[:, kp_index], K)
+    assert torch.allclose(crop_kp, obs.keypoints[:, 0, :, :2], atol=0.02)
+    fitter = Fitter(anny, load_config(["+stages.body.weights.densepose=10"]))
+    at_truth = fitter.energies_at(obs, params, names=["densepose"])["densepose"]
+    beside = params.clone()
+    beside.transl = beside.transl + torch.tensor([0.05, 0.0, 0.0])
+    assert bool((at_truth < 0.5 * fitter.energies_at(obs, beside, names=["densepose"])["densepose"]).all())
+
+    out = tmp_path / "run"
+    assert main(["pseudo-gt", str(path), "--images", str(images), "--out", str(out), "--quiet",
+                 "stages.body.steps=30", "init=mean", "+stages.body.weights.densepose=10"]) == 0
+    rows = {r["person"]: r for r in map(json.loads, (out / "index.jsonl").read_text().splitlines())}
+    assert [rows[i]["densepose"] for i in range(3)] == [True, True, False]
+    assert all(r["valid"] and r["error_over_box"] < 0.05 for r in rows.values())
