@@ -250,15 +250,23 @@ def fit_scenes(scenes, out_dir: str | Path, model=None, config=None, dense: bool
     fitter = Fitter(model, cfg)
     det_cfg = cfg.detector
     reports: list[PictureReport] = []
+    tracker = None  # one for the run: sequence scenes are consecutive chunks of one video
     with _open_detector(det_cfg, people) as detector:
         bar = tqdm(scenes, desc="fitting", unit="scene", disable=not progress)
         for scene in bar:
             t0 = time.perf_counter()
             names = scene.view_names or [f"view{v}" for v in range(len(scene.pictures))]
             many = len(scene.pictures) > 1
+            if people and scene.sequence and not many:  # a video chunk: people tracked over frames
+                if tracker is None:
+                    from bodyfit.tracking import Tracker
+
+                    tracker = Tracker()
+                reports += _fit_tracks(scene, detector, tracker, fitter, model, cfg, dense, out_dir, t0)
+                continue
             if people and (len(scene.out_names) != 1 or (many and scene.cameras is None)):
                 raise ValueError("fit_scenes(people=True) fits one moment per scene: one picture, or one "
-                                 "picture per calibrated view")
+                                 "picture per calibrated view; or a sequence of one view")
             dets, frames, chosen, dropped = [], None, [], []
             for v, pics in enumerate(scene.pictures):
                 dets.append([])
@@ -349,6 +357,82 @@ def fit_scenes(scenes, out_dir: str | Path, model=None, config=None, dense: bool
                     reports.append(PictureReport(name or out_dir.name, False, error=f"could not write: {e}"))
                     continue
                 reports.append(PictureReport(name or out_dir.name, True, target, summary=summary))
+    return reports
+
+
+def _fit_tracks(scene: Scene, detector, tracker, fitter, model, cfg, dense: bool, out_dir: Path,
+                t0: float) -> list[PictureReport]:
+    """Every person of a video chunk (one view, T frames): detect each frame's people, follow
+    them with ``tracker`` (:class:`bodyfit.tracking.Tracker`, which carries on over the run's
+    chunks), fit each track of the chunk as its own sequence (one shape, the temporal energy;
+    frames of a track where its person was missed are samples without keypoints, not fitted),
+    then write each frame's folder with :func:`save_people`: ``person_<track id>/`` per person
+    and ``people.json`` (``id`` = the track id, the same in every frame). One report per frame;
+    a frame with nobody is reported and left out."""
+    from bodyfit.detectors import NoPersonError
+
+    det_cfg = cfg.detector
+    T = len(scene.out_names)
+    found, dropped, ids = [], [], []
+    for t, pic in enumerate(scene.pictures[0]):
+        kept, left = [], []
+        try:
+            if pic is None:
+                raise ValueError("no picture")
+            full = scene.full_size(0)
+            if scene.cameras is not None and full != tuple(scene.cameras[0].image_size):
+                H, W = scene.cameras[0].image_size
+                raise ValueError(f"picture is {full[1]}x{full[0]} but the calibration says {W}x{H}")
+            kept, left = select_people(detector.detect_all(pic), pic.shape[:2], det_cfg.max_people,
+                                       det_cfg.min_box_height)
+        except (ValueError, NoPersonError) as e:
+            log.warning("%s left out: %s", scene.out_names[t], e)
+        found.append(kept)
+        dropped.append(left)
+        ids.append(tracker.update(np.array([d.box for d in kept]).reshape(-1, 4),
+                                  np.array([d.keypoints for d in kept]).reshape(-1, 33, 3)))
+    t1 = time.perf_counter()
+    spans: dict[int, dict[int, object]] = {}
+    for t, (dets, tids) in enumerate(zip(found, ids)):
+        for d, tid in zip(dets, tids):
+            spans.setdefault(tid, {})[t] = d
+    fits, scales = {}, [1.0]
+    for tid, seen in sorted(spans.items()):
+        first, last = min(seen), max(seen)
+        sub = Scene([scene.pictures[0][first:last + 1]], scene.out_names[first:last + 1], scene.cameras,
+                    scene.view_names, sequence=True, extra=scene.extra, full_sizes=scene.full_sizes)
+        obs, scales = observe(sub, [[seen.get(t) for t in range(first, last + 1)]], cfg.fov_deg, dense)
+        fits[tid] = (fitter(obs, initialize(obs, model, cfg.init), vertices=True), first)
+    cams = full_cameras(scene, cfg.fov_deg)
+    names = scene.view_names or ["video"]
+    extra = dict(scene.extra)
+    shrunk = scene.downscaled(names)
+    if shrunk:
+        extra["downscaled"] = shrunk[names[0]]
+    total = time.perf_counter() - t0
+    runtime = {"detection": (t1 - t0) / T, "fit": (total - (t1 - t0)) / T, "total": total / T}
+    reports = []
+    for t, name in enumerate(scene.out_names):
+        if not found[t]:
+            why = "no person found"
+            if dropped[t]:
+                why += f" ({len(dropped[t])} found, none kept: {dropped[t][0]['why']})"
+            reports.append(PictureReport(name, False, error=why))
+            continue
+        members = [(fits[tid][0], t - fits[tid][1]) for tid in ids[t]]
+        notes = [{**person_notes(d, scene.picture_scale(0)), "id": tid} for d, tid in zip(found[t], ids[t])]
+        target = out_dir / name
+        try:
+            summary = save_people(members, target, notes, scene.pictures[0][t], scales[0], cams[0], runtime,
+                                  {**extra, "frame": name}, dropped=dropped[t],
+                                  detector=people_options(det_cfg))
+        except ValueError as e:  # nobody of this frame could be fitted
+            reports.append(PictureReport(name, False, error=str(e)))
+        except OSError as e:
+            log.error("%s: could not write the result: %s", target, e)
+            reports.append(PictureReport(name, False, error=f"could not write: {e}"))
+        else:
+            reports.append(PictureReport(name, True, target, summary=summary))
     return reports
 
 
@@ -701,7 +785,7 @@ def people_overlay(picture: np.ndarray, people: list[dict], alpha: float = 0.7) 
     return (out.clip(0, 1) * 255).round().astype(np.uint8)
 
 
-def save_people(result: FitResult, out_dir: str | Path, people: list[dict], picture=None,
+def save_people(result, out_dir: str | Path, people: list[dict], picture=None,
                 scale=1.0, full_camera=None, runtime_s: dict | None = None,
                 extra: dict | None = None, dropped: list[dict] | None = None,
                 detector: dict | None = None, unmatched: list[dict] | None = None) -> dict:
@@ -733,9 +817,12 @@ def save_people(result: FitResult, out_dir: str | Path, people: list[dict], pict
       which people are flagged or could not be fitted).
 
     A person who could not be fitted (``valid`` False) is listed with its message and gets no
-    folder; the others are written. Person ``k`` is sample ``k``.
+    folder; the others are written. Person ``k`` is sample ``k`` unless its note gives an
+    ``id`` (a track id: ``person_<id>/``).
 
     Args:
+        result: the FitResult of the B people, or per person ``(FitResult, sample index)`` (a
+            video frame's people, each from the fit of its own track; one view).
         people: per sample, one view: :func:`person_notes` (``box`` at full resolution,
             ``score``, ``truncated``, ``edges``, ``outside_landmarks``); several views:
             ``{"views": {view name: person_notes + "detection", "association_error_over_box"}}``
@@ -757,7 +844,13 @@ def save_people(result: FitResult, out_dir: str | Path, people: list[dict], pict
     from bodyfit.data.images import write_image
 
     out_dir = Path(out_dir)
-    B, V = result.batch_size, len(result.cameras)
+    members = [(result, k) for k in range(result.batch_size)] if isinstance(result, FitResult) else list(result)
+    if not members:
+        raise ValueError("save_people: no person to write")
+    result = members[0][0]
+    B, V = len(members), len(result.cameras)
+    if any(len(r.cameras) != V for r, _ in members):
+        raise ValueError("save_people: the people's fits have different views")
     many = V > 1
     pictures = list(picture) if many and picture is not None else [picture] * V
     scales = list(scale) if many else [scale]
@@ -768,14 +861,16 @@ def save_people(result: FitResult, out_dir: str | Path, people: list[dict], pict
                          "one picture, scale and camera per view)")
     if many and not all("views" in n for n in people):
         raise ValueError("save_people: several views need per person {'views': {view name: note}}")
-    if not bool(result.valid.any()):
+    ids = [int(n.get("id", k)) for k, n in enumerate(people)]
+    if len(set(ids)) != B:
+        raise ValueError(f"save_people: person ids {ids} repeat")
+    if not any(bool(r.valid[b]) for r, b in members):
         raise ValueError("no person could be fitted: " + "; ".join(
-            f"person_{k}: {result.messages[k]}" for k in range(B)))
+            f"person_{ids[k]}: {r.messages[b]}" for k, (r, b) in enumerate(members)))
     extra = dict(extra or {})
     names = list(result.view_names)
     entries, samples, drawn = [], {}, {v: [] for v in range(V)}
-    for k in range(B):
-        note = people[k]
+    for (res, b), note, k in zip(members, people, ids):
         seen = ({names.index(n): dict(d) for n, d in note["views"].items()} if many else {0: note})
         entry = {"id": k}
         if many:
@@ -795,11 +890,11 @@ def save_people(result: FitResult, out_dir: str | Path, people: list[dict], pict
                       "truncation": {"edges": note["edges"], "outside_landmarks": note["outside_landmarks"]}}
         entry.update({"reprojection_error_px": None, "reprojection_error_over_box": None, "box_height_px": None,
                       **({} if many else {"depth_m": None}),
-                      "valid": bool(result.valid[k]), "flagged": None, "truncated": truncated,
+                      "valid": bool(res.valid[b]), "flagged": None, "truncated": truncated,
                       **({} if many else {"truncation": person["truncation"]}),
-                      "message": result.messages[k], "files": None})
+                      "message": res.messages[b], "files": None})
         if entry["valid"]:
-            summary, arrays, pv = _sample(result, k, scales, cams, runtime_s, {**person, **extra})
+            summary, arrays, pv = _sample(res, b, scales, cams, runtime_s, {**person, **extra})
             entry.update(reprojection_error_px=summary["reprojection_error_px"],
                          reprojection_error_over_box=summary["reprojection_error_over_box"],
                          box_height_px=summary["box_height_px"], flagged=summary["flagged"],

@@ -95,7 +95,7 @@ class Tracker:
         ValueError: a parameter out of range.
     """
 
-    def __init__(self, max_missed: int = 3, min_similarity: float = 0.2, iou_weight: float = 0.5,
+    def __init__(self, max_missed: int = 3, min_similarity: float = 0.1, iou_weight: float = 0.5,
                  kappa: float = 0.1, velocity_smoothing: float = 0.5, min_confidence: float = 0.3):
         if max_missed < 0 or not 0 <= min_similarity <= 1 or not 0 <= iou_weight <= 1 or kappa <= 0 \
                 or not 0 <= velocity_smoothing < 1:

@@ -147,3 +147,81 @@ def test_vtest_pedestrians_are_tracked():
     assert np.mean(kept) >= 0.7, (kept, [len(f) for f in found])
     long = [t for t in tracks if len(t.frames) >= 8]
     assert len(long) >= 3
+
+
+class FakeVideoDetector:
+    """Stands in for MultiPersonPose: a picture's first pixel names its frame; ``detect_all``
+    returns that frame's detections."""
+
+    def __init__(self, per_frame):
+        self.per_frame = per_frame
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def detect_all(self, picture):
+        return list(self.per_frame[int(picture[0, 0, 0])])
+
+
+@pytest.mark.slow
+def test_fit_video_fits_each_track_with_one_shape(tmp_path, monkeypatch):
+    """Two synthetic people walking past each other in 6 frames (nobody in frame 3, person 1
+    missed in frame 4): per frame a folder with person_<track id>/ and people.json, the same
+    ids in every frame, one shape per track, the empty frame reported."""
+    import json
+
+    from bodyfit import load_config, pipeline
+    from bodyfit.cameras import Camera, default_intrinsics
+    from bodyfit.data.synthetic import sample_params
+    from bodyfit.detectors import Detection
+    from bodyfit.pipeline import Scene, fit_scenes
+
+    model = body_model("anny", topology="notoes_collapse3pc")
+    g = torch.Generator().manual_seed(5)
+    params = sample_params(model, 2, g)
+    H, W = 480, 640
+    cam = Camera.identity(default_intrinsics((H, W), 1, 55.0), (H, W))
+    kp_index, _ = model.keypoint_map("mediapipe33")
+    per_frame = []
+    T = 6
+    for t in range(T):
+        dets = []
+        for p, (x0, dx, z) in enumerate([(-1.2, 0.4, 5.0), (1.0, -0.4, 6.0)]):
+            if t == 3 or (p == 1 and t == 4):
+                continue
+            q = sample_params(model, 1)
+            q.global_orient, q.body_pose, q.shape = (params.global_orient[p:p + 1], params.body_pose[p:p + 1],
+                                                     params.shape[p:p + 1])
+            q.transl = torch.tensor([[x0 + dx * t, 0.0, z]])
+            with torch.no_grad():
+                xy = cam.project(model(q, vertices=False).joints[:, kp_index])[0].numpy()
+            kp = np.concatenate([xy, np.full((33, 1), 0.9)], 1).astype(np.float32)
+            box = np.concatenate([xy.min(0), xy.max(0)]).astype(np.float32)
+            dets.append(Detection(kp, box, None, (H, W), score=0.9))
+        per_frame.append(sorted(dets, key=lambda d: -d.box_height))
+    monkeypatch.setattr(pipeline, "_open_detector", lambda cfg, people: FakeVideoDetector(per_frame))
+    pictures = [np.full((H, W, 3), t, np.uint8) for t in range(T)]
+    names = [f"frame_{t:06d}" for t in range(T)]
+    cfg = load_config(["stages.camera.steps=15", "stages.body.steps=30", "stages.dense.steps=10", "init=mean"],
+                      name="fit_views")
+    reports = fit_scenes([Scene([pictures], names, sequence=True)], tmp_path, model, cfg, progress=False,
+                         people=True)
+    assert [r.ok for r in reports] == [True, True, True, False, True, True]
+    assert "no person" in reports[3].error
+    seen = {}
+    for t in (0, 1, 2, 4, 5):
+        listing = json.loads((tmp_path / names[t] / "people.json").read_text())
+        for p in listing["people"]:
+            x = p["box"][0]  # person 0 starts left, moves right; person 1 the other way
+            seen.setdefault(p["id"], []).append((t, x))
+            assert (tmp_path / names[t] / f"person_{p['id']}" / "fit.npz").is_file()
+    assert sorted(seen) == [0, 1]
+    assert [t for t, _ in seen[0]] == [0, 1, 2, 4, 5] and [t for t, _ in seen[1]] == [0, 1, 2, 5]
+    # Person 1 missed in frames 3 and 4, within max_missed=3: the same id after the gap.
+    shapes = [np.load(tmp_path / names[t] / "person_0" / "fit.npz")["phenotypes"] for t in (0, 1, 2, 4, 5)]
+    assert all(np.allclose(s, shapes[0]) for s in shapes)
+    xs0 = [x for _, x in seen[0]]
+    assert xs0 == sorted(xs0)  # person 0 always the one walking right
