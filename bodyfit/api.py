@@ -50,7 +50,7 @@ def fit(keypoints, model: BodyModel | None = None, convention: str = "mediapipe3
         image_size: tuple[int, int] | None = None, K: torch.Tensor | None = None,
         boxes: torch.Tensor | None = None, init: BodyParams | None = None,
         config: FitConfig | None = None, overrides: list[str] | None = None,
-        regressor=None, vertices: bool = True) -> FitResult:
+        regressor=None, vertices: bool = True, world_keypoints=None) -> FitResult:
     """Fit a body model to the 2D keypoints of B pictures (SMPLify with a learned start).
 
     Args:
@@ -66,6 +66,9 @@ def fit(keypoints, model: BodyModel | None = None, convention: str = "mediapipe3
         overrides: Hydra overrides of ``configs/fit.yaml`` (when ``config`` is None).
         regressor: a KeypointRegressor to start from; the shipped one when None.
         vertices: also return the fitted vertices.
+        world_keypoints: (B,K,3) or (K,3) the detector's metric 3D landmarks (metres, root-relative,
+            camera axes: MediaPipe's world landmarks, ``Detection.world_keypoints``) for the
+            ``world_landmarks`` energy; None: 2D alone.
 
     Returns:
         FitResult with one view (the camera at the origin: R = I, t = 0). Samples with too few
@@ -79,7 +82,7 @@ def fit(keypoints, model: BodyModel | None = None, convention: str = "mediapipe3
     cfg = config if config is not None else load_config(overrides)
     model = _model(model)
     obs = Observations.from_pictures(keypoints, image_size=image_size, K=K, convention=convention,
-                                     boxes=boxes, fov_deg=cfg.fov_deg)
+                                     boxes=boxes, fov_deg=cfg.fov_deg, world_keypoints=world_keypoints)
     return _fit(obs, model, cfg, init, regressor, vertices)
 
 

@@ -53,6 +53,11 @@ class Observations:
         images: optional per view (B,H,W,C) pictures, float in [0,1] or uint8, RGB.
         iuv: optional per view (B,3,H,W) DensePose IUV: I in 0..24 (0 = background), U, V in
             [0,1].
+        world_keypoints: optional (B,V,K,3) per view, the detector's metric 3D landmarks of the
+            sample in ``convention``'s order (MediaPipe's world landmarks: metres, origin between
+            the hips, axes of the view's camera: x right, y down, z away from it); all zeros (or
+            non-finite) where a view has none. Their weights are the 2D keypoints' confidences.
+            None: no view has any (the world-landmark energy is then left out).
         names: optional view names (messages and file names); ``view0``... when None.
         sequence: the B samples are consecutive frames of one person (one shape for all of them,
             temporal smoothness, texture consistency between consecutive frames).
@@ -70,6 +75,7 @@ class Observations:
     iuv: list[torch.Tensor | None] | None = None
     names: list[str] | None = None
     sequence: bool = False
+    world_keypoints: torch.Tensor | None = None
     _problems: list[list[str]] = field(default_factory=list, init=False, repr=False)
     _usable: torch.Tensor | None = field(default=None, init=False, repr=False)
 
@@ -113,6 +119,14 @@ class Observations:
                 raise ValueError(f"boxes must have shape (B,V,4) = ({B},{V},4) xyxy pixels, got "
                                  f"{tuple(boxes.shape)}.")
             self.boxes = boxes
+        if self.world_keypoints is not None:
+            wk = torch.as_tensor(self.world_keypoints, dtype=kp.dtype, device=kp.device)
+            if wk.dim() == 3 and V == 1:
+                wk = wk[:, None]
+            if tuple(wk.shape) != tuple(kp.shape):
+                raise ValueError(f"world_keypoints must have shape (B,V,K,3) = {tuple(kp.shape)} "
+                                 f"(metres, like the keypoints' B, V and K), got {tuple(wk.shape)}.")
+            self.world_keypoints = wk
         self.masks = _per_view(self.masks, V, "masks")
         self.images = _per_view(self.images, V, "images")
         self.iuv = _per_view(self.iuv, V, "iuv")
@@ -148,7 +162,7 @@ class Observations:
     def from_pictures(cls, keypoints, image_size: tuple[int, int] | None = None,
                       K: torch.Tensor | None = None, convention: str = "mediapipe33",
                       boxes: torch.Tensor | None = None, fov_deg: float = DEFAULT_FOV_DEG,
-                      **views) -> "Observations":
+                      world_keypoints=None, **views) -> "Observations":
         """B single pictures (one view each) seen by cameras at the world origin.
 
         Args:
@@ -158,6 +172,8 @@ class Observations:
             K: (B,3,3) or (3,3) intrinsics in pixels; from ``fov_deg`` of the longer image side
                 when None (``bodyfit.cameras.default_intrinsics``).
             boxes: (B,4) xyxy person boxes in pixels; from the keypoints when None.
+            world_keypoints: (B,K,3) or (K,3) the detector's metric 3D landmarks (metres, camera
+                axes, root-relative), or None.
             **views: masks / images / iuv of the one view (tensors of batch B).
         Raises:
             ValueError: wrong shapes, neither K nor image_size, a malformed image_size.
@@ -198,8 +214,15 @@ class Observations:
             if tuple(boxes.shape) != (B, 4):
                 raise ValueError(f"boxes must have shape (B,4) = ({B},4), got {tuple(boxes.shape)}.")
             boxes = boxes[:, None]
+        if world_keypoints is not None:
+            wk = torch.as_tensor(world_keypoints, dtype=kp.dtype, device=kp.device)
+            wk = wk[None] if wk.dim() == 2 else wk
+            if tuple(wk.shape) != tuple(kp.shape):
+                raise ValueError(f"world_keypoints must have shape {tuple(kp.shape)} like the keypoints "
+                                 f"(metres), got {tuple(wk.shape)}.")
+            world_keypoints = wk[:, None]
         return cls(kp[:, None], [Camera.identity(K.clone(), image_size)], convention, boxes,
-                   names=["picture"], **views)
+                   world_keypoints=world_keypoints, names=["picture"], **views)
 
     # ------------------------------------------------------------------ accessors
     @property
@@ -229,6 +252,18 @@ class Observations:
         kp = torch.cat([kp[..., :2], kp[..., 2:].clamp(0.0, 1.0)], -1)
         return kp * finite[..., None, None]
 
+    def clean_world_keypoints(self) -> torch.Tensor | None:
+        """(B,V,K,4) world landmarks (metres) + weight: the 2D keypoint's confidence where the
+        view's landmarks are finite and not all zero, else 0 (and the landmark zeroed); None when
+        there are none."""
+        if self.world_keypoints is None:
+            return None
+        wk = self.world_keypoints
+        ok = torch.isfinite(wk).all(dim=(2, 3)) & (wk.abs().amax(dim=(2, 3)) > 0)
+        wk = torch.where(ok[..., None, None], wk, torch.zeros_like(wk)).nan_to_num(0.0, 0.0, 0.0)
+        conf = self.clean_keypoints()[..., 2] * ok[..., None]
+        return torch.cat([wk, conf[..., None]], -1)
+
     def problems(self) -> list[list[str]]:
         """Per sample, what makes some of its views unusable (NaN keypoints, a degenerate
         camera); empty lists where all is well. A view with a problem is left out of that
@@ -255,7 +290,8 @@ class Observations:
         if kp.dim() == 3:
             raise ValueError("index() needs an index that keeps the batch dimension (a slice, a "
                              "list or a tensor), not a single integer.")
-        return replace(self, keypoints=kp, cameras=cams, boxes=pick(self.boxes), **per_view)
+        return replace(self, keypoints=kp, cameras=cams, boxes=pick(self.boxes),
+                       world_keypoints=pick(self.world_keypoints), **per_view)
 
     def _find_problems(self) -> tuple[list[list[str]], torch.Tensor]:
         """Per sample the notes on unusable views, and the (B,V) usable mask."""

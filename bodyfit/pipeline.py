@@ -154,9 +154,10 @@ def full_cameras(scene: Scene, fov_deg: float) -> list[Camera]:
 
 def observe(scene: Scene, detections, fov_deg: float, dense: bool,
             frames: list[int] | None = None) -> tuple[Observations, list[float]]:
-    """Observations of a scene from its detections: keypoints, and with ``dense`` the person
-    masks and pictures, at the working resolution: full resolution for keypoints only, longer
-    side at most WORK_SIZE where ``dense``. Returns them and each view's scale from full
+    """Observations of a scene from its detections: keypoints and the detector's world landmarks
+    (``Detection.world_keypoints``, metres; zeros for a view without them, None when no view has
+    any), and with ``dense`` the person masks and pictures, at the working resolution: full
+    resolution for keypoints only, longer side at most WORK_SIZE where ``dense``. Returns them and each view's scale from full
     resolution to the working one.
 
     Args:
@@ -175,7 +176,7 @@ def observe(scene: Scene, detections, fov_deg: float, dense: bool,
     if len(frames) != B or any(len(d) != B for d in detections):
         raise ValueError(f"observe: {len(frames)} frame indices for {[len(d) for d in detections]} detections per view")
     cameras = full_cameras(scene, fov_deg)
-    kps, masks, images, work, scales = [], [], [], [], []
+    kps, worlds, masks, images, work, scales = [], [], [], [], [], []
     for v in range(V):
         full = cameras[v]
         cam, s = full.at_most(WORK_SIZE) if dense else (full, 1.0)
@@ -183,10 +184,12 @@ def observe(scene: Scene, detections, fov_deg: float, dense: bool,
         scales.append(s)
         to_work = s / scene.picture_scale(v)  # picture pixels -> working pixels
         h, w = cam.image_size
-        kp_v, mask_v, img_v = [], [], []
+        kp_v, world_v, mask_v, img_v = [], [], [], []
         for b, t in enumerate(frames):
             det, pic = detections[v][b], scene.pictures[v][t]
             kp = torch.zeros(33, 3)
+            world = getattr(det, "world_keypoints", None) if det is not None else None
+            world_v.append(torch.zeros(33, 3) if world is None else torch.as_tensor(world, dtype=torch.float32))
             mask = np.zeros((h, w), np.float32)
             if det is not None:
                 kp = torch.as_tensor(det.keypoints, dtype=torch.float32).clone()
@@ -197,11 +200,13 @@ def observe(scene: Scene, detections, fov_deg: float, dense: bool,
             mask_v.append(torch.as_tensor(mask))
             img_v.append(torch.as_tensor(_resize(pic, (h, w)) if pic is not None else np.zeros((h, w, 3), np.uint8)))
         kps.append(torch.stack(kp_v))
+        worlds.append(torch.stack(world_v))
         masks.append(torch.stack(mask_v))
         images.append(torch.stack(img_v))
     obs = Observations(torch.stack(kps, 1), work, "mediapipe33",
                        masks=masks if dense else None, images=images if dense else None,
-                       names=scene.view_names, sequence=scene.sequence)
+                       names=scene.view_names, sequence=scene.sequence,
+                       world_keypoints=torch.stack(worlds, 1) if any(bool(w.any()) for w in worlds) else None)
     return obs, scales
 
 

@@ -53,6 +53,8 @@ class FitConfig:
     depth_tolerance: float = 0.02
     densepose_points: int = 400
     max_error_over_box: float = 0.05
+    world_sigma: float = 0.3
+    world_frame: str = "ray"
     stages: dict[str, StageConfig] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -82,6 +84,9 @@ class FitConfig:
         check(isinstance(self.densepose_points, int) and self.densepose_points >= 1, "densepose_points",
               f"must be an integer >= 1, got {self.densepose_points!r}")
         check_number(self.max_error_over_box, "max_error_over_box", 0.0, 10.0, lo_open=True)
+        check_number(self.world_sigma, "world_sigma", 0.0, 2.0, lo_open=True)
+        check(self.world_frame in ("camera", "ray", "procrustes"), "world_frame",
+              f"must be camera, ray or procrustes, got {self.world_frame!r}")
         check(len(self.stages) > 0, "stages", "at least one stage is needed")
         for name, stage in self.stages.items():
             key = f"stages.{name}"

@@ -8,9 +8,10 @@ from bodyfit.fitting.prior_energies import (InitPriorEnergy, JointLimitsEnergy, 
 from bodyfit.fitting.reprojection import ReprojectionEnergy
 from bodyfit.fitting.silhouette import SilhouetteEnergy
 from bodyfit.fitting.texture import TextureConsistencyEnergy
+from bodyfit.fitting.world_landmarks import WorldLandmarksEnergy
 
 ENERGIES: dict[str, type[Energy]] = {cls.name: cls for cls in (
     ReprojectionEnergy, JointLimitsEnergy, PosePriorEnergy, InitPriorEnergy, ShapePriorEnergy,
-    TemporalEnergy, SilhouetteEnergy, TextureConsistencyEnergy, DensePoseEnergy)}
+    TemporalEnergy, SilhouetteEnergy, TextureConsistencyEnergy, DensePoseEnergy, WorldLandmarksEnergy)}
 
 __all__ = ["ENERGIES"]

@@ -1,0 +1,145 @@
+"""Single-view fits on real frames scored in 3D: Pose2Sim Demo_SinglePerson (issue 14).
+
+    python benchmarks/bench_pose2sim_depth.py [--frames 55 65 75 85 95] [--threads 1]
+        [--configs base world ...] [key=value ...]
+
+Reference: every frame's MediaPipe keypoints of the 4 calibrated views triangulated (robust DLT,
+``bodyfit.triangulation``). Each view of each frame is fitted alone (``bodyfit.fit``, the
+calibration's K, the detector's world landmarks where the config uses them) and scored by
+PA-MPJPE (mm) on COCO-17 (the 17 body points) and on MediaPipe-33 (every landmark the reference
+has). Also scored: MediaPipe's world landmarks alone, and the regressor's start. Printed per
+config: median and mean PA-MPJPE, the share of views above 100 mm, seconds per picture (fit only;
+detection is cached).
+
+Configs (``--configs``, each a set of overrides of configs/fit.yaml; extra ``key=value`` apply to
+all): see CONFIGS. Tune on one set of frames, report on another (default: tuned on frames 5-45,
+reported on 55-95).
+
+Detections (2D keypoints on the calibration grid, undistorted, and world landmarks) are cached in
+``<pose2sim cache>/pose2sim_demo/depth_bench_<tag>.npz``. Data: Pose2Sim (BSD-3-Clause), see
+bodyfit.data.pose2sim.ATTRIBUTION.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+#: Ablation: name -> overrides of configs/fit.yaml.
+CONFIGS = {
+    "default": [],
+    "no_world": ["stages.body.weights.world_landmarks=0"],
+    "world": ["stages.body.weights.world_landmarks=0.01"],
+    "world_procrustes": ["stages.body.weights.world_landmarks=0.003", "world_frame=procrustes"],
+}
+COCO_IN_MP = [0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28]
+
+
+def detections(frames: list[int]):
+    """(T,4,33,3) keypoints (calibration grid, undistorted) and (T,4,33,3) world landmarks."""
+    from bodyfit.data.calibration import undistort_keypoints
+    from bodyfit.data.pose2sim import (DEMO_CAMERAS, _detector_tag, demo_calibration, demo_frames,
+                                       pose2sim_wheel, video_to_calibration)
+
+    path = pose2sim_wheel().parent / "pose2sim_demo" / f"depth_bench_{_detector_tag()}.npz"
+    store = {"kp": np.zeros((100, 4, 33, 3), np.float32), "world": np.zeros((100, 4, 33, 3), np.float32),
+             "done": np.zeros((100, 4), bool)}
+    if path.is_file():
+        with np.load(path) as z:
+            store = {k: z[k].copy() for k in store}
+    need = [f for f in frames if not store["done"][f].all()]
+    if need:
+        from bodyfit.detectors.mediapipe_pose import MediaPipePose, NoPersonError
+
+        calib = demo_calibration()
+        det = MediaPipePose(enable_segmentation=False)
+        for v, cam in enumerate(DEMO_CAMERAS):
+            A = video_to_calibration(cam)
+            for name, img in demo_frames(need, cameras=(cam,)):
+                f = int(name[-3:])
+                try:
+                    d = det.detect(img)
+                except NoPersonError:
+                    store["done"][f, v] = True
+                    continue
+                kp = np.nan_to_num(d.keypoints.astype(np.float64))
+                kp[:, :2] = kp[:, :2] @ A[:2, :2].T + A[:2, 2]
+                store["kp"][f, v] = undistort_keypoints(kp, calib[cam]["K"], calib[cam]["dist"])
+                if d.world_keypoints is not None:
+                    store["world"][f, v] = d.world_keypoints
+                store["done"][f, v] = True
+        det.close()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, **store)
+    return torch.as_tensor(store["kp"][frames]), torch.as_tensor(store["world"][frames])
+
+
+def pa(pred: torch.Tensor, ref: torch.Tensor, idx) -> float:
+    """PA-MPJPE (mm) of (33,3) ``pred`` against (33,4) ``ref`` over ``idx`` the reference has."""
+    from bodyfit.metrics import pa_mpjpe
+
+    ok = [k for k in idx if ref[k, 3] > 0]
+    return float(pa_mpjpe(pred[ok][None].double(), ref[ok, :3][None].double())[0])
+
+
+def summary(errs: list[float]) -> str:
+    return (f"{statistics.median(errs):6.1f} {statistics.mean(errs):6.1f} "
+            f"{100 * sum(e > 100 for e in errs) / len(errs):5.0f}%")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--frames", type=int, nargs="+", default=[55, 65, 75, 85, 95])
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--per-view", action="store_true", help="print every view's errors")
+    ap.add_argument("overrides", nargs="*")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    from bodyfit import fit
+    from bodyfit.body_models import body_model
+    from bodyfit.data.pose2sim import ATTRIBUTION, demo_cameras
+    from bodyfit.triangulation import triangulate
+
+    print(ATTRIBUTION)
+    kp, world = detections(a.frames)
+    cams = demo_cameras()
+    ref = torch.as_tensor(triangulate(kp, cams)).float()  # (T,33,4) world frame of the lab
+    T, V = kp.shape[:2]
+    model = body_model("anny")
+    kp_index, _ = model.keypoint_map("mediapipe33")
+    all_mp = list(range(33))
+    rows = {}
+    mp_errs = ([pa(world[t, v], ref[t], COCO_IN_MP) for t in range(T) for v in range(V)],
+               [pa(world[t, v], ref[t], all_mp) for t in range(T) for v in range(V)])
+    rows["MediaPipe world alone"] = (*mp_errs, float("nan"))
+    for name in a.configs:
+        coco, mp33, secs, start = [], [], [], []
+        for v in range(V):
+            cam = cams.index(slice(v, v + 1))
+            t0 = time.perf_counter()
+            r = fit(kp[:, v], model, K=cam.K[0], image_size=cam.image_size, world_keypoints=world[:, v],
+                    overrides=CONFIGS[name] + a.overrides, vertices=False)
+            secs.append((time.perf_counter() - t0) / T)
+            init = model(r.init_params, vertices=False).joints
+            for t in range(T):
+                pred = r.joints[t, kp_index]
+                coco.append(pa(pred, ref[t], COCO_IN_MP))
+                mp33.append(pa(pred, ref[t], all_mp))
+                start.append(pa(init[t, kp_index], ref[t], COCO_IN_MP))
+                if a.per_view:
+                    print(f"  {name} view {v} frame {a.frames[t]}: coco {coco[-1]:.0f} mp {mp33[-1]:.0f} "
+                          f"start {start[-1]:.0f} valid {bool(r.valid[t])}")
+        rows[name] = (coco, mp33, statistics.mean(secs))
+        rows[f"  {name}: start only"] = (start, start, float("nan"))
+    print(f"\n{T * V} single views (frames {a.frames}), PA-MPJPE mm: median mean >100mm")
+    print(f"{'config':28s} {'COCO-17':>20s} {'MP-33':>20s} {'s/picture':>9s}")
+    for name, (c, m, s) in rows.items():
+        print(f"{name:28s} {summary(c):>20s} {summary(m):>20s} {s:9.2f}")
+
+
+if __name__ == "__main__":
+    main()
