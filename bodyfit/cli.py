@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -69,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--out", required=True, help="output folder")
     f.add_argument("--redo", action="store_true",
                    help="fit pictures again whose result in --out is already done (default: skip them)")
+    cam = f.add_mutually_exclusive_group()
+    cam.add_argument("--focal", type=float, default=None, metavar="PIXELS",
+                     help="focal length in pixels of the full-size pictures (default: from the photo's "
+                          "EXIF, else fov_deg of the longer side)")
+    cam.add_argument("--K", dest="K_file", default=None, metavar="FILE",
+                     help="3x3 intrinsics of the full-size pictures, pixels (text or .npy)")
     common(f)
 
     mv = sub.add_parser("fit-views", help="one moment seen by calibrated cameras: every person "
@@ -245,12 +252,70 @@ def _report(reports, out) -> int:
     return 1 if failed or not reports else (3 if flagged else 0)
 
 
+def read_intrinsics(path) -> torch.Tensor:
+    """(3,3) intrinsics in pixels from a text file (3 rows of 3 numbers) or a .npy file.
+
+    Raises:
+        OSError: unreadable. ValueError: not 3x3, not finite, non-positive focal lengths or a
+            last row other than (0, 0, 1).
+    """
+    import numpy as np
+    import torch
+
+    p = Path(path)
+    K = np.load(p) if p.suffix.lower() == ".npy" else np.loadtxt(p, ndmin=2)
+    K = np.asarray(K, dtype=np.float64)
+    if K.shape != (3, 3) or not np.isfinite(K).all():
+        raise ValueError(f"expected 3x3 finite numbers (pixels), got shape {K.shape}")
+    if K[0, 0] <= 0 or K[1, 1] <= 0 or not np.allclose(K[2], [0, 0, 1]):
+        raise ValueError("K needs positive focal lengths K[0,0], K[1,1] and a last row 0 0 1")
+    return torch.as_tensor(K, dtype=torch.float32)
+
+
+def picture_intrinsics(path, size: tuple[int, int], fov_deg: float, focal: float | None = None,
+                       K: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """The full-size picture's intrinsics (3,3) pixels, and the fit.json note on where they came
+    from: ``{"focal_source": "user" | "exif35" | "exif" | "default", "focal_px": f}`` (plus
+    ``"focal_note"`` where EXIF tags were ignored). In turn: ``K``, ``focal`` (pixels, principal
+    point at the centre), the photo's EXIF (:func:`bodyfit.data.images.exif_focal_px`), else
+    ``fov_deg`` of the longer side (:func:`bodyfit.cameras.default_intrinsics`)."""
+    from bodyfit.cameras import default_intrinsics
+    from bodyfit.data.images import exif_focal_px
+
+    K0 = default_intrinsics(size, 1, fov_deg)[0]
+    if K is not None:
+        return K.clone(), {"focal_source": "user", "focal_px": float(K[0, 0])}
+    note = None
+    source = "user"
+    if focal is None:
+        focal, source, note = exif_focal_px(path, size)
+    out = {"focal_source": source, "focal_px": float(K0[0, 0]) if focal is None else float(focal)}
+    if note:
+        out["focal_note"] = note
+    if focal is None:
+        out["fov_deg"] = float(fov_deg)
+        return K0, out
+    K0[0, 0] = K0[1, 1] = float(focal)
+    return K0, out
+
+
 def _fit(args, pictures, cfg, model) -> int:
+    from bodyfit.cameras import Camera
     from bodyfit.data.images import check_picture_path, read_picture
     from bodyfit.pipeline import PictureReport, Scene, done_result, fit_scenes, people_options
 
     if not pictures:
         print("bodyfit fit: give one or more pictures", file=sys.stderr)
+        return 2
+    user_K = None
+    if args.K_file is not None:
+        try:
+            user_K = read_intrinsics(args.K_file)
+        except (OSError, ValueError) as e:
+            print(f"bodyfit fit: --K {args.K_file}: {e}", file=sys.stderr)
+            return 2
+    if args.focal is not None and not (math.isfinite(args.focal) and args.focal > 0):
+        print(f"bodyfit fit: --focal must be a positive number of pixels, got {args.focal}", file=sys.stderr)
         return 2
     names = _out_names(pictures)
     failed, skipped, paths = [], [], {}
@@ -277,7 +342,12 @@ def _fit(args, pictures, cfg, model) -> int:
             if image.shape[:2] != full:
                 log.info("%s is %dx%d: detected and fitted at %dx%d (detector.max_pixels=%d)", path,
                          full[1], full[0], image.shape[1], image.shape[0], cfg.detector.max_pixels)
-            yield Scene([[image]], [name], extra={"source": str(Path(path).resolve()), "source_sha1": sha1},
+            K, focal = picture_intrinsics(path, full, cfg.fov_deg, args.focal, user_K)
+            if focal.get("focal_note"):
+                log.warning("%s: %s", path, focal["focal_note"])
+            yield Scene([[image]], [name], None if focal["focal_source"] == "default" else
+                        [Camera.identity(K[None], full)],
+                        extra={"source": str(Path(path).resolve()), "source_sha1": sha1, **focal},
                         full_sizes=[full])
 
     reports = fit_scenes(scenes(), args.out, model, cfg, progress=not args.quiet, people=True)

@@ -26,7 +26,7 @@ import numpy as np
 
 from bodyfit.files import atomic_write_bytes
 
-__all__ = ["read_image", "read_picture", "picture_size", "check_picture_path", "working_size", "write_image",
+__all__ = ["read_image", "read_picture", "exif_focal_px", "picture_size", "check_picture_path", "working_size", "write_image",
            "read_video_frames", "is_video", "VIDEO_SUFFIXES", "DEFAULT_MAX_PIXELS", "MAX_DECODE_PIXELS"]
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -272,6 +272,84 @@ def read_picture(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_P
         bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # in place: no second copy
     return np.ascontiguousarray(rgb), full
+
+
+#: EXIF FocalPlaneResolutionUnit -> millimetres per unit (2 inch, 3 cm, 4 mm, 5 micrometre).
+_EXIF_UNIT_MM = {2: 25.4, 3: 10.0, 4: 1.0, 5: 0.001}
+#: Focal lengths (pixels over the longer image side) outside this range are not believed: fields
+#: of view of about 150 degrees to 5 degrees.
+_FOCAL_RANGE = (0.27, 11.5)
+
+
+def exif_focal_px(path: str | os.PathLike, size: tuple[int, int]) -> tuple[float | None, str, str | None]:
+    """The focal length in pixels that a photo's EXIF tags give, read with Pillow.
+
+    Tried in turn (EXIF 2.3, the Exif sub-IFD 0x8769):
+
+    1. ``FocalLengthIn35mmFilm`` (0xA405), ``f35`` mm: the focal length that gives the same field
+       of view on a 36 x 24 mm frame, compared on the diagonal (the usual crop-factor rule):
+       ``f_px = f35 * hypot(W, H) / hypot(36, 24)``. Source ``"exif35"``.
+    2. ``FocalLength`` (0x920A) mm with ``FocalPlaneXResolution`` (0xA20E) and
+       ``FocalPlaneResolutionUnit`` (0xA210): pixels per mm on the sensor, for the picture the
+       camera wrote (``PixelXDimension`` 0xA002 / ``PixelYDimension`` 0xA003 wide; rescaled to
+       ``size``). Source ``"exif"``.
+
+    Args:
+        path: the picture file (JPEG, TIFF, WebP, PNG with EXIF ...).
+        size: (H, W) of the picture as it is fitted at full resolution (after EXIF orientation),
+            pixels.
+    Returns:
+        ``(focal_px, source, note)``: the focal length in pixels (square pixels assumed) and
+        ``"exif35"`` or ``"exif"``; or ``(None, "default", note)`` where the file has no usable
+        tags. ``note`` says why tags were present but ignored (unreadable, zero, implausible: a
+        field of view outside about 5-150 degrees), else None. Never raises for bad EXIF.
+    """
+    H, W = (int(x) for x in size)
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            exif = im.getexif().get_ifd(0x8769)
+    except Exception as e:  # not a picture Pillow reads, corrupt EXIF: the default focal applies
+        return None, "default", f"EXIF not readable ({type(e).__name__}: {e})"
+    if not exif:
+        return None, "default", None
+    longer = max(H, W)
+    notes = []
+
+    def plausible(f, what):
+        if f is not None and np.isfinite(f) and _FOCAL_RANGE[0] <= f / longer <= _FOCAL_RANGE[1]:
+            return True
+        notes.append(f"{what} gives {f if f is None else round(float(f), 1)} px for a {W}x{H} picture, "
+                     f"ignored (implausible)")
+        return False
+
+    try:
+        f35 = float(exif.get(0xA405, 0) or 0)
+    except (TypeError, ValueError, ZeroDivisionError):
+        f35, _ = 0.0, notes.append("FocalLengthIn35mmFilm unreadable, ignored")
+    if f35 > 0:
+        f = f35 * math.hypot(W, H) / math.hypot(36.0, 24.0)
+        if plausible(f, f"FocalLengthIn35mmFilm {f35:g} mm"):
+            return f, "exif35", None
+    try:
+        fmm = float(exif.get(0x920A, 0) or 0)
+        xres = float(exif.get(0xA20E, 0) or 0)
+        unit = _EXIF_UNIT_MM.get(int(exif.get(0xA210, 2) or 2))
+        wx, wy = int(exif.get(0xA002, 0) or 0), int(exif.get(0xA003, 0) or 0)
+    except (TypeError, ValueError, ZeroDivisionError):
+        notes.append("FocalLength / focal-plane resolution unreadable, ignored")
+        fmm = xres = 0.0
+        unit, wx, wy = None, 0, 0
+    if fmm > 0 and xres > 0 and unit is not None:
+        f = fmm * xres / unit
+        if wx > 0 and wy > 0:
+            f *= longer / max(wx, wy)
+        if plausible(f, f"FocalLength {fmm:g} mm at {xres:g} px per {unit:g} mm"):
+            return f, "exif", None
+    elif fmm > 0:
+        notes.append(f"FocalLength {fmm:g} mm without the sensor's size (FocalPlaneXResolution), not used")
+    return None, "default", "; ".join(notes) or None
 
 
 def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
