@@ -296,10 +296,10 @@ def fit_scenes(scenes, out_dir: str | Path, model=None, config=None, dense: bool
                         log.warning("%s left out: %s", where or "picture", e)
                         if not people:
                             dets[v].append(None)
-            unmatched = []
+            unmatched, anchors = [], None
             if people and many:  # which detection of each view is which person
                 found = [list(d) for d in dets]
-                dets, chosen, unmatched = associate_people(scene, found, names, cfg.fov_deg)
+                dets, chosen, unmatched, anchors = associate_people(scene, found, names, cfg.fov_deg)
                 if not chosen and any(found):
                     why = (f"no person seen in two views or more ({sum(map(len, found))} detections, none "
                            "consistent with one in another view: see the log)")
@@ -328,7 +328,10 @@ def fit_scenes(scenes, out_dir: str | Path, model=None, config=None, dense: bool
                     **(shrunk[names[0]] if len(names) == 1 else shrunk), "note": (f"above the pixel budget (detector.max_pixels={det_cfg.max_pixels}): "
                                        "detected and fitted downscaled; keypoints, K and errors are at the "
                                        "original size, the overlay at the working size")}
-            result = fitter(obs, initialize(obs, model, cfg.init), vertices=True)
+            start = initialize(obs, model, cfg.init)
+            if anchors is not None:  # several views: start where the views triangulate the person
+                start = place_on_points(model, start, anchors)
+            result = fitter(obs, start, vertices=True)
             T = len(scene.out_names)
             runtime = {"detection": (t1 - t0) / T, **{k: v / T for k, v in result.runtime_s.items()},
                        "total": (time.perf_counter() - t0) / T}
@@ -455,7 +458,8 @@ def associate_people(scene: Scene, found: list[list], names: list[str], fov_deg:
     Returns:
         (``dets[v][p]``: person p's Detection in view v or None; per person the note
         :func:`save_people` takes for several views; ``unmatched``: per detection left out
-        ``{"view", "detection", "box", "score", "why"}``).
+        ``{"view", "detection", "box", "score", "why"}``; ``(P,33,4)`` the people's keypoints
+        triangulated from their views, world frame, metres + quality, or None for nobody).
     """
     from bodyfit.association import associate
 
@@ -477,7 +481,37 @@ def associate_people(scene: Scene, found: list[list], names: list[str], fov_deg:
                  for u in assoc.unmatched]
     for u in unmatched:
         log.info("view %s detection %d not fitted: %s", u["view"], u["detection"], u["why"])
-    return dets, notes, unmatched
+    anchors = torch.as_tensor(np.stack([m.points for m in assoc.people])) if assoc.people else None
+    return dets, notes, unmatched, anchors
+
+
+def place_on_points(model, params, points, convention: str = "mediapipe33"):
+    """Move a start so that each body's torso (shoulders and hips) sits on triangulated points:
+    ``transl`` shifted by the mean difference between the points and the body's keypoints over
+    the torso keypoints triangulated (quality > 0). A start from one view's regressor can put a
+    person seen by few views at a wrong depth, from which the fit may not recover; the
+    association has already triangulated where the person is.
+
+    Args:
+        params: BodyParams (B), world frame. points: (B,K,4) x, y, z metres (world) + quality
+            in ``convention``.
+    Returns:
+        the BodyParams with ``transl`` moved (unchanged for a body without triangulated torso
+        keypoints).
+    """
+    from dataclasses import replace
+
+    from bodyfit.body_models.conventions import keypoint_names
+
+    names = keypoint_names(convention)
+    torso = [names.index(n) for n in ("left_shoulder", "right_shoulder", "left_hip", "right_hip")]
+    kp_index, kp_weight = model.keypoint_map(convention)
+    with torch.no_grad():
+        joints = model(params, vertices=False).joints[:, kp_index[torso]]
+    pts = torch.as_tensor(points, dtype=joints.dtype, device=joints.device)[:, torso]
+    ok = ((pts[..., 3] > 0) & (kp_weight[torso].to(pts.device) > 0)).to(joints.dtype)
+    shift = ((pts[..., :3] - joints) * ok[..., None]).sum(1) / ok.sum(1, keepdim=True).clamp(min=1)
+    return replace(params, transl=params.transl + shift)
 
 
 def select_people(detections, image_size: tuple[int, int], max_people: int | None = None,
