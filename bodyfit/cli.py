@@ -22,7 +22,15 @@ of a picture as one batch: ``DIR/<stem>/person_<k>/{fit.npz,fit.json,mesh.ply,me
 the largest person), one ``overlay.png`` with every person and a ``people.json`` per picture.
 ``detector.max_people=N`` keeps the N largest, ``detector.min_box_height=0.1`` drops people
 shorter than 10% of the picture, ``detector.setting=full|fast|thorough`` picks the detector's
-tiling. ``fit-views``, ``fit-video`` and ``demo`` still fit one person per picture.
+tiling. ``fit-views`` fits every person seen in two calibrated views or more: each view's people
+are associated across views (``bodyfit.association``), fitted in the views where seen, written as
+``DIR/person_<k>/`` with ``people.json`` (per person its views and detections) and
+``overlay_<view>.png``; people seen in one view only, and detections of nobody, are listed in
+people.json's ``unmatched`` and not fitted. ``fit-video`` tracks every person over frames
+(``bodyfit.tracking``) and fits each track with one shape per ``--chunk``:
+``DIR/<frame>/person_<track id>/`` and a ``people.json`` per frame, track ids the same in every
+frame (a person away for more than 3 frames comes back with a new id). ``demo`` fits one person
+per picture.
 
 Reruns: ``bodyfit fit`` skips a picture whose folder in ``--out`` already holds its people
 (people.json of the same content, by SHA-1, the same body model and the same ``detector``
@@ -91,8 +99,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="no silhouette or texture-consistency energies (faster)")
     common(mv)
 
-    vid = sub.add_parser("fit-video", help="a video of one person: one shape, smooth motion; "
-                         "writes DIR/<frame>/ per frame")
+    vid = sub.add_parser("fit-video", help="a video: every person tracked over frames, each track "
+                         "fitted with one shape and smooth motion; writes DIR/<frame>/people.json and "
+                         "DIR/<frame>/person_<track id>/{fit.npz,fit.json,mesh.ply,mesh.glb}")
     vid.add_argument("words", nargs="+", metavar="VIDEO_OR_OVERRIDE",
                      help="a video file, and overrides (bodyfit/configs/fit_views.yaml)")
     vid.add_argument("--out", required=True, help="output folder")
@@ -455,7 +464,7 @@ def _fit_video(args, pictures, cfg, model) -> int:
     try:
         frames = read_video_frames(pictures[0], every=args.every, max_frames=args.max_frames)
         reports = fit_scenes(scenes(frames), args.out, model, cfg, dense=not args.keypoints_only,
-                             progress=not args.quiet)
+                             progress=not args.quiet, people=True)
     except (FileNotFoundError, ValueError) as e:
         print(f"bodyfit fit-video: {e}", file=sys.stderr)
         return 1

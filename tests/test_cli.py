@@ -160,7 +160,12 @@ def test_fit_video_skips_a_frame_without_person(tmp_path, pose2sim_wheel, capsys
     assert "frame_000002" in err
     fitted = sorted(p.name for p in out.iterdir())
     assert fitted == ["frame_000000", "frame_000001", "frame_000003"]
-    shapes = [np.load(out / d / "fit.npz")["phenotypes"] for d in fitted]
+    tracks = []  # the walking person (the largest box) keeps one track id, one shape
+    for d in fitted:
+        people = json.loads((out / d / "people.json").read_text())["people"]
+        tracks.append(max(people, key=lambda p: p["box_height_px"] or 0)["id"])
+    assert len(set(tracks)) == 1
+    shapes = [np.load(out / d / f"person_{tracks[0]}" / "fit.npz")["phenotypes"] for d in fitted]
     assert np.allclose(shapes[0], shapes[1]) and np.allclose(shapes[0], shapes[2])
 
 
