@@ -47,7 +47,7 @@ class DetectorConfig:
     model_complexity: int = 1
     enable_segmentation: bool = True
     max_pixels: int = 4096 * 4096  # pixel budget: larger pictures are detected and fitted downscaled
-    # Every person (``bodyfit fit``; fit-views, fit-video and demo still fit one person):
+    # Every person (``bodyfit fit``, ``fit-views`` per view, ``fit-video`` per frame; demo fits one person):
     setting: str = "fast"                    # MultiPersonPose setting: full | fast | thorough
     max_people: Optional[int] = None         # keep the N largest people (box area); None: all
     min_box_height: float = 0.0              # drop people whose box is shorter than this share of the picture height
