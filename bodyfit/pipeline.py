@@ -4,7 +4,7 @@ One driver (:func:`fit_scenes`) runs every command's work: a *scene* is V views 
 pictures (a picture: 1 x 1; calibrated views of one moment: V x 1; a video chunk: 1 x T, fitted
 as a sequence). Two writers share one way of writing a fitted sample:
 
-* :func:`save_result` (fit-views, fit-video, demo: one person per picture) writes each fitted
+* :func:`save_result` (demo, ``fit_scenes`` without ``people``: one person per picture) writes each fitted
   sample's folder: ``fit.npz`` (parameters, joints, vertices, faces, K, R, t, keypoints),
   ``fit.json`` (model, convention, source, errors, energies, runtimes, messages), ``mesh.ply``
   and ``mesh.glb`` (world frame, metres) and an overlay picture per view.
@@ -12,9 +12,12 @@ as a sequence). Two writers share one way of writing a fitted sample:
   every person of a picture, or of one moment seen by calibrated views after
   :func:`associate_people` grouped each view's detections into people, fitted as one batch)
   writes the scene's folder: ``person_<k>/`` with those four files per
-  person (k = 0 the largest box), one ``overlay.png`` with every person in its colour in depth
-  order, and ``people.json`` (per person: id, box, detector score, errors, valid, flagged,
-  truncated, file paths). A person who cannot be fitted is listed, not written; the others are.
+  person (k = 0 the largest box; several views: the person seen in the most views), one
+  ``overlay.png`` (``overlay_<view>.png``) with every person in its colour in depth order, and
+  ``people.json`` (per person: id, box, detector score, errors, valid, flagged, truncated, file
+  paths; several views: per view the detection, and the ``unmatched`` detections). A video
+  (``bodyfit fit-video``) is tracked (:func:`_fit_tracks`, :mod:`bodyfit.tracking`), each track
+  fitted as a sequence, and each frame's folder written the same way with ``person_<track id>/``. A person who cannot be fitted is listed, not written; the others are.
   A person cut by the frame is fitted on what is seen and noted ``truncated``
   (:func:`truncation`).
 
