@@ -144,3 +144,32 @@ def test_observe_carries_world_landmarks_per_person():
     assert obs.clean_world_keypoints()[1, 0, :, 3].sum() == 0
     obs, _ = observe(scene, [[bare, None]], 55.0, dense=False, frames=[0, 0])
     assert obs.world_keypoints is None
+
+
+def test_flip_point_keeps_projection_and_length():
+    from bodyfit.fitting.depth_flip import flip_point, place_on_ray
+
+    p = torch.tensor([0.1, -0.2, 3.0])
+    c = torch.tensor([0.3, 0.1, 3.2])
+    c2 = flip_point(p, c)
+    assert torch.allclose(c2[:2] / c2[2], c[:2] / c[2], atol=1e-6)  # same pixel
+    assert torch.allclose((c2 - p).norm(), (c - p).norm(), atol=1e-6)
+    assert float(c2[2]) < float(c[2])  # the other (nearer) root
+    near = place_on_ray(p, c, (c - p).norm(), torch.tensor(True))
+    assert torch.allclose(near, c2, atol=1e-5)
+    assert torch.allclose(place_on_ray(p, c, (c - p).norm(), torch.tensor(False)), c, atol=1e-5)
+
+
+def test_limb_flip_trial_fixes_a_mirrored_thigh(anny):
+    """2D energy alone in the stage; the trial, triggered by the world landmarks, flips the
+    thigh to the depth they say, and the fit keeps it (lower energy with the world term)."""
+    truth, mirror = _leg_pose(anny, -0.5), _leg_pose(anny, 0.5)
+    kpi, _ = anny.keypoint_map("mediapipe33")
+    over = ["~stages.camera", "stages.body.free=[body_pose]", "stages.body.steps=60", "try_flip=false",
+            "stages.body.weights.init_prior=0", "stages.body.weights.world_landmarks=0"]
+    obs = _observe(anny, truth, world=True)
+    plain = Fitter(anny, overrides=over)(obs, mirror, vertices=False)
+    flipped = Fitter(anny, overrides=over + ["world_flip=1.0"])(obs, mirror, vertices=False)
+    depth = lambda r: float(r.joints[0, kpi[26], 2] - r.joints[0, kpi[24], 2])  # noqa: E731
+    assert depth(plain) > 0.05 and depth(flipped) < -0.05
+    assert bool(flipped.valid.all()) and float(flipped.reprojection_error_px[0]) < 3.0

@@ -55,6 +55,8 @@ class FitConfig:
     max_error_over_box: float = 0.05
     world_sigma: float = 0.3
     world_frame: str = "ray"
+    world_flip: float = 0.0
+    flip_min_depth: float = 0.3
     stages: dict[str, StageConfig] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -87,6 +89,8 @@ class FitConfig:
         check_number(self.world_sigma, "world_sigma", 0.0, 2.0, lo_open=True)
         check(self.world_frame in ("camera", "ray", "procrustes"), "world_frame",
               f"must be camera, ray or procrustes, got {self.world_frame!r}")
+        check_number(self.world_flip, "world_flip", 0.0, None)
+        check_number(self.flip_min_depth, "flip_min_depth", 0.0, 1.0)
         check(len(self.stages) > 0, "stages", "at least one stage is needed")
         for name, stage in self.stages.items():
             key = f"stages.{name}"

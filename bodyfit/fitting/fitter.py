@@ -184,6 +184,11 @@ class Fitter:
             result = self._stage(problem, prepared, params, init, stage, flip, names)
             params = result.params
             stage_steps[stage_name] = result.steps
+        if cfg.world_flip > 0 and problem.num_views == 1 and not problem.sequence and "body_pose" in stage.free:
+            from bodyfit.fitting.depth_flip import limb_flip_trial
+
+            result, _ = limb_flip_trial(self, problem, prepared, result, init, stage)
+            params = result.params
         return self._result(observations, problem, params, init, result, skipped, stage_steps,
                             vertices, {"init": t1 - t0, "fit": time.perf_counter() - t1})
 
