@@ -137,7 +137,9 @@ def _check(keypoints, cameras, sizes) -> tuple[list[np.ndarray], list[np.ndarray
             raise ValueError(f"associate: view {v} has {k.shape[1]} keypoints per person, others {K}")
         if len(k):
             K = k.shape[1]
-        kps.append(k)
+        bad = ~np.isfinite(k).all(-1)  # NaN / inf keypoints count as missing
+        k = np.where(bad[..., None], 0.0, k)
+        kps.append(np.concatenate([k[..., :2], np.clip(k[..., 2:], 0.0, 1.0)], -1))
     K = K or 0
     kps = [k if len(k) else np.zeros((0, K, 3)) for k in kps]
     if sizes is None:
@@ -158,7 +160,8 @@ def associate(keypoints, cameras, sizes=None, gate: float = DEFAULT_GATE,
 
     Args:
         keypoints: V arrays ``(N_v, K, 3)``: view ``v``'s detections, x, y in undistorted pixels
-            of camera ``v`` and a confidence in [0, 1]; ``N_v`` may be 0.
+            of camera ``v`` and a confidence in [0, 1]; ``N_v`` may be 0; non-finite keypoints
+            count as missing.
         cameras: V :class:`Camera` of batch 1.
         sizes: V arrays ``(N_v,)`` of each detection's size in pixels (its box height); None:
             :func:`detection_sizes` of the keypoints.

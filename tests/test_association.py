@@ -92,6 +92,8 @@ def test_empty_views_and_few_keypoints(low_poly):
     kp[2] = np.zeros((0, 33, 3))
     kp[3] = kp[3].copy()
     kp[3][1, 5:, 2] = 0  # 5 keypoints left at most
+    kp[0] = kp[0].copy()
+    kp[0][0, :3] = np.nan  # missing, not poison
     assoc = associate(kp, scene.cameras)
     assert sorted(sorted(p.detections) for p in assoc.people) == [[0, 1], [0, 1, 3]]
     (u,) = assoc.unmatched
