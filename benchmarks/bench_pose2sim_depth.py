@@ -34,7 +34,15 @@ CONFIGS = {
     "no_world": ["stages.body.weights.world_landmarks=0"],
     "world": ["stages.body.weights.world_landmarks=0.01"],
     "world_procrustes": ["stages.body.weights.world_landmarks=0.003", "world_frame=procrustes"],
+    "flip": ["world_flip=0.01"],
+    "world_start": [],  # the regressor's start posed to the world landmarks first (WORLD_START)
+    "world_start+flip": ["world_flip=0.01"],
 }
+#: The start stage of the "world_start" configs: pose and orientation to the world landmarks' bone
+#: directions, from the regressor's start, with the joint limits.
+WORLD_START = ["~stages.camera", "stages.body.free=[global_orient,body_pose]", "stages.body.steps=60",
+               "stages.body.weights.reprojection=0", "stages.body.weights.world_landmarks=1.0",
+               "stages.body.weights.init_prior=0", "try_flip=false", "world_flip=0"]
 COCO_IN_MP = [0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28]
 
 
@@ -99,7 +107,8 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    from bodyfit import fit
+    from bodyfit import Observations, fit, initialize
+    from bodyfit.fitting import Fitter
     from bodyfit.body_models import body_model
     from bodyfit.data.pose2sim import ATTRIBUTION, demo_cameras
     from bodyfit.triangulation import triangulate
@@ -121,8 +130,14 @@ def main() -> None:
         for v in range(V):
             cam = cams.index(slice(v, v + 1))
             t0 = time.perf_counter()
+            init = None
+            if name.startswith("world_start"):
+                obs = Observations.from_pictures(kp[:, v], K=cam.K[0], image_size=cam.image_size,
+                                                 world_keypoints=world[:, v])
+                init = initialize(obs, model)
+                init = Fitter(model, overrides=WORLD_START)(obs, init, vertices=False).params
             r = fit(kp[:, v], model, K=cam.K[0], image_size=cam.image_size, world_keypoints=world[:, v],
-                    overrides=CONFIGS[name] + a.overrides, vertices=False)
+                    overrides=CONFIGS[name] + a.overrides, vertices=False, init=init)
             secs.append((time.perf_counter() - t0) / T)
             init = model(r.init_params, vertices=False).joints
             for t in range(T):
