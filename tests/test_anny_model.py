@@ -24,6 +24,21 @@ def test_joints_only_path_equals_vertex_regressor(anny):
     assert torch.allclose(fast.joints, out.joints)
 
 
+def test_joints_only_path_has_the_full_forward_gradients(anny):
+    """The joints-only path (needed bones only, bodyfit's own chain) against Anny's own forward
+    kinematics of every bone: the same gradients for every parameter."""
+    p = _random_params(anny, 3)
+    p.transl = torch.tensor([[0.1, -0.2, 3.0], [0.0, 0.0, 2.0], [-0.3, 0.1, 5.0]])
+    leaves = [p.global_orient, p.body_pose, p.shape, p.transl]
+    for x in leaves:
+        x.requires_grad_(True)
+    w = torch.randn(anny(p, vertices=False).joints.shape, generator=torch.Generator().manual_seed(0))
+    fast = torch.autograd.grad((anny(p, vertices=False).joints * w).sum(), leaves)
+    full = torch.autograd.grad((anny(p, vertices=True).joints * w).sum(), leaves)
+    for a, b in zip(fast, full):
+        assert b.abs().max() > 0 and torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
 def test_output_shapes_and_faces(anny):
     out = anny(anny.default_params(2))
     assert out.vertices.shape == (2, 13718, 3)

@@ -32,6 +32,7 @@ import roma
 import torch
 
 from bodyfit.body_models.base import BodyModel, BodyOutput, BodyParams
+from bodyfit.body_models.kinematics import KinematicTree
 from bodyfit.body_models.keypoint_tables import (ANNY_KEYPOINT_OVERRIDES, ANNY_KEYPOINTS,
                                                  keypoint_table_map)
 
@@ -136,6 +137,41 @@ class AnnyModel(BodyModel):
         self.register_buffer("vertex_regressor", W, persistent=False)
         # A copy of the model without vertices: rest bone poses and forward kinematics only.
         self._skeleton = _strip_vertices(self.anny)
+        self._init_joints_path()
+
+    def _init_joints_path(self) -> None:
+        """Tables of the joints-only path (``forward(vertices=False)``): the bones the landmarks
+        hang from and their ancestors (78 of Anny's 104), with their rest-orientation and head
+        blend shapes, so that nothing is computed for the other bones (fingers, face)."""
+        a = self._skeleton
+        parents = [int(p) for p in a.bone_parents]
+        needed = set(self._pair_j.tolist()) | set(self.bone_landmark_index)
+        for j in list(needed):
+            while j > 0:
+                j = parents[j]
+                needed.add(j)
+        sub = sorted(needed | {0})
+        at = {j: i for i, j in enumerate(sub)}
+        self._tree = KinematicTree([-1] + [at[parents[j]] for j in sub[1:]])
+        parent = torch.tensor([0] + [at[parents[j]] for j in sub[1:]])
+        U = a.reference_bone_orientations[sub].to(self.dtype)
+        dt = self.dtype
+        self.register_buffer("_sub", torch.tensor(sub), persistent=False)
+        self.register_buffer("_sub_parent", parent, persistent=False)
+        self.register_buffer("_sub_root_child", (parent == 0) & (torch.arange(len(sub)) > 0), persistent=False)
+        self.register_buffer("_U", U, persistent=False)
+        self.register_buffer("_Up_t", U[parent].transpose(-1, -2).contiguous(), persistent=False)
+        self.register_buffer("_heads0", a.template_bone_heads[sub].to(dt), persistent=False)
+        self.register_buffer("_headsD", a.bone_heads_blendshapes[:, sub].to(dt), persistent=False)
+        self.register_buffer("_orient0", a.bone_template_orientation_matrices[sub].to(dt), persistent=False)
+        self.register_buffer("_orientD", a.bone_orientation_blendshapes[:, sub].to(dt), persistent=False)
+        self.register_buffer("_sub_pair_j", torch.tensor([at[int(j)] for j in self._pair_j]), persistent=False)
+        self._sub_landmark = [at[j] for j in self.bone_landmark_index]
+        if a.rest_orientation_refiner is not None or a.root_identity_orientation or \
+                a.pose_parameterization != "local-ref":
+            raise RuntimeError("bodyfit's joints-only Anny path expects the 'local-ref' pose "
+                               "parameterization without rest-orientation refiner or identity root; "
+                               "check the installed anny version against pyproject.toml.")
 
     def with_mesh(self, topology: str) -> "AnnyModel":
         """The same body on another mesh: an AnnyModel sharing this one's default Anny (so the
@@ -186,6 +222,48 @@ class AnnyModel(BodyModel):
         self._rest_cache = None if phen.requires_grad else (phen.detach().clone(), coeffs, skel, anchors)
         return coeffs, skel, anchors
 
+    def _rest_joints(self, phen: torch.Tensor):
+        """(rest heads (B,n,3), rest orientations (B,n,3,3), keypoint anchors) of the joints-only
+        path's bones, as Anny's cached rest model computes them (the orientation: the special
+        Procrustes of a blend of cross-covariances, roma); reused while the phenotypes stay fixed."""
+        last = getattr(self, "_rest_joints_cache", None)
+        if (not phen.requires_grad and last is not None and last[0].shape == phen.shape
+                and last[0].device == phen.device and last[0].dtype == phen.dtype and torch.equal(last[0], phen)):
+            return last[1:]
+        coeffs = self.anny._get_phenotype_blendshape_coefficients(
+            phen, phen.new_zeros(phen.shape[0], 0), phen.new_zeros(phen.shape[0], 0))
+        heads = self._heads0 + torch.einsum("ba,akd->bkd", coeffs, self._headsD)
+        R = roma.special_procrustes(self._orient0 + torch.einsum("ba,akij->bkij", coeffs, self._orientD))
+        anchors = self._anchor_A0 + torch.einsum("bn,npd->bpd", coeffs, self._anchor_AD)
+        self._rest_joints_cache = None if phen.requires_grad else (phen.detach().clone(), heads, R, anchors)
+        return heads, R, anchors
+
+    def _joints(self, params: BodyParams) -> torch.Tensor:
+        """(B,J,3) landmarks by forward kinematics of the needed bones only. Anny's 'local-ref'
+        chain (anny.utils.kinematics.forward_kinematic), written for them: with U the reference
+        orientations, R and h the rest orientations and heads, D the pose rotations, each bone's
+        local transform is ``[U_p^T D_c U_c | R_p^T (h_c - h_p)]`` (``U_0^T (h_c - h_0)`` below
+        the root, whose own is ``[U_0^T D_0 U_0 | U_0^T transl]``), and its skinning transform
+        ``T_c = W_c [R_c | h_c]^-1``."""
+        heads, R, anchors = self._rest_joints(params.shape)
+        rotvec = torch.cat([params.global_orient[:, None], params.body_pose], 1)[:, self._sub]
+        D = roma.rotvec_to_rotmat(rotvec)
+        local = self._Up_t @ D @ self._U  # (B,n,3,3)
+        p = self._sub_parent
+        rel = heads - heads[:, p]
+        below_root = torch.einsum("ji,bnj->bni", self._U[0], rel)
+        off = torch.where(self._sub_root_child[:, None], below_root,
+                          (R[:, p].transpose(-1, -2) @ rel[..., None])[..., 0])
+        root = (self._U[0].T @ params.transl[..., None])[..., 0]
+        off = torch.cat([root[:, None], off[:, 1:]], 1)
+        Wr, Wt = self._tree.compose(local, off)
+        Tr = Wr @ R.transpose(-1, -2)
+        Tt = Wt - (Tr @ heads[..., None])[..., 0]
+        j = self._sub_pair_j
+        parts = (Tr[:, j] @ anchors[..., :3, None])[..., 0] + Tt[:, j] * anchors[..., 3:]
+        regressed = parts.new_zeros(parts.shape[0], len(self.regressed_names), 3).index_add(1, self._pair_k, parts)
+        return torch.cat([regressed, Wt[:, self._sub_landmark]], dim=1)
+
     def forward(self, params: BodyParams, vertices: bool = True) -> BodyOutput:
         """Pose and shape the body.
 
@@ -200,6 +278,8 @@ class AnnyModel(BodyModel):
             ValueError: a parameter has the wrong shape.
         """
         self.check_params(params)
+        if not vertices:
+            return BodyOutput(joints=self._joints(params), vertices=None, faces=self.faces)
         P = self.pose_matrices(params)
         phen = params.shape
         coeffs, skel, anchors = self._rest(phen)

@@ -92,20 +92,33 @@ class KinematicTree:
             (world_rotations (B, J, 3, 3), world_positions (B, J, 3)): ``G_k``'s rotation and
             the posed joint positions (the root stays at its rest position).
         """
-        parents, order, unorder, parent_in_levels = self._on(rotations.device)
-        B = rotations.shape[0]
+        parents = self._on(rotations.device)[0]
         rel = rest_joints - rest_joints[:, parents]
         rel[:, 0] = rest_joints[:, 0]
+        return self.compose(rotations, rel)
+
+    __call__ = forward
+
+    def compose(self, rotations: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """World transforms ``G_k = G_parent(k) [R_k | o_k]`` of general local transforms.
+
+        Args:
+            rotations: (B, J, 3, 3) each joint's local rotation R_k.
+            offsets: (B, J, 3) each joint's local translation o_k (the root's: its world
+                position).
+        Returns:
+            (world_rotations (B, J, 3, 3), world_positions (B, J, 3)).
+        """
+        _, order, unorder, parent_in_levels = self._on(rotations.device)
+        B = rotations.shape[0]
         bottom = rotations.new_tensor([0.0, 0.0, 0.0, 1.0]).expand(B, len(self), 1, 4)
-        local = torch.cat([torch.cat([rotations, rel[..., None]], -1), bottom], -2)  # (B, J, 4, 4)
+        local = torch.cat([torch.cat([rotations, offsets[..., None]], -1), bottom], -2)  # (B, J, 4, 4)
         local = local[:, order].split(self._sizes, 1)
         world = [local[0][..., :3, :]]  # (B, n, 3, 4) per level
         for parent_in_level, level in zip(parent_in_levels, local[1:]):
             world.append(world[-1][:, parent_in_level] @ level)
         world = torch.cat(world, 1)[:, unorder]
         return world[..., :3], world[..., 3]
-
-    __call__ = forward
 
     @staticmethod
     def skin(world_rotations: torch.Tensor, world_positions: torch.Tensor, rest_joints: torch.Tensor,
