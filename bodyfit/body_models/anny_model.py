@@ -207,36 +207,41 @@ class AnnyModel(BodyModel):
         P[:, :, 3, 3] = 1.0
         return P
 
-    def _rest(self, phen: torch.Tensor):
-        """(blendshape coefficients, rest skeleton, keypoint anchors) of phenotypes (B,6). The
-        rest skeleton costs a third of a joints-only step; while the phenotypes stay fixed (a
-        stage that does not fit the shape: no gradient, the same values) the last one is reused."""
-        last = getattr(self, "_rest_cache", None)
+    def _reused(self, key: str, phen: torch.Tensor, compute):
+        """``compute(phen)``, kept under ``key`` and reused while the phenotypes (B,6) stay fixed
+        (a stage that does not fit the shape: no gradient, the same values). The rest skeleton
+        costs about a third of a joints-only step."""
+        cache = self.__dict__.setdefault("_rest_cache", {})
+        last = cache.get(key)
         if (not phen.requires_grad and last is not None and last[0].shape == phen.shape
                 and last[0].device == phen.device and last[0].dtype == phen.dtype and torch.equal(last[0], phen)):
-            return last[1:]
-        coeffs = self.anny._get_phenotype_blendshape_coefficients(
+            return last[1]
+        out = compute(phen)
+        cache[key] = None if phen.requires_grad else (phen.detach().clone(), out)
+        return out
+
+    def _coefficients(self, phen: torch.Tensor) -> torch.Tensor:
+        return self.anny._get_phenotype_blendshape_coefficients(
             phen, phen.new_zeros(phen.shape[0], 0), phen.new_zeros(phen.shape[0], 0))
-        skel = self._skeleton.get_rest_model(coeffs)
-        anchors = self._anchor_A0 + torch.einsum("bn,npd->bpd", coeffs, self._anchor_AD)
-        self._rest_cache = None if phen.requires_grad else (phen.detach().clone(), coeffs, skel, anchors)
-        return coeffs, skel, anchors
+
+    def _rest(self, phen: torch.Tensor):
+        """(blendshape coefficients, rest skeleton, keypoint anchors) of phenotypes (B,6)."""
+        def compute(phen):
+            coeffs = self._coefficients(phen)
+            anchors = self._anchor_A0 + torch.einsum("bn,npd->bpd", coeffs, self._anchor_AD)
+            return coeffs, self._skeleton.get_rest_model(coeffs), anchors
+        return self._reused("full", phen, compute)
 
     def _rest_joints(self, phen: torch.Tensor):
         """(rest heads (B,n,3), rest orientations (B,n,3,3), keypoint anchors) of the joints-only
         path's bones, as Anny's cached rest model computes them (the orientation: the special
-        Procrustes of a blend of cross-covariances, roma); reused while the phenotypes stay fixed."""
-        last = getattr(self, "_rest_joints_cache", None)
-        if (not phen.requires_grad and last is not None and last[0].shape == phen.shape
-                and last[0].device == phen.device and last[0].dtype == phen.dtype and torch.equal(last[0], phen)):
-            return last[1:]
-        coeffs = self.anny._get_phenotype_blendshape_coefficients(
-            phen, phen.new_zeros(phen.shape[0], 0), phen.new_zeros(phen.shape[0], 0))
-        heads = self._heads0 + torch.einsum("ba,akd->bkd", coeffs, self._headsD)
-        R = roma.special_procrustes(self._orient0 + torch.einsum("ba,akij->bkij", coeffs, self._orientD))
-        anchors = self._anchor_A0 + torch.einsum("bn,npd->bpd", coeffs, self._anchor_AD)
-        self._rest_joints_cache = None if phen.requires_grad else (phen.detach().clone(), heads, R, anchors)
-        return heads, R, anchors
+        Procrustes of a blend of cross-covariances, roma)."""
+        def compute(phen):
+            coeffs = self._coefficients(phen)
+            heads = self._heads0 + torch.einsum("ba,akd->bkd", coeffs, self._headsD)
+            R = roma.special_procrustes(self._orient0 + torch.einsum("ba,akij->bkij", coeffs, self._orientD))
+            return heads, R, self._anchor_A0 + torch.einsum("bn,npd->bpd", coeffs, self._anchor_AD)
+        return self._reused("joints", phen, compute)
 
     def _joints(self, params: BodyParams) -> torch.Tensor:
         """(B,J,3) landmarks by forward kinematics of the needed bones only. Anny's 'local-ref'
