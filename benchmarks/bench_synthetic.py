@@ -40,6 +40,7 @@ def main() -> None:
     model = body_model("anny")
     reg = load_regressor(model, "mediapipe33")
     g = torch.Generator().manual_seed(a.seed)
+    gw = torch.Generator().manual_seed(a.seed + 1)  # world-landmark noise: the same bodies with or without
     rows = {"regressor": ([], []), "fit": ([], []), "mean-init fit": ([], [])}
     fit_time, init_time, n_done, reproj = 0.0, 0.0, 0, []
     for start in range(0, a.n, a.batch):
@@ -51,7 +52,7 @@ def main() -> None:
             kpi, _ = model.keypoint_map("mediapipe33")
             lm = sb.joints[:, kpi]
             world = lm - lm[:, [23, 24]].mean(1, keepdim=True)
-            world = world + a.world_noise * torch.randn(world.shape, generator=g)
+            world = world + a.world_noise * torch.randn(world.shape, generator=gw)
         r = fit(sb.keypoints, model, "mediapipe33", K=sb.K, boxes=sb.boxes, regressor=reg,
                 overrides=a.overrides, vertices=False, world_keypoints=world)
         init_joints = model(r.init_params, vertices=False).joints[:, :17]
