@@ -24,6 +24,13 @@ from geometry alone (no appearance), by hypothesize-and-verify:
    becomes a person; its detections are taken and the search repeats on what is left until no
    hypothesis passes.
 
+Left/right swaps: a 2D detector often swaps a person's left and right keypoints in a view that
+sees the person from behind (MediaPipe does, in the Pose2Sim demo's cam02). With ``mirror`` (the
+keypoint permutation that swaps left and right, :func:`mirror_index`) every detection also
+takes part mirrored, and a group may hold a view's detection mirrored; of the two labellings of a
+group the one with fewer mirrored views is kept, and :attr:`PersonMatch.mirrored` lists the
+views whose detection must be mirrored to agree with the others.
+
 Detections left over belong to nobody in more than one view: a person seen in one view only,
 or a spurious detection (the two cannot be told apart from geometry). They are reported in
 :attr:`Association.unmatched` with the reason and never merged into another person's group.
@@ -42,7 +49,8 @@ import torch
 from bodyfit.cameras import Camera
 from bodyfit.triangulation import stack_cameras, triangulate
 
-__all__ = ["DEFAULT_GATE", "PersonMatch", "Unmatched", "Association", "associate", "detection_sizes"]
+__all__ = ["DEFAULT_GATE", "PersonMatch", "Unmatched", "Association", "associate", "detection_sizes",
+           "mirror_index"]
 
 #: Default gate: largest mean reprojection error, as a share of the person's box height, for a
 #: detection to belong to a group. Synthetic MediaPipe-33 keypoints with 1.5% noise give
@@ -62,12 +70,15 @@ class PersonMatch:
         error_over_box: ``{view: error_px / the detection's size}``.
         points: ``(K, 4)`` the triangulated keypoints: x, y, z metres (world frame) and a quality
             in [0, 1] (0: not triangulated), see :func:`bodyfit.triangulation.triangulate`.
+        mirrored: views whose detection agrees with the others only with its left and right
+            keypoints swapped (``associate(..., mirror=...)``); empty without ``mirror``.
     """
 
     detections: dict[int, int]
     error_px: dict[int, float]
     error_over_box: dict[int, float]
     points: np.ndarray = field(repr=False)
+    mirrored: list[int] = field(default_factory=list)
 
     @property
     def mean_error_over_box(self) -> float:
@@ -96,6 +107,21 @@ class Association:
         """``table[v][p]``: person ``p``'s detection index in view ``v``, None where unseen (the
         layout :func:`bodyfit.pipeline.observe` takes, with detections for indices)."""
         return [[p.detections.get(v) for p in self.people] for v in range(n_views)]
+
+
+def mirror_index(convention: str = "mediapipe33") -> np.ndarray:
+    """``(K,)`` the permutation of a keypoint convention's K keypoints that swaps left and right
+    (``left_wrist`` <-> ``right_wrist``; keypoints without a side stay). ``keypoints[mirror]``
+    relabels a detection as if its left and right were swapped.
+
+    Raises:
+        ValueError: an unknown convention (see :mod:`bodyfit.body_models.conventions`).
+    """
+    from bodyfit.body_models.conventions import keypoint_names
+
+    names = list(keypoint_names(convention))
+    other = [n.replace("left", "\0").replace("right", "left").replace("\0", "right") for n in names]
+    return np.array([names.index(o) if o in names else k for k, o in enumerate(other)])
 
 
 def detection_sizes(keypoints: np.ndarray, min_confidence: float = 0.0) -> np.ndarray:
@@ -155,7 +181,7 @@ def _check(keypoints, cameras, sizes) -> tuple[list[np.ndarray], list[np.ndarray
 
 
 def associate(keypoints, cameras, sizes=None, gate: float = DEFAULT_GATE,
-              min_confidence: float = 0.3, min_keypoints: int = 6) -> Association:
+              min_confidence: float = 0.3, min_keypoints: int = 6, mirror=None) -> Association:
     """Group the detections of V calibrated views into people (see the module docstring).
 
     Args:
@@ -169,37 +195,54 @@ def associate(keypoints, cameras, sizes=None, gate: float = DEFAULT_GATE,
         min_confidence: keypoints below it are not used.
         min_keypoints: fewest keypoints shared by a detection and its group (confident in the
             detection and triangulated); a detection with fewer confident ones is left out.
+        mirror: ``(K,)`` the left/right permutation of the keypoints (:func:`mirror_index`):
+            detections may join a group mirrored (see the module docstring); None: as given.
     Returns:
         :class:`Association`. Detections of a view are never split between people; each is in
         one person or in ``unmatched``.
     Raises:
         ValueError: fewer than 2 views, views and cameras of different counts, keypoints not
-            ``(N, K, 3)``, sizes not positive, ``gate`` <= 0.
+            ``(N, K, 3)``, sizes not positive, ``gate`` <= 0, ``mirror`` not a permutation of
+            the K keypoints.
     """
     if not gate > 0:
         raise ValueError(f"associate: gate must be > 0, got {gate}")
     kps, sz = _check(keypoints, cameras, sizes)
-    V = len(kps)
+    V, K = len(kps), kps[0].shape[1]
+    n = [len(k) for k in kps]
+    if mirror is not None:
+        mirror = np.asarray(mirror)
+        if mirror.shape != (K,) or sorted(mirror.tolist()) != list(range(K)):
+            raise ValueError(f"associate: mirror must be a permutation of the {K} keypoints, got {mirror}")
+        # Each detection twice: as given (index i), mirrored (index n_v + i).
+        kps = [np.concatenate([k, k[:, mirror]]) for k in kps]
+        sz = [np.concatenate([s, s]) for s in sz]
     Kc, R, t = stack_cameras(list(cameras))
     free = [set(range(len(k))) for k in kps]
     unmatched: list[Unmatched] = []
     for v, k in enumerate(kps):
         for i in range(len(k)):
-            n = int((k[i, :, 2] >= max(min_confidence, 1e-9)).sum())
-            if n < min_keypoints:
-                free[v].discard(i)
-                unmatched.append(Unmatched(v, i, f"{n} confident keypoints, fewer than {min_keypoints}"))
+            m = int((k[i, :, 2] >= max(min_confidence, 1e-9)).sum())
+            if m < min_keypoints and i < n[v]:
+                free[v] -= {i, i + n[v]}
+                unmatched.append(Unmatched(v, i, f"{m} confident keypoints, fewer than {min_keypoints}"))
     people: list[PersonMatch] = []
     while True:
-        best = _best_hypothesis(kps, sz, free, Kc, R, t, cameras, gate, min_confidence, min_keypoints)
+        best = _best_hypothesis(kps, sz, free, n, Kc, R, t, cameras, gate, min_confidence, min_keypoints)
         if best is None:
             break
+        flips = [v for v, i in best.detections.items() if i >= n[v]]
+        dets = {v: i % n[v] for v, i in best.detections.items()}
+        if 2 * len(flips) > len(dets):  # keep the labelling most views agree with
+            flips = [v for v in dets if v not in flips]
+            best.points = best.points[mirror]
+        best.detections, best.mirrored = dets, sorted(flips)
         people.append(best)
-        for v, i in best.detections.items():
-            free[v].discard(i)
+        for v, i in dets.items():
+            free[v] -= {i, i + n[v]}
     for v in range(V):
-        for i in sorted(free[v]):
-            unmatched.append(Unmatched(v, i, _why_alone(kps, sz, v, i, Kc, R, t, cameras, min_confidence,
+        for i in sorted(j for j in free[v] if j < n[v]):
+            unmatched.append(Unmatched(v, i, _why_alone(kps, sz, n, v, i, Kc, R, t, cameras, min_confidence,
                                                          min_keypoints, gate)))
     unmatched.sort(key=lambda u: (u.view, u.detection))
     return Association(people, unmatched)
@@ -268,11 +311,13 @@ def _verify(groups: list[dict[int, int]], kps, sz, Kc, R, t, cameras, gate, min_
     return out
 
 
-def _best_hypothesis(kps, sz, free, Kc, R, t, cameras, gate, min_confidence, min_keypoints):
-    """The best consistent group among the free detections, as a PersonMatch, or None."""
+def _best_hypothesis(kps, sz, free, n, Kc, R, t, cameras, gate, min_confidence, min_keypoints):
+    """The best consistent group among the free detections, as a PersonMatch (indices into
+    ``kps``, mirrored detections at ``n_v + i``), or None. A pair's first detection is taken as
+    given (a group and its mirror image are the same group)."""
     V = len(kps)
     pairs = [{a: i, b: j} for a in range(V) for b in range(a + 1, V)
-             for i in sorted(free[a]) for j in sorted(free[b])]
+             for i in sorted(free[a]) if i < n[a] for j in sorted(free[b])]
     if not pairs:
         return None
     pts = _triangulate_groups(pairs, kps, cameras, min_confidence)
@@ -296,9 +341,9 @@ def _best_hypothesis(kps, sz, free, Kc, R, t, cameras, gate, min_confidence, min
             idx, e = per_view[v]
             if v in g or not idx:
                 continue
-            n = int(torch.argmin(e[m]))
-            if e[m, n] <= gate:
-                full[v] = idx[n]
+            c = int(torch.argmin(e[m]))
+            if e[m, c] <= gate:
+                full[v] = idx[c]
         groups.append(full)
     if not groups:
         return None
@@ -314,13 +359,13 @@ def _best_hypothesis(kps, sz, free, Kc, R, t, cameras, gate, min_confidence, min
                        {v: errs[v] for v in sorted(g)}, points)
 
 
-def _why_alone(kps, sz, v, i, Kc, R, t, cameras, min_confidence, min_keypoints, gate) -> str:
+def _why_alone(kps, sz, n, v, i, Kc, R, t, cameras, min_confidence, min_keypoints, gate) -> str:
     """Why detection i of view v joined nobody: its lowest pairwise error with any detection of
     another view."""
     best = (float("inf"), None, None)
     for w in range(len(kps)):
         if w == v or len(kps[w]) == 0:
-            continue
+            continue  # (with mirror, kps holds each detection twice: the closest of both counts)
         groups = [{v: i, w: j} for j in range(len(kps[w]))]
         pts = _triangulate_groups(groups, kps, cameras, min_confidence)
         ok = pts[..., 3] > 0
@@ -333,5 +378,6 @@ def _why_alone(kps, sz, v, i, Kc, R, t, cameras, min_confidence, min_keypoints, 
     if best[1] is None or not np.isfinite(best[0]):
         return "seen in one view only: no detection of another view shares enough keypoints with it"
     return (f"seen in one view only: no consistent detection in another view (closest: view {best[1]} "
-            f"detection {best[2]}, error {best[0]:.2f} of its size, gate {gate:g}; or it was "
+            f"detection {best[2] % n[best[1]]}{' mirrored' if best[2] >= n[best[1]] else ''}, error "
+            f"{best[0]:.2f} of its size, gate {gate:g}; or it was "
             "inconsistent with that person's other views)")

@@ -451,6 +451,8 @@ def associate_people(scene: Scene, found: list[list], names: list[str], fov_deg:
     """The people of one moment seen by calibrated views (:func:`bodyfit.association.associate`
     on each view's detections, at full resolution, sizes = box heights).
 
+    A detection whose left and right keypoints the detector swapped (a person seen from behind)
+    joins its person mirrored and is fitted swapped back (``left_right_swapped`` in its note).
     A person seen in one view only is reported in ``unmatched`` and not fitted (from one view a
     calibrated camera gives no depth, and such a detection cannot be told from a spurious one;
     ``bodyfit fit`` on that view's picture fits it alone); so is a detection that belongs to
@@ -464,19 +466,30 @@ def associate_people(scene: Scene, found: list[list], names: list[str], fov_deg:
         ``{"view", "detection", "box", "score", "why"}``; ``(P,33,4)`` the people's keypoints
         triangulated from their views, world frame, metres + quality, or None for nobody).
     """
-    from bodyfit.association import associate
+    from dataclasses import replace
+
+    from bodyfit.association import associate, mirror_index
 
     K = 33
+    mirror = mirror_index("mediapipe33")
     kps, sizes = [], []
     for v, per_view in enumerate(found):
         s = scene.picture_scale(v)
         kps.append(np.stack([_rescale(d.keypoints, s) for d in per_view]) if per_view else np.zeros((0, K, 3)))
         sizes.append(np.array([max(d.box_height / s, 1.0) for d in per_view]))
-    assoc = associate(kps, full_cameras(scene, fov_deg), sizes)
-    table = assoc.table(len(found))
-    dets = [[None if i is None else found[v][i] for i in row] for v, row in enumerate(table)]
+    assoc = associate(kps, full_cameras(scene, fov_deg), sizes, mirror=mirror)
+
+    def swapped(d):  # the detector swapped this person's left and right in this view
+        w = d.world_keypoints
+        return replace(d, keypoints=d.keypoints[mirror], world_keypoints=None if w is None else w[mirror])
+
+    dets = [[None] * len(assoc.people) for _ in found]
+    for p, m in enumerate(assoc.people):
+        for v, i in m.detections.items():
+            dets[v][p] = swapped(found[v][i]) if v in m.mirrored else found[v][i]
     notes = [{"views": {names[v]: {**person_notes(found[v][i], scene.picture_scale(v)), "detection": i,
-                                   "association_error_over_box": round(m.error_over_box[v], 4)}
+                                   "association_error_over_box": round(m.error_over_box[v], 4),
+                                   "left_right_swapped": v in m.mirrored}
                         for v, i in m.detections.items()}} for m in assoc.people]
     unmatched = [{"view": names[u.view], "detection": u.detection,
                   "box": person_notes(found[u.view][u.detection], scene.picture_scale(u.view))["box"],
@@ -851,7 +864,9 @@ def save_people(result, out_dir: str | Path, people: list[dict], picture=None,
       fitted; several views: no ``box``, ``score``, ``truncation``, ``depth_m`` but ``views``:
       per view name where the person is seen ``detection`` (index among that view's
       detections, largest box first), ``box``, ``score``, ``truncated``, ``truncation``,
-      ``association_error_over_box`` (:mod:`bodyfit.association`), ``reprojection_error_px``
+      ``association_error_over_box`` (:mod:`bodyfit.association`), ``left_right_swapped`` (the
+      detector swapped the person's left and right there; fitted swapped back),
+      ``reprojection_error_px``
       and ``reprojection_error_over_box`` of the fit), ``dropped`` (people the options left
       out, and why), ``unmatched`` (several views: detections that belong to no person seen in
       two views, and why), ``overlay`` (``overlays`` per view name for several views),
@@ -917,7 +932,7 @@ def save_people(result, out_dir: str | Path, people: list[dict], picture=None,
         entry = {"id": k}
         if many:
             entry["views"] = {names[v]: {key: d.get(key) for key in (
-                "detection", "box", "score", "truncated", "association_error_over_box")}
+                "detection", "box", "score", "truncated", "association_error_over_box", "left_right_swapped")}
                 for v, d in sorted(seen.items())}
             for v, d in seen.items():
                 entry["views"][names[v]]["truncation"] = {"edges": d["edges"],

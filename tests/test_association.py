@@ -188,3 +188,27 @@ def test_fit_views_fits_every_associated_person(low_poly, tmp_path, monkeypatch)
     assert all("one view only" in u["why"] for u in listing["unmatched"])
     assert sorted(listing["overlays"]) == names
     assert (tmp_path / "run" / "overlay_cam0.png").stat().st_size > 0
+
+
+def test_left_right_swapped_detection_joins_mirrored(low_poly):
+    """A detector that swaps left and right in one view (a person seen from behind): without
+    ``mirror`` that view's detection is left out, with it the detection joins, listed in
+    ``mirrored``, and the group keeps the labelling of the other views."""
+    from bodyfit.association import mirror_index
+
+    g = torch.Generator().manual_seed(12)
+    scene = synthetic_people_views(low_poly, 3, generator=g)
+    mirror = mirror_index("mediapipe33")
+    kp = [scene.keypoints[v].numpy().copy() for v in range(4)]
+    kp[2][1] = kp[2][1][mirror]  # person 1 swapped in view 2
+    plain = associate(kp, scene.cameras)
+    (p1,) = [m for m in plain.people if m.detections.get(0) == 1]
+    assert 2 not in p1.detections and (2, 1) in {(u.view, u.detection) for u in plain.unmatched}
+    fixed = associate(kp, scene.cameras, mirror=mirror)
+    assert sorted(tuple(sorted(m.detections.items())) for m in fixed.people) == [
+        tuple((v, p) for v in range(4)) for p in range(3)]
+    assert [m.mirrored for m in fixed.people if m.detections[0] == 1] == [[2]]
+    assert all(m.mirrored == [] for m in fixed.people if m.detections[0] != 1) and not fixed.unmatched
+    assert mirror[11] == 12 and mirror[0] == 0  # left_shoulder <-> right_shoulder; the nose stays
+    with pytest.raises(ValueError, match="permutation"):
+        associate(kp, scene.cameras, mirror=np.zeros(33, int))
