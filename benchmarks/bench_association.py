@@ -14,7 +14,8 @@ Printed per number of people:
 
 - ``people ok``: people whose detections form exactly one group (all the views where they are
   seen, nobody else's), over people present; ``spurious out``: spurious detections left
-  unmatched; ``time``: :func:`bodyfit.association.associate`, ms per scene (wall time here);
+  unmatched; ``time``: :func:`bodyfit.association.associate` (with left/right mirroring, as
+  ``bodyfit fit-views``), ms per scene (median, wall time here);
 - ``PVE``: per person mean vertex error (mm, world frame, no alignment) of the fit of each
   associated person in the views where seen (``bodyfit.fit_views``, keypoints only, the
   fit-views schedule, one batch per scene, start ``init=regressor`` moved onto the torso the
@@ -31,7 +32,7 @@ import torch
 
 from bodyfit import Observations, fit_views, load_config
 from bodyfit.api import initialize
-from bodyfit.association import associate
+from bodyfit.association import associate, mirror_index
 from bodyfit.body_models import body_model
 from bodyfit.data.synthetic import shuffled_detections, synthetic_people_views
 from bodyfit.pipeline import place_on_points
@@ -57,7 +58,7 @@ def main() -> None:
             dets, ids = shuffled_detections(scene, hidden={(seed + 1) % 4: [0], (seed + 2) % 4: [0]},
                                             spurious=[seed % 4], generator=g)
             t0 = time.perf_counter()
-            assoc = associate([d.numpy() for d in dets], scene.cameras)
+            assoc = associate([d.numpy() for d in dets], scene.cameras, mirror=mirror_index())  # as fit-views
             times.append(1000 * (time.perf_counter() - t0))
             truth: dict[int, set] = {}
             for v, per_view in enumerate(ids):
