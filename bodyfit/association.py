@@ -227,8 +227,10 @@ def associate(keypoints, cameras, sizes=None, gate: float = DEFAULT_GATE,
                 free[v] -= {i, i + n[v]}
                 unmatched.append(Unmatched(v, i, f"{m} confident keypoints, fewer than {min_keypoints}"))
     people: list[PersonMatch] = []
+    hypotheses = _pair_hypotheses(kps, sz, n, Kc, R, t, cameras, min_confidence, min_keypoints)
     while True:
-        best = _best_hypothesis(kps, sz, free, n, Kc, R, t, cameras, gate, min_confidence, min_keypoints)
+        best = _best_hypothesis(kps, sz, free, hypotheses, Kc, R, t, cameras, gate, min_confidence,
+                                min_keypoints)
         if best is None:
             break
         flips = [v for v, i in best.detections.items() if i >= n[v]]
@@ -272,6 +274,19 @@ def _errors(X: torch.Tensor, ok: torch.Tensor, Kc, R, t, v: int, kp: np.ndarray,
     return torch.where(n >= min_keypoints, err, torch.full_like(err, float("inf")))
 
 
+def _own_errors(X: torch.Tensor, ok: torch.Tensor, Kc, R, t, v: int, kp: np.ndarray, size: np.ndarray,
+                min_confidence: float, min_keypoints: int) -> np.ndarray:
+    """(M,) as :func:`_errors` for M keypoint sets X (M,K,3) each against its own detection
+    kp (M,K,3) of view v."""
+    uv = _project(X, Kc, R, t, v)
+    k = torch.as_tensor(kp, dtype=torch.float64)
+    both = ok & (k[..., 2] >= max(min_confidence, 1e-9))
+    d = (uv - k[..., :2]).norm(dim=-1)
+    n = both.sum(-1)
+    err = (d * both).sum(-1) / n.clamp(min=1) / torch.as_tensor(size, dtype=torch.float64)
+    return torch.where(n >= min_keypoints, err, torch.full_like(err, float("inf"))).numpy()
+
+
 def _triangulate_groups(groups: list[dict[int, int]], kps, cameras, min_confidence: float):
     """Triangulate M groups at once: (M,K,4) points."""
     V, K = len(kps), kps[0].shape[1]
@@ -294,13 +309,17 @@ def _verify(groups: list[dict[int, int]], kps, sz, Kc, R, t, cameras, gate, min_
     while todo:
         pts = _triangulate_groups([groups[m] for m in todo], kps, cameras, min_confidence)
         ok = pts[..., 3] > 0
+        err = np.full((len(todo), len(kps)), np.nan)  # (rows, V): each group's own detections
+        for v in range(len(kps)):
+            rows = [r for r, m in enumerate(todo) if v in groups[m]]
+            if not rows:
+                continue
+            det = [groups[todo[r]][v] for r in rows]
+            err[rows, v] = _own_errors(pts[rows, :, :3], ok[rows], Kc, R, t, v, kps[v][det], sz[v][det],
+                                       min_confidence, min_keypoints)
         nxt = []
         for row, m in enumerate(todo):
-            errs = {}
-            for v, i in groups[m].items():
-                e = _errors(pts[row:row + 1, :, :3], ok[row:row + 1], Kc, R, t, v, kps[v][i:i + 1],
-                            sz[v][i:i + 1], min_confidence, min_keypoints)
-                errs[v] = float(e[0, 0])
+            errs = {v: float(err[row, v]) for v in groups[m]}
             worst = max(errs, key=errs.get)
             if errs[worst] <= gate:
                 out[m] = (groups[m], errs, pts[row].numpy())
@@ -311,39 +330,50 @@ def _verify(groups: list[dict[int, int]], kps, sz, Kc, R, t, cameras, gate, min_
     return out
 
 
-def _best_hypothesis(kps, sz, free, n, Kc, R, t, cameras, gate, min_confidence, min_keypoints):
-    """The best consistent group among the free detections, as a PersonMatch (indices into
-    ``kps``, mirrored detections at ``n_v + i``), or None. A pair's first detection is taken as
-    given (a group and its mirror image are the same group)."""
+def _pair_hypotheses(kps, sz, n, Kc, R, t, cameras, min_confidence, min_keypoints):
+    """Every pair hypothesis once (step 1 of the module docstring): the pairs ``[{a: i, b: j}]``
+    (a < b, i as given, j as given or mirrored) and per view the error of every pair's
+    triangulated keypoints in every detection of that view, ``{v: (M, len(kps[v]))}``; later
+    rounds of the greedy choice only mask the detections taken."""
     V = len(kps)
-    pairs = [{a: i, b: j} for a in range(V) for b in range(a + 1, V)
-             for i in sorted(free[a]) if i < n[a] for j in sorted(free[b])]
+    pairs = [{a: i, b: j} for a in range(V) for b in range(a + 1, V) for i in range(n[a])
+             for j in range(len(kps[b]))]
     if not pairs:
-        return None
+        return pairs, {}
     pts = _triangulate_groups(pairs, kps, cameras, min_confidence)
     ok = pts[..., 3] > 0
-    X = pts[..., :3]
-    # Per view the error of every pair's points in every free detection: (M, N_v).
-    per_view = {}
+    return pairs, {v: _errors(pts[..., :3], ok, Kc, R, t, v, kps[v], sz[v], min_confidence, min_keypoints)
+                   for v in range(V)}
+
+
+def _best_hypothesis(kps, sz, free, hypotheses, Kc, R, t, cameras, gate, min_confidence, min_keypoints):
+    """The best consistent group among the free detections, as a PersonMatch (indices into
+    ``kps``, mirrored detections at ``n_v + i``), or None. ``hypotheses``: :func:`_pair_hypotheses`
+    (a pair's first detection is taken as given: a group and its mirror image are the same)."""
+    V = len(kps)
+    pairs, per_view = hypotheses
+    live = [m for m, g in enumerate(pairs) if all(i in free[v] for v, i in g.items())]
+    if not live:
+        return None
+    masked = {}
     for v in range(V):
-        idx = sorted(free[v])
-        per_view[v] = (idx, _errors(X, ok, Kc, R, t, v, kps[v][idx], sz[v][idx], min_confidence,
-                                    min_keypoints) if idx else None)
+        e = per_view[v][live].clone()
+        taken = [i for i in range(e.shape[1]) if i not in free[v]]
+        e[:, taken] = float("inf")
+        masked[v] = e
     groups = []
-    for m, g in enumerate(pairs):
-        (a, i), (b, j) = g.items()
-        ea = per_view[a][1][m, per_view[a][0].index(i)]
-        eb = per_view[b][1][m, per_view[b][0].index(j)]
-        if not (ea <= gate and eb <= gate):
+    for row, m in enumerate(live):
+        g = pairs[m]
+        if not all(masked[v][row, i] <= gate for v, i in g.items()):
             continue
         full = dict(g)
         for v in range(V):
-            idx, e = per_view[v]
-            if v in g or not idx:
+            e = masked[v]
+            if v in g or e.shape[1] == 0:
                 continue
-            c = int(torch.argmin(e[m]))
-            if e[m, c] <= gate:
-                full[v] = idx[c]
+            c = int(torch.argmin(e[row]))
+            if e[row, c] <= gate:
+                full[v] = c
         groups.append(full)
     if not groups:
         return None
