@@ -475,7 +475,8 @@ def associate_people(scene: Scene, found: list[list], names: list[str], fov_deg:
     kps, sizes = [], []
     for v, per_view in enumerate(found):
         s = scene.picture_scale(v)
-        kps.append(np.stack([_rescale(d.keypoints, s) for d in per_view]) if per_view else np.zeros((0, K, 3)))
+        kps.append(np.stack([_rescale(d.keypoints, s) for d in per_view]) if per_view
+                   else np.zeros((0, K, 3)))
         sizes.append(np.array([max(d.box_height / s, 1.0) for d in per_view]))
     assoc = associate(kps, full_cameras(scene, fov_deg), sizes, mirror=mirror)
 
@@ -901,7 +902,8 @@ def save_people(result, out_dir: str | Path, people: list[dict], picture=None,
     from bodyfit.data.images import write_image
 
     out_dir = Path(out_dir)
-    members = [(result, k) for k in range(result.batch_size)] if isinstance(result, FitResult) else list(result)
+    members = ([(result, k) for k in range(result.batch_size)] if isinstance(result, FitResult)
+               else list(result))
     if not members:
         raise ValueError("save_people: no person to write")
     result = members[0][0]
@@ -945,7 +947,8 @@ def save_people(result, out_dir: str | Path, people: list[dict], picture=None,
             person = {"person_id": k, "box_xyxy_px": note["box"], "detection_score": note["score"],
                       "truncated": truncated,
                       "truncation": {"edges": note["edges"], "outside_landmarks": note["outside_landmarks"]}}
-        entry.update({"reprojection_error_px": None, "reprojection_error_over_box": None, "box_height_px": None,
+        entry.update({"reprojection_error_px": None, "reprojection_error_over_box": None,
+                      "box_height_px": None,
                       **({} if many else {"depth_m": None}),
                       "valid": bool(res.valid[b]), "flagged": None, "truncated": truncated,
                       **({} if many else {"truncation": person["truncation"]}),
@@ -971,7 +974,8 @@ def save_people(result, out_dir: str | Path, people: list[dict], picture=None,
                 pic = pictures[v]
                 if pic is None:
                     continue
-                Kp, kpp, projp = _at_picture(pic, pv["cams"][v].image_size, pv["K"][v], pv["kp"][v], pv["proj"][v])
+                Kp, kpp, projp = _at_picture(pic, pv["cams"][v].image_size, pv["K"][v], pv["kp"][v],
+                                             pv["proj"][v])
                 sp = max(pic.shape[:2]) / max(pv["cams"][v].image_size)
                 box = _rescale(np.asarray(d["box"], np.float64).reshape(2, 2), 1 / sp).reshape(4) \
                     if sp != 1.0 else d["box"]

@@ -99,9 +99,9 @@ class Tracker:
                  kappa: float = 0.1, velocity_smoothing: float = 0.5, min_confidence: float = 0.3):
         if max_missed < 0 or not 0 <= min_similarity <= 1 or not 0 <= iou_weight <= 1 or kappa <= 0 \
                 or not 0 <= velocity_smoothing < 1:
-            raise ValueError("Tracker: max_missed >= 0, min_similarity and iou_weight in [0, 1], kappa > 0, "
-                             f"velocity_smoothing in [0, 1); got {max_missed}, {min_similarity}, {iou_weight}, "
-                             f"{kappa}, {velocity_smoothing}")
+            raise ValueError("Tracker: max_missed >= 0, min_similarity and iou_weight in [0, 1], "
+                             f"kappa > 0, velocity_smoothing in [0, 1); got {max_missed}, {min_similarity}, "
+                             f"{iou_weight}, {kappa}, {velocity_smoothing}")
         self.max_missed, self.min_similarity, self.iou_weight = int(max_missed), min_similarity, iou_weight
         self.kappa, self.smoothing, self.min_confidence = kappa, velocity_smoothing, min_confidence
         self.live: list[Track] = []
@@ -127,8 +127,8 @@ class Tracker:
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4) if len(boxes) else np.zeros((0, 4))
         kps = np.asarray(keypoints, np.float64)
         if len(boxes) != len(kps) or (len(kps) and (kps.ndim != 3 or kps.shape[-1] != 3)):
-            raise ValueError(f"Tracker.update: boxes {boxes.shape} and keypoints {kps.shape} must be (N,4) and "
-                             "(N,K,3) for the same N")
+            raise ValueError(f"Tracker.update: boxes {boxes.shape} and keypoints {kps.shape} must be "
+                             "(N,4) and (N,K,3) for the same N")
         if not np.isfinite(boxes).all():
             raise ValueError("Tracker.update: boxes must be finite")
         self.frame += 1

@@ -121,7 +121,8 @@ def test_iou_and_oks():
 
 
 def _vtest() -> Path | None:
-    for root in ("/usr/share/doc/opencv-doc/examples/data", "/tmp/opencv-doc/usr/share/doc/opencv-doc/examples/data"):
+    for root in ("/usr/share/doc/opencv-doc/examples/data",
+                 "/tmp/opencv-doc/usr/share/doc/opencv-doc/examples/data"):
         if (Path(root) / "vtest.avi").is_file():
             return Path(root) / "vtest.avi"
     return None
@@ -205,8 +206,8 @@ def test_fit_video_fits_each_track_with_one_shape(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "_open_detector", lambda cfg, people: FakeVideoDetector(per_frame))
     pictures = [np.full((H, W, 3), t, np.uint8) for t in range(T)]
     names = [f"frame_{t:06d}" for t in range(T)]
-    cfg = load_config(["stages.camera.steps=15", "stages.body.steps=30", "stages.dense.steps=10", "init=mean"],
-                      name="fit_views")
+    cfg = load_config(["stages.camera.steps=15", "stages.body.steps=30", "stages.dense.steps=10",
+                       "init=mean"], name="fit_views")
     reports = fit_scenes([Scene([pictures], names, sequence=True)], tmp_path, model, cfg, progress=False,
                          people=True)
     assert [r.ok for r in reports] == [True, True, True, False, True, True]
