@@ -389,15 +389,15 @@ def _fit_batch(batch: list[Person], out: Path, fitter, model, convention: str, r
     for group in ([p for p in fine if p.id not in iuvs], [p for p in fine if p.id in iuvs]):
         if not group:
             continue
-        kp = torch.as_tensor(np.stack([p.keypoints for p in group]))
-        K = torch.as_tensor(np.stack([p.K for p in group]))
-        boxes = torch.as_tensor(np.stack([p.box for p in group]))
-        px = torch.ones(len(group))  # fit pixels per picture pixel
-        if group[0].id in iuvs:
+        if group[0].id in iuvs:  # px: fit pixels per picture pixel
             obs, px = _dense_observations(group, [iuvs[p.id] for p in group], convention,
                                           fitter.config.render_size)
         else:
-            obs = Observations.from_pictures(kp, K=K, boxes=boxes, convention=convention)
+            obs = Observations.from_pictures(torch.as_tensor(np.stack([p.keypoints for p in group])),
+                                             K=torch.as_tensor(np.stack([p.K for p in group])),
+                                             boxes=torch.as_tensor(np.stack([p.box for p in group])),
+                                             convention=convention)
+            px = torch.ones(len(group))
         how = "regressor" if regressor is not None else "mean"
         result = fitter(obs, initialize(obs, model, how, regressor), vertices=False)
         limits = _joint_limits(fitter, obs, result)
