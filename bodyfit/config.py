@@ -48,10 +48,13 @@ class DetectorConfig:
     enable_segmentation: bool = True
     max_pixels: int = 4096 * 4096  # pixel budget: larger pictures are detected and fitted downscaled
     # Every person (``bodyfit fit``, ``fit-views`` per view, ``fit-video`` per frame; demo fits one person):
-    setting: str = "fast"                    # MultiPersonPose setting: full | fast | thorough
+    setting: str = "fast"                    # MultiPersonPose setting: full | fast | thorough | exhaustive
     max_people: Optional[int] = None         # keep the N largest people (box area); None: all
     min_box_height: float = 0.0              # drop people whose box is shorter than this share of the picture height
     landmark_model_path: Optional[str] = None  # pose_landmark_{lite,heavy}.tflite (or its folder) for model_complexity 0 or 2
+    association_gate: float = 0.08           # fit-views: largest reprojection error / box height to join a person
+    track_max_missed: int = 3                # fit-video: frames a track may go unmatched before it ends
+    track_min_similarity: float = 0.1        # fit-video: least 0.5 box IoU + 0.5 OKS for a detection to join a track
 
 
 def check(ok: bool, key: str, message: str) -> None:
@@ -89,12 +92,17 @@ def check_detector(det: DetectorConfig, key: str = "detector") -> None:
     check(isinstance(det.max_pixels, int) and not isinstance(det.max_pixels, bool)
           and det.max_pixels >= 64 * 64, f"{key}.max_pixels",
           f"must be a whole number of pixels >= 4096 (64 x 64), got {det.max_pixels!r}")
-    check(det.setting in ("full", "fast", "thorough"), f"{key}.setting",
-          f"must be full, fast or thorough, got {det.setting!r}")
+    check(det.setting in ("full", "fast", "thorough", "exhaustive"), f"{key}.setting",
+          f"must be full, fast, thorough or exhaustive, got {det.setting!r}")
     check(det.max_people is None or (isinstance(det.max_people, int) and not isinstance(det.max_people, bool)
                                      and det.max_people >= 1), f"{key}.max_people",
           f"must be null (every person) or a whole number >= 1, got {det.max_people!r}")
     check_number(det.min_box_height, f"{key}.min_box_height", 0.0, 1.0, hi_open=True)
+    check_number(det.association_gate, f"{key}.association_gate", 0.0, 1.0, lo_open=True)
+    check(isinstance(det.track_max_missed, int) and not isinstance(det.track_max_missed, bool)
+          and det.track_max_missed >= 0, f"{key}.track_max_missed",
+          f"must be a whole number of frames >= 0, got {det.track_max_missed!r}")
+    check_number(det.track_min_similarity, f"{key}.track_min_similarity", 0.0, 1.0)
 
 
 def compose(name: str, schema: type, overrides: list[str] | None = None):

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from bodyfit.api import initialize
+from bodyfit.association import DEFAULT_GATE
 from bodyfit.cameras import Camera, default_intrinsics
 from bodyfit.fitting import Fitter, FitResult, load_config
 from bodyfit.observations import Observations
@@ -269,7 +270,8 @@ def fit_scenes(scenes, out_dir: str | Path, model=None, config=None, dense: bool
                 if tracker is None:
                     from bodyfit.tracking import Tracker
 
-                    tracker = Tracker()
+                    tracker = Tracker(max_missed=det_cfg.track_max_missed,
+                                      min_similarity=det_cfg.track_min_similarity)
                 reports += _fit_tracks(scene, detector, tracker, fitter, model, cfg, dense, out_dir, t0)
                 continue
             if people and (len(scene.out_names) != 1 or (many and scene.cameras is None)):
@@ -302,7 +304,8 @@ def fit_scenes(scenes, out_dir: str | Path, model=None, config=None, dense: bool
             unmatched, anchors = [], None
             if people and many:  # which detection of each view is which person
                 found = [list(d) for d in dets]
-                dets, chosen, unmatched, anchors = associate_people(scene, found, names, cfg.fov_deg)
+                dets, chosen, unmatched, anchors = associate_people(scene, found, names, cfg.fov_deg,
+                                                                    det_cfg.association_gate)
                 if not chosen and any(found):
                     why = (f"no person seen in two views or more ({sum(map(len, found))} detections, none "
                            "consistent with one in another view: see the log)")
@@ -447,7 +450,8 @@ def _fit_tracks(scene: Scene, detector, tracker, fitter, model, cfg, dense: bool
     return reports
 
 
-def associate_people(scene: Scene, found: list[list], names: list[str], fov_deg: float):
+def associate_people(scene: Scene, found: list[list], names: list[str], fov_deg: float,
+                     gate: float = DEFAULT_GATE):
     """The people of one moment seen by calibrated views (:func:`bodyfit.association.associate`
     on each view's detections, at full resolution, sizes = box heights).
 
@@ -478,7 +482,7 @@ def associate_people(scene: Scene, found: list[list], names: list[str], fov_deg:
         kps.append(np.stack([_rescale(d.keypoints, s) for d in per_view]) if per_view
                    else np.zeros((0, K, 3)))
         sizes.append(np.array([max(d.box_height / s, 1.0) for d in per_view]))
-    assoc = associate(kps, full_cameras(scene, fov_deg), sizes, mirror=mirror)
+    assoc = associate(kps, full_cameras(scene, fov_deg), sizes, gate=gate, mirror=mirror)
 
     def swapped(d):  # the detector swapped this person's left and right in this view
         w = d.world_keypoints

@@ -342,9 +342,16 @@ def test_people_options_are_checked():
     cfg = load_config(["detector.max_people=2", "detector.min_box_height=0.1", "detector.setting=thorough"])
     assert (cfg.detector.max_people, cfg.detector.min_box_height, cfg.detector.setting) == (2, 0.1, "thorough")
     assert load_config().detector.max_people is None
+    cfg = load_config(["detector.setting=exhaustive", "detector.association_gate=0.1",
+                       "detector.track_max_missed=5", "detector.track_min_similarity=0.2"])
+    d = cfg.detector
+    assert (d.setting, d.association_gate, d.track_max_missed, d.track_min_similarity) == ("exhaustive", 0.1, 5, 0.2)
     for bad, key in (("detector.max_people=0", "detector.max_people"),
                      ("detector.min_box_height=1.5", "detector.min_box_height"),
                      ("detector.min_box_height=-0.1", "detector.min_box_height"),
-                     ("detector.setting=everything", "detector.setting")):
+                     ("detector.setting=everything", "detector.setting"),
+                     ("detector.association_gate=0", "detector.association_gate"),
+                     ("detector.track_max_missed=-1", "detector.track_max_missed"),
+                     ("detector.track_min_similarity=2", "detector.track_min_similarity")):
         with pytest.raises(ConfigError, match=key):
             load_config([bad])
