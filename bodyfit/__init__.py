@@ -26,7 +26,7 @@ from bodyfit.data.images import read_image
 from bodyfit.detectors import MediaPipePose
 from bodyfit.fitting import FitConfig, Fitter, FitResult, load_config
 from bodyfit.observations import Observations
-from bodyfit.pipeline import save_result
+from bodyfit.results import save_result
 
 __version__ = "0.1.0"
 __all__ = ["fit", "fit_views", "initialize", "Fitter", "FitResult", "FitConfig", "load_config",

@@ -311,7 +311,8 @@ def picture_intrinsics(path, size: tuple[int, int], fov_deg: float, focal: float
 def _fit(args, pictures, cfg, model) -> int:
     from bodyfit.cameras import Camera
     from bodyfit.data.images import check_picture_path, read_picture
-    from bodyfit.pipeline import PictureReport, Scene, done_result, fit_scenes, people_options
+    from bodyfit.pipeline import PictureReport, Scene, fit_scenes, people_options
+    from bodyfit.results import done_result
 
     if not pictures:
         print("bodyfit fit: give one or more pictures", file=sys.stderr)

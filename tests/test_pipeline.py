@@ -8,7 +8,7 @@ import torch
 
 from bodyfit import fit
 from bodyfit.data.synthetic import synthetic_batch
-from bodyfit.pipeline import save_result
+from bodyfit.results import save_result
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +53,14 @@ def test_foreign_folders_and_invalid_fits_are_refused(result, tmp_path):
 
 @pytest.fixture
 def pipeline_log(log_records):
-    """Records of the bodyfit.pipeline logger, info and up."""
+    """Records of the bodyfit.results logger (the writers), info and up."""
     import logging
 
-    return log_records("bodyfit.pipeline", logging.INFO)
+    return log_records("bodyfit.results", logging.INFO)
 
 
 def test_done_result_knows_the_finished_fit_of_the_same_picture(result, tmp_path, pipeline_log):
-    from bodyfit.pipeline import done_result
+    from bodyfit.results import done_result
 
     out = tmp_path / "pic"
     assert done_result(out, "aaa111") is None
@@ -130,7 +130,7 @@ def test_people_of_a_picture_are_written_whole_and_a_failed_person_sinks_nobody(
 
     import cv2
 
-    from bodyfit.pipeline import done_result, save_people
+    from bodyfit.results import done_result, save_people
 
     H, W = result.cameras[0].image_size
     picture = np.zeros((H, W, 3), np.uint8)
@@ -172,7 +172,7 @@ def test_people_of_a_picture_are_written_whole_and_a_failed_person_sinks_nobody(
 
 
 def test_people_overlay_draws_the_nearer_person_over_the_farther(result):
-    from bodyfit.pipeline import PALETTE, _shade_crop, people_overlay
+    from bodyfit.results import PALETTE, _shade_crop, people_overlay
 
     H, W = result.cameras[0].image_size
     K = result.cameras[0].K[0].numpy()
