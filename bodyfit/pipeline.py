@@ -257,13 +257,7 @@ def fit_scenes(scenes, out_dir: str | Path, model=None, config=None, dense: bool
                 for t, pic in enumerate(pics):
                     where = "/".join(x for x in (scene.out_names[t], names[v] if len(names) > 1 else "") if x)
                     try:
-                        if pic is None:
-                            raise ValueError("no picture")
-                        full = scene.full_size(v)
-                        if scene.cameras is not None and full != tuple(scene.cameras[v].image_size):
-                            H, W = scene.cameras[v].image_size
-                            raise ValueError(f"picture is {full[1]}x{full[0]} but the "
-                                             f"calibration says {W}x{H}")
+                        _check_picture(scene, v, pic)
                         if people:
                             kept, left = select_people(detector.detect_all(pic), pic.shape[:2],
                                                        det_cfg.max_people, det_cfg.min_box_height)
@@ -317,20 +311,11 @@ def fit_scenes(scenes, out_dir: str | Path, model=None, config=None, dense: bool
                        "total": (time.perf_counter() - t0) / T}
             if people:
                 name = scene.out_names[0]
-                target = out_dir / name
                 pics = [p[0] for p in scene.pictures]
-                try:
-                    summary = save_people(result, target, chosen, pics if many else pics[0],
-                                          scales if many else scales[0], cams if many else cams[0], runtime,
-                                          extra, dropped=dropped, detector=people_options(det_cfg),
-                                          unmatched=unmatched)
-                except ValueError as e:  # nobody could be fitted
-                    reports.append(PictureReport(name or out_dir.name, False, error=str(e)))
-                except OSError as e:
-                    log.error("%s: could not write the result: %s", target, e)
-                    reports.append(PictureReport(name or out_dir.name, False, error=f"could not write: {e}"))
-                else:
-                    reports.append(PictureReport(name or out_dir.name, True, target, summary=summary))
+                reports.append(_write_people(
+                    name or out_dir.name, result, out_dir / name, chosen, pics if many else pics[0],
+                    scales if many else scales[0], cams if many else cams[0], runtime, extra,
+                    dropped=dropped, detector=people_options(det_cfg), unmatched=unmatched))
                 continue
             for t, name in enumerate(scene.out_names):
                 if not bool(result.valid[t]):
@@ -365,12 +350,7 @@ def _fit_tracks(scene: Scene, detector, tracker, fitter, model, cfg, dense: bool
     for t, pic in enumerate(scene.pictures[0]):
         kept, left = [], []
         try:
-            if pic is None:
-                raise ValueError("no picture")
-            full = scene.full_size(0)
-            if scene.cameras is not None and full != tuple(scene.cameras[0].image_size):
-                H, W = scene.cameras[0].image_size
-                raise ValueError(f"picture is {full[1]}x{full[0]} but the calibration says {W}x{H}")
+            _check_picture(scene, 0, pic)
             kept, left = select_people(detector.detect_all(pic), pic.shape[:2], det_cfg.max_people,
                                        det_cfg.min_box_height)
         except (ValueError, NoPersonError) as e:
@@ -409,19 +389,34 @@ def _fit_tracks(scene: Scene, detector, tracker, fitter, model, cfg, dense: bool
             continue
         members = [(fits[tid][0], t - fits[tid][1]) for tid in ids[t]]
         notes = [{**person_notes(d, scene.picture_scale(0)), "id": tid} for d, tid in zip(found[t], ids[t])]
-        target = out_dir / name
-        try:
-            summary = save_people(members, target, notes, scene.pictures[0][t], scales[0], cams[0], runtime,
-                                  {**extra, "frame": name}, dropped=dropped[t],
-                                  detector=people_options(det_cfg))
-        except ValueError as e:  # nobody of this frame could be fitted
-            reports.append(PictureReport(name, False, error=str(e)))
-        except OSError as e:
-            log.error("%s: could not write the result: %s", target, e)
-            reports.append(PictureReport(name, False, error=f"could not write: {e}"))
-        else:
-            reports.append(PictureReport(name, True, target, summary=summary))
+        reports.append(_write_people(name, members, out_dir / name, notes, scene.pictures[0][t], scales[0],
+                                     cams[0], runtime, {**extra, "frame": name}, dropped=dropped[t],
+                                     detector=people_options(det_cfg)))
     return reports
+
+
+def _check_picture(scene: Scene, v: int, picture) -> None:
+    """Raise ValueError when view ``v``'s picture is missing or not the size its camera was
+    calibrated for."""
+    if picture is None:
+        raise ValueError("no picture")
+    full = scene.full_size(v)
+    if scene.cameras is not None and full != tuple(scene.cameras[v].image_size):
+        H, W = scene.cameras[v].image_size
+        raise ValueError(f"picture is {full[1]}x{full[0]} but the calibration says {W}x{H}")
+
+
+def _write_people(name: str, result, target: Path, *args, **kwargs) -> PictureReport:
+    """``save_people(result, target, *args, **kwargs)`` as the report of ``name``: not ok when
+    nobody could be fitted (ValueError) or the folder could not be written (OSError)."""
+    try:
+        summary = save_people(result, target, *args, **kwargs)
+    except ValueError as e:
+        return PictureReport(name, False, error=str(e))
+    except OSError as e:
+        log.error("%s: could not write the result: %s", target, e)
+        return PictureReport(name, False, error=f"could not write: {e}")
+    return PictureReport(name, True, target, summary=summary)
 
 
 def associate_people(scene: Scene, found: list[list], names: list[str], fov_deg: float,
