@@ -39,6 +39,11 @@ class Camera:
         """(B,N,3) world points in metres -> (B,N,2) pixels. See ``project``."""
         return project(points, self.K, self.R, self.t)
 
+    def to_camera_frame(self, points: torch.Tensor) -> torch.Tensor:
+        """(B,N,3) world points -> (B,N,3) in each camera's frame, ``R X + t`` (metres; R and t
+        cast to the points' dtype and device)."""
+        return torch.einsum("bij,bnj->bni", self.R.to(points), points) + self.t.to(points)[:, None]
+
     def index(self, idx) -> "Camera":
         return Camera(self.K[idx], self.R[idx], self.t[idx], self.image_size)
 

@@ -89,7 +89,7 @@ def limb_flip_trial(fitter, problem, prepared: dict, result, init, stage):
     wcam = torch.einsum("bij,bkj->bki", Rv, wk[..., :3])
     cam = problem.cameras[0]
     with torch.no_grad():
-        lm = _to_camera(cam, model(result.params, vertices=False).joints)[:, problem.kp_index]
+        lm = cam.to_camera_frame(model(result.params, vertices=False).joints)[:, problem.kp_index]
     conf = wk[..., 3]
     cands = []  # (sample, limb, targets (2,3))
     for li, (_, kps, _) in enumerate(LIMBS):
@@ -149,11 +149,6 @@ def limb_flip_trial(fitter, problem, prepared: dict, result, init, stage):
     return result, flipped
 
 
-def _to_camera(cam, X: torch.Tensor) -> torch.Tensor:
-    """(B,N,3) world points -> the camera's frame, ``R X + t``."""
-    return torch.einsum("bij,bnj->bni", cam.R.to(X), X) + cam.t.to(X)[:, None]
-
-
 def _solve_limbs(model, family, cam, kp_index, names, params, cands, steps: int = 40, lr: float = 0.05):
     """Inverse kinematics: each candidate's limb joints' rotations (the two pose joints of
     :data:`LIMBS`) moved so that its middle and end keypoints reach the targets (camera frame)."""
@@ -178,7 +173,7 @@ def _solve_limbs(model, family, cam, kp_index, names, params, cands, steps: int 
     for _ in range(steps):
         p = params.clone()
         p.body_pose = base + delta * mask
-        lm = _to_camera(cam, model(p, vertices=False).joints)[:, kp_index]
+        lm = cam.to_camera_frame(model(p, vertices=False).joints)[:, kp_index]
         loss = ((lm[rows, idx] - targets) ** 2).sum()
         opt.zero_grad()
         loss.backward()
