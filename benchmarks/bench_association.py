@@ -34,7 +34,7 @@ from bodyfit import Observations, fit_views, load_config
 from bodyfit.api import initialize
 from bodyfit.association import associate, mirror_index
 from bodyfit.body_models import body_model
-from bodyfit.data.synthetic import shuffled_detections, synthetic_people_views
+from bodyfit.data.synthetic import shuffled_detections, synthetic_people_views, true_groups
 from bodyfit.pipeline import place_on_points
 
 
@@ -60,11 +60,7 @@ def main() -> None:
             t0 = time.perf_counter()
             assoc = associate([d.numpy() for d in dets], scene.cameras, mirror=mirror_index())  # as fit-views
             times.append(1000 * (time.perf_counter() - t0))
-            truth: dict[int, set] = {}
-            for v, per_view in enumerate(ids):
-                for i, p in enumerate(per_view):
-                    if p >= 0:
-                        truth.setdefault(p, set()).add((v, i))
+            truth = true_groups(ids)
             groups = [set(m.detections.items()) for m in assoc.people]
             ok += sum(1 for d in truth.values() if d in groups)
             total += len(truth)

@@ -108,3 +108,13 @@ def log_records():
     for logger, handler, level in reversed(undo):
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+@pytest.fixture(params=["blank", "noise"])
+def nobody_picture(request):
+    """A 480x640 RGB picture without a person: uniform grey, or uniform noise."""
+    import numpy as np
+
+    if request.param == "blank":
+        return np.full((480, 640, 3), 128, np.uint8)
+    return np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)

@@ -5,7 +5,7 @@ import torch
 
 from bodyfit.association import associate, detection_sizes
 from bodyfit.body_models import body_model
-from bodyfit.data.synthetic import shuffled_detections, synthetic_people_views
+from bodyfit.data.synthetic import shuffled_detections, synthetic_people_views, true_groups
 
 
 @pytest.fixture(scope="module")
@@ -16,11 +16,7 @@ def low_poly():
 def recovered(assoc, ids) -> tuple[int, int]:
     """(people whose detections form exactly one group, or who are seen in one view and left
     unmatched; people present)."""
-    truth: dict[int, set] = {}
-    for v, per_view in enumerate(ids):
-        for i, p in enumerate(per_view):
-            if p >= 0:
-                truth.setdefault(p, set()).add((v, i))
+    truth = true_groups(ids)
     groups = [set(m.detections.items()) for m in assoc.people]
     alone = {(u.view, u.detection) for u in assoc.unmatched}
     ok = sum(1 for dets in truth.values() if (dets in groups if len(dets) > 1 else dets <= alone))

@@ -207,15 +207,10 @@ def test_order_and_max_people(two_people):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["blank", "noise"])
-def test_nobody(fast, kind):
-    if kind == "blank":
-        img = np.full((480, 640, 3), 128, np.uint8)
-    else:
-        img = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
-    assert fast.detect_all(img) == []
+def test_nobody(fast, nobody_picture):
+    assert fast.detect_all(nobody_picture) == []
     with pytest.raises(NoPersonError, match="No person"):
-        fast.detect(img)
+        fast.detect(nobody_picture)
 
 
 @pytest.mark.slow

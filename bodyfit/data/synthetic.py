@@ -329,3 +329,14 @@ def shuffled_detections(scene: SyntheticPeopleViews, hidden: dict[int, list[int]
         dets.append(torch.stack([kp[i] for i in order]) if order else scene.keypoints[v, :0])
         ids.append([who[i] for i in order])
     return dets, ids
+
+
+def true_groups(ids: list[list[int]]) -> dict[int, set[tuple[int, int]]]:
+    """Each person's detections, ``{person: {(view, detection index), ...}}``, from the true
+    identities :func:`shuffled_detections` returns (spurious detections, -1, belong to nobody)."""
+    truth: dict[int, set[tuple[int, int]]] = {}
+    for v, per_view in enumerate(ids):
+        for i, p in enumerate(per_view):
+            if p >= 0:
+                truth.setdefault(p, set()).add((v, i))
+    return truth
