@@ -7,9 +7,14 @@ eqs. 1-4; the same as ``smplx.lbs.lbs``): rest joints ``J = J_regressor (T + S(b
 transforms ``G_k = G_parent(k) [R_k | J_k - J_parent(k)]`` down the tree, and a vertex at
 ``sum_k w_k (G_k [R.. | -J_k]) (t + S(betas) + P(R))``. Only the order of the work differs:
 joints of one tree level are composed in one batched product (SMPL's 24 joints are 9 levels
-deep), where ``smplx.lbs.batch_rigid_transform`` runs one product per joint.
+deep), where ``smplx.lbs.batch_rigid_transform`` runs one product per joint; and the rotations
+(Rodrigues) and the chain have hand-written backward passes (``torch.autograd.Function``): a fit
+step at a small batch costs the number of operations it runs more than their arithmetic, and
+autograd records several per product.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -18,23 +23,58 @@ __all__ = ["KinematicTree", "axis_angle_to_matrix"]
 
 def axis_angle_to_matrix(rotvec: torch.Tensor) -> torch.Tensor:
     """Rodrigues' formula as smplx's ``batch_rodrigues`` computes it (the angle is taken of
-    ``rotvec + 1e-8``, so the gradient at the zero rotation is finite).
+    ``rotvec + 1e-8``, so the gradient at the zero rotation is finite), with a hand-written
+    backward (:class:`_Rodrigues`): a few batched operations instead of autograd's many.
 
     Args:
         rotvec: (..., 3) axis-angle, radians.
     Returns:
         (..., 3, 3) rotation matrices.
     """
-    angle = torch.norm(rotvec + 1e-8, dim=-1, keepdim=True)
-    axis = rotvec / angle
-    cos, sin = torch.cos(angle)[..., None], torch.sin(angle)[..., None]
-    x, y, z = axis.unbind(-1)
-    zero = torch.zeros_like(x)
-    K = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).reshape(*rotvec.shape[:-1], 3, 3)
-    eye = torch.eye(3, dtype=rotvec.dtype, device=rotvec.device)
-    # K @ K = a a^T - |a|^2 I, written out: tiny batched matrix products are slow on CPU.
-    KK = axis[..., :, None] * axis[..., None, :] - (axis * axis).sum(-1)[..., None, None] * eye
-    return eye + sin * K + (1 - cos) * KK
+    return _Rodrigues.apply(rotvec)
+
+
+@functools.lru_cache(maxsize=None)
+def _skew_basis(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(3, 9) the linear map a -> K(a), the cross-product matrix of a (3,) flattened row-major:
+    ``K(a).flatten() = a @ S``. Built once per dtype and device."""
+    values = [0.0] * 27
+    for index, sign in zip([5, 7, 11, 15, 19, 21], [-1.0, 1.0, 1.0, -1.0, -1.0, 1.0]):
+        values[index] = sign
+    return torch.tensor(values, dtype=dtype, device=device).view(3, 9)
+
+
+class _Rodrigues(torch.autograd.Function):
+    """``R = I + sin(t) K(a) + (1 - cos(t)) (a a^T - |a|^2 I)`` with ``t = |v + 1e-8|``,
+    ``a = v / t`` (``K(a) @ K(a) = a a^T - |a|^2 I``, as smplx writes it), and its gradient
+    ``dL/dv`` from ``G = dL/dR``: through ``sin``, ``1 - cos`` and ``a``, then ``a = v / t``."""
+
+    @staticmethod
+    def forward(ctx, rotvec):
+        shifted = rotvec + 1e-8
+        angle = torch.linalg.vector_norm(shifted, dim=-1, keepdim=True)
+        axis = rotvec / angle
+        sin, one_minus_cos = torch.sin(angle), 1 - torch.cos(angle)
+        skew = _skew_basis(rotvec.dtype, rotvec.device)
+        K = (axis @ skew).unflatten(-1, (3, 3))
+        aa = (axis * axis).sum(-1, keepdim=True)
+        R = torch.addcmul(sin[..., None] * K, one_minus_cos[..., None] * axis[..., :, None], axis[..., None, :])
+        R.diagonal(dim1=-2, dim2=-1).add_(1 - one_minus_cos * aa)
+        ctx.save_for_backward(rotvec, shifted, angle, axis, K, aa, sin, one_minus_cos, skew)
+        return R
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, G):
+        rotvec, shifted, angle, axis, K, aa, sin, one_minus_cos, skew = ctx.saved_tensors
+        trace = G.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)
+        sym_axis = ((G + G.transpose(-1, -2)) @ axis[..., None])[..., 0]  # (G + G^T) a
+        g_sin = (G * K).sum((-1, -2))[..., None]
+        g_one_minus_cos = 0.5 * (sym_axis * axis).sum(-1, keepdim=True) - aa * trace
+        g_axis = sin * (G.flatten(-2) @ skew.T) + one_minus_cos * (sym_axis - 2 * trace * axis)
+        g_angle = (g_sin * (1 - one_minus_cos) + g_one_minus_cos * sin
+                   - (g_axis * rotvec).sum(-1, keepdim=True) / angle ** 2)
+        return g_axis / angle + g_angle * shifted / angle
 
 
 class KinematicTree:
@@ -65,60 +105,31 @@ class KinematicTree:
         self._sizes = [len(level) for level in self.levels]
         self._order = torch.tensor(order)
         self._unorder = torch.tensor([position[k] for k in range(len(parents))])
-        self._parents = torch.tensor([max(p, 0) for p in parents])
         self._indices: dict[torch.device, tuple] = {}
 
     def _on(self, device: torch.device) -> tuple:
         """The index tensors on ``device`` (moved once per device, not at every step)."""
         if device not in self._indices:
-            self._indices[device] = (self._parents.to(device), self._order.to(device), self._unorder.to(device),
+            self._indices[device] = (self._order.to(device), self._unorder.to(device),
                                      [p.to(device) for p in self._parent_in_level])
         return self._indices[device]
 
     def __len__(self) -> int:
         return len(self.parents)
 
-    def forward(self, rotations: torch.Tensor, rest_joints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """World rotations and positions of every joint.
-
-        Each joint's local transform ``[R_k | J_k - J_parent(k)]`` is composed with its
-        parent's world transform; the joints of one level in one batched product.
-
-        Args:
-            rotations: (B, J, 3, 3) each joint's rotation relative to its parent (the root's in
-                the model's world frame).
-            rest_joints: (B, J, 3) joint positions in the rest pose (shaped), model units.
-        Returns:
-            (world_rotations (B, J, 3, 3), world_positions (B, J, 3)): ``G_k``'s rotation and
-            the posed joint positions (the root stays at its rest position).
-        """
-        parents = self._on(rotations.device)[0]
-        rel = rest_joints - rest_joints[:, parents]
-        rel[:, 0] = rest_joints[:, 0]
-        return self.compose(rotations, rel)
-
-    __call__ = forward
-
     def compose(self, rotations: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """World transforms ``G_k = G_parent(k) [R_k | o_k]`` of general local transforms.
+        """World transforms ``G_k = G_parent(k) [R_k | o_k]`` of local transforms, the joints of
+        one level in one batched product, with a hand-written backward (:class:`_Compose`).
 
         Args:
-            rotations: (B, J, 3, 3) each joint's local rotation R_k.
-            offsets: (B, J, 3) each joint's local translation o_k (the root's: its world
-                position).
+            rotations: (B, J, 3, 3) each joint's local rotation R_k (the root's in the model's
+                world frame).
+            offsets: (B, J, 3) each joint's local translation o_k, model units: for a skeleton
+                ``J_k - J_parent(k)``, the root's its world position.
         Returns:
             (world_rotations (B, J, 3, 3), world_positions (B, J, 3)).
         """
-        _, order, unorder, parent_in_levels = self._on(rotations.device)
-        B = rotations.shape[0]
-        bottom = rotations.new_tensor([0.0, 0.0, 0.0, 1.0]).expand(B, len(self), 1, 4)
-        local = torch.cat([torch.cat([rotations, offsets[..., None]], -1), bottom], -2)  # (B, J, 4, 4)
-        local = local[:, order].split(self._sizes, 1)
-        world = [local[0][..., :3, :]]  # (B, n, 3, 4) per level
-        for parent_in_level, level in zip(parent_in_levels, local[1:]):
-            world.append(world[-1][:, parent_in_level] @ level)
-        world = torch.cat(world, 1)[:, unorder]
-        return world[..., :3], world[..., 3]
+        return _Compose.apply(rotations, offsets, self)
 
     @staticmethod
     def skin(world_rotations: torch.Tensor, world_positions: torch.Tensor, rest_joints: torch.Tensor,
@@ -126,16 +137,73 @@ class KinematicTree:
         """Linear blend skinning of N vertices.
 
         Args:
-            world_rotations, world_positions: (B, J, 3, 3), (B, J, 3) from :meth:`forward`.
-            rest_joints: (B, J, 3) the rest joints :meth:`forward` was given.
+            world_rotations, world_positions: (B, J, 3, 3), (B, J, 3) from :meth:`compose`.
+            rest_joints: (B, J, 3) the joints' rest positions.
             weights: (N, J) skinning weights of the vertices.
             posed_rest_vertices: (B, N, 3) the vertices in the rest frame with shape and pose
                 blend shapes applied.
         Returns:
             (B, N, 3) posed vertices.
         """
-        offset = world_positions - (world_rotations * rest_joints[..., None, :]).sum(-1)  # (B, J, 3)
-        A = torch.cat([world_rotations.flatten(-2), offset], -1)  # (B, J, 12)
-        T = torch.einsum("nj,bjk->bnk", weights, A)  # (B, N, 12)
-        R, o = T[..., :9].unflatten(-1, (3, 3)), T[..., 9:]
-        return (R * posed_rest_vertices[..., None, :]).sum(-1) + o
+        offset = world_positions - (world_rotations @ rest_joints[..., None])[..., 0]  # (B, J, 3)
+        A = torch.cat([world_rotations, offset[..., None]], -1).flatten(-2)  # (B, J, 12): [G_k | t_k - G_k J_k]
+        T = (weights @ A).unflatten(-1, (3, 4))  # (B, N, 3, 4)
+        homogeneous = torch.cat([posed_rest_vertices, torch.ones_like(posed_rest_vertices[..., :1])], -1)
+        return (T * homogeneous[..., None, :]).sum(-1)
+
+class _Compose(torch.autograd.Function):
+    """:meth:`KinematicTree.compose`. Work is laid out joints first, (J, B, ...), joints in level
+    order, so that each level is one contiguous block and one ``bmm``.
+
+    Forward, level by level: ``W_d = W_parent @ L_d`` with ``L = [[R, o], [0, 1]]`` (4x4) and
+    ``W = [G | p]`` (3x4). Backward, deepest level first: ``dW_parent += dW_d @ L_d^T`` (summed
+    over each parent's children), then for every joint at once ``dL = G_parent^T dW``; the
+    roots' ``dL = dW``."""
+
+    @staticmethod
+    def forward(ctx, rotations, offsets, tree):
+        order, unorder, parent_in_levels = tree._on(rotations.device)
+        B, J = rotations.shape[:2]
+        local = rotations.new_zeros(J, B, 4, 4)
+        local[:, :, :3, :3] = rotations.transpose(0, 1)[order]
+        local[:, :, :3, 3] = offsets.transpose(0, 1)[order]
+        local[:, :, 3, 3] = 1.0
+        local_levels = local.split(tree._sizes, 0)
+        world = local.new_empty(J, B, 3, 4)
+        world_levels = world.split(tree._sizes, 0)
+        world_levels[0].copy_(local_levels[0][:, :, :3])
+        parents = local.new_empty(J - tree._sizes[0], B, 3, 4)  # each non-root joint's parent's W
+        parent_levels = parents.split(tree._sizes[1:], 0)
+        for d, parent_in_level in enumerate(parent_in_levels, 1):
+            torch.index_select(world_levels[d - 1], 0, parent_in_level, out=parent_levels[d - 1])
+            torch.bmm(parent_levels[d - 1].view(-1, 3, 4), local_levels[d].view(-1, 4, 4),
+                      out=world_levels[d].view(-1, 3, 4))
+        ctx.tree = tree
+        ctx.save_for_backward(local, parents)
+        world = world[unorder].transpose(0, 1)  # (B, J, 3, 4), joint order
+        return world[..., :3], world[..., 3]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_rotations, grad_positions):
+        tree = ctx.tree
+        local, parents = ctx.saved_tensors
+        order, unorder, parent_in_levels = tree._on(local.device)
+        J, B = local.shape[:2]
+        grad = local.new_zeros(J, B, 3, 4)  # dW, level order; children's terms added below
+        if grad_rotations is not None:
+            grad[..., :3] = grad_rotations.transpose(0, 1)[order]
+        if grad_positions is not None:
+            grad[..., 3] = grad_positions.transpose(0, 1)[order]
+        grad_levels = grad.split(tree._sizes, 0)
+        local_levels = local.split(tree._sizes, 0)
+        for d in range(len(grad_levels) - 1, 0, -1):
+            to_parent = torch.bmm(grad_levels[d].view(-1, 3, 4), local_levels[d].view(-1, 4, 4).transpose(1, 2))
+            grad_levels[d - 1].index_add_(0, parent_in_levels[d - 1], to_parent.view(-1, B, 3, 4))
+        n_roots = tree._sizes[0]
+        grad_local = torch.empty_like(grad)
+        grad_local[:n_roots] = grad[:n_roots]
+        torch.bmm(parents[..., :3].reshape(-1, 3, 3).transpose(1, 2), grad[n_roots:].view(-1, 3, 4),
+                  out=grad_local[n_roots:].view(-1, 3, 4))
+        grad_local = grad_local[unorder].transpose(0, 1)
+        return grad_local[..., :3], grad_local[..., 3], None

@@ -133,33 +133,40 @@ class SMPLFamilyModel(BodyModel):
         self._prepare_landmarks()
 
     def _prepare_landmarks(self) -> None:
-        """Precompute what :meth:`_landmarks` needs: the rest joints' shape basis
-        (``J_regressor`` applied to the template and the shape directions) and, for the few
-        vertices the landmarks are read from (smplx's vertex joints; SMPL-X's face landmark
-        triangles), their template, shape and pose directions and skinning weights."""
+        """Precompute what :meth:`_landmarks` needs: the shape blend of the rest joints, of
+        their offsets from their parents and of the few vertices the landmarks are read from
+        (smplx's vertex joints, then the corners of SMPL-X's face landmark triangles), in one
+        matrix; those vertices' pose blend shapes and skinning weights."""
         m = self.smpl
         self.tree = KinematicTree(m.parents.tolist())
+        J = len(self.tree)
+        parent = torch.tensor([max(p, 0) for p in self.tree.parents])
+        to_offsets = torch.eye(J) - torch.eye(J)[parent] * (torch.arange(J) > 0)[:, None].float()
         anchors = [m.vertex_joint_selector.extra_joints_idxs.long()]
         if self.name == "smplx":
             anchors.append(m.faces_tensor[m.lmk_faces_idx].long().flatten())
-        used, position = torch.unique(torch.cat(anchors), return_inverse=True)
-        n_extra = len(anchors[0])
-        n_pose = m.posedirs.shape[0]
+        anchors = torch.cat(anchors)
+        n_pose = m.posedirs.shape[0]  # 9 (J - 1): the non-root joints' (R - I)
+        posedirs = m.posedirs.reshape(n_pose, -1, 3)[:, anchors].reshape(n_pose, -1)
+        rest = m.J_regressor @ m.v_template  # (J, 3)
+        joint_dirs = torch.einsum("jv,vcs->jcs", m.J_regressor, m.shapedirs)  # (J, 3, S)
+        offset_dirs = torch.einsum("kj,jcs->kcs", to_offsets.to(joint_dirs), joint_dirs)
+        anchor_dirs = m.shapedirs[anchors]  # (N, 3, S)
+        # (R - I) @ posedirs = R @ posedirs - I @ posedirs: the constant goes to the template.
+        eye = torch.eye(3, dtype=posedirs.dtype).flatten().repeat(J - 1)
+        template = m.v_template[anchors].flatten() - eye @ posedirs
         buffers = {
-            "_rest_joints": m.J_regressor @ m.v_template,
-            "_joint_dirs": torch.einsum("jv,vcs->jcs", m.J_regressor, m.shapedirs),
-            "_anchor_template": m.v_template[used],
-            "_anchor_dirs": m.shapedirs[used],
-            "_anchor_posedirs": m.posedirs.reshape(n_pose, -1, 3)[:, used].reshape(n_pose, -1),
-            "_anchor_weights": m.lbs_weights[used],
-            "_extra_position": position[:n_extra],
-            "_landmark_position": position[n_extra:].reshape(-1, 3),
+            "_shape_const": torch.cat([rest.flatten(), (to_offsets.to(rest) @ rest).flatten(), template]),
+            "_shape_blend": torch.cat([d.flatten(0, 1) for d in (joint_dirs, offset_dirs, anchor_dirs)]).T,
+            "_pose_blend": torch.cat([posedirs.new_zeros(9, posedirs.shape[1]), posedirs]),
+            "_anchor_weights": m.lbs_weights[anchors],
             "_landmark_bary": m.lmk_bary_coords if self.name == "smplx" else torch.zeros(0, 3),
-            "_pose_mean": getattr(m, "pose_mean", torch.zeros(3 * len(self.tree))).reshape(-1, 3),
+            "_fixed_pose": getattr(m, "pose_mean", torch.zeros(3 * J)).reshape(-1, 3)[1 + self.num_pose_joints:],
         }
         for key, value in buffers.items():
             self.register_buffer(key, value.clone().to(self.dtype if value.is_floating_point() else value.dtype),
                                  persistent=False)
+        self._n_extra = len(m.vertex_joint_selector.extra_joints_idxs)
 
     def _resolve(self, table: dict) -> dict[str, tuple[str | None, float]]:
         out = {}
@@ -223,22 +230,21 @@ class SMPLFamilyModel(BodyModel):
         """(B,J,3) the joints smplx returns, in its order, without skinning the whole mesh:
         forward kinematics of the skeleton, then skinning of the anchor vertices only. The
         joints smplx fixes (hands at their mean pose, jaw and eyes at rest) are posed as it
-        poses them (``pose_mean``)."""
-        B = params.batch_size
-        fixed = len(self.tree) - 1 - self.num_pose_joints
+        poses them (``pose_mean``, zero for the body joints)."""
+        B, J = params.batch_size, len(self.tree)
         pose = torch.cat([params.global_orient[:, None], params.body_pose,
-                          params.global_orient.new_zeros(B, fixed, 3)], 1) + self._pose_mean
-        R = axis_angle_to_matrix(pose)
-        rest = self._rest_joints + torch.einsum("bs,jcs->bjc", params.shape, self._joint_dirs)
-        world_R, world_t = self.tree(R, rest)
-        eye = torch.eye(3, dtype=R.dtype, device=R.device)
-        pose_offsets = ((R[:, 1:] - eye).reshape(B, -1) @ self._anchor_posedirs).reshape(B, -1, 3)
-        anchors = (self._anchor_template + torch.einsum("bs,ncs->bnc", params.shape, self._anchor_dirs)
-                   + pose_offsets)
+                          self._fixed_pose.expand(B, -1, 3)], 1)
+        R = axis_angle_to_matrix(pose)  # (B, J, 3, 3)
+        shaped = torch.addmm(self._shape_const, params.shape, self._shape_blend)
+        rest, offsets, anchors = shaped.split([3 * J, 3 * J, self._pose_blend.shape[1]], 1)
+        anchors = torch.addmm(anchors, R.view(B, -1), self._pose_blend).view(B, -1, 3)
+        rest = rest.view(B, J, 3)
+        world_R, world_t = self.tree.compose(R, offsets.view(B, J, 3))
         anchors = self.tree.skin(world_R, world_t, rest, self._anchor_weights, anchors)
-        parts = [world_t, anchors[:, self._extra_position]]
+        parts = [world_t, anchors[:, :self._n_extra]]
         if self.name == "smplx":
-            parts.append(torch.einsum("blkc,lk->blc", anchors[:, self._landmark_position], self._landmark_bary))
+            corners = anchors[:, self._n_extra:].unflatten(1, (-1, 3))  # (B, L, 3 corners, 3)
+            parts.append((corners * self._landmark_bary[..., None]).sum(2))
         return torch.cat(parts, 1) + params.transl[:, None]
 
 

@@ -94,6 +94,61 @@ def _rows(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return mask.view(-1, *([1] * (x.dim() - 1)))
 
 
+def _leaves(base: BodyParams, free: list[str], free_pose_joints: list[int] | None, shared_shape: bool,
+            active: torch.Tensor):
+    """The optimizer's leaves, and how to read BodyParams off them.
+
+    Every free per-sample value lies side by side in one (B, D) leaf, ``"samples"`` (the free
+    fields in ``PARAM_NAMES`` order; of body_pose only the ``free_pose_joints``), so that each
+    step updates and masks one tensor; with ``shared_shape`` the shape is a (1, S) leaf of its
+    own, ``"shape"``, starting from the mean of the active samples' shapes.
+
+    Returns:
+        (leaves, assemble, shape_of): ``assemble()`` the BodyParams (B) of ``base`` with the
+        free values taken from the leaves (views of them where a whole field is free);
+        ``shape_of()`` the free shape (a view of its leaf), None when the shape is not free.
+    """
+    B = base.batch_size
+    pose_joints = None
+    if free_pose_joints is not None and list(free_pose_joints) != list(range(base.body_pose.shape[1])):
+        pose_joints = list(free_pose_joints)
+    per_sample = [n for n in PARAM_NAMES if n in free and not (n == "shape" and shared_shape)]
+
+    def free_value(name: str) -> torch.Tensor:
+        value = getattr(base, name)
+        return (value[:, pose_joints] if name == "body_pose" and pose_joints is not None else value).reshape(B, -1)
+
+    values = [free_value(n) for n in per_sample]
+    widths = [v.shape[1] for v in values]
+    leaves: dict[str, torch.Tensor] = {}
+    if per_sample:
+        leaves["samples"] = torch.cat(values, 1).requires_grad_(True)
+    if "shape" in free and shared_shape:
+        shape = base.shape[active].mean(0, keepdim=True) if bool(active.any()) else base.shape[:1]
+        leaves["shape"] = shape.clone().requires_grad_(True)
+
+    def views() -> dict[str, torch.Tensor]:
+        return dict(zip(per_sample, leaves["samples"].split(widths, 1))) if per_sample else {}
+
+    def assemble() -> BodyParams:
+        fields = base.as_dict()
+        for name, value in views().items():
+            if name == "body_pose" and pose_joints is not None:
+                pose = fields["body_pose"].clone()
+                pose[:, pose_joints] = value.view(B, -1, 3)
+                fields["body_pose"] = pose
+            else:
+                fields[name] = value.view(fields[name].shape)
+        if "shape" in leaves:
+            fields["shape"] = leaves["shape"].expand(B, -1)
+        return BodyParams(**fields)
+
+    def shape_of() -> torch.Tensor:
+        return leaves["shape"] if "shape" in leaves else views()["shape"]
+
+    return leaves, assemble, (shape_of if "shape" in free else None)
+
+
 def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, torch.Tensor]],
               free: list[str], weights: dict[str, float], steps: int, lr: float,
               optimizer: str = "adam", ftol: float = 1e-5, check_every: int = 10,
@@ -136,31 +191,12 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
     device = params.transl.device
     active = torch.ones(B, dtype=torch.bool, device=device) if active is None else active
     base = params.detach().clone()
-    leaves: dict[str, torch.Tensor] = {}
-    for name in free:
-        value = getattr(base, name)
-        if name == "body_pose" and free_pose_joints is not None:
-            value = value[:, free_pose_joints]
-        if name == "shape" and shared_shape:
-            value = value[active].mean(0, keepdim=True) if bool(active.any()) else value[:1]
-        leaves[name] = value.clone().requires_grad_(True)
-
-    def assemble() -> BodyParams:
-        fields = base.as_dict()
-        for name, leaf in leaves.items():
-            if name == "body_pose" and free_pose_joints is not None:
-                pose = fields["body_pose"].clone()
-                pose[:, free_pose_joints] = leaf
-                fields["body_pose"] = pose
-            elif name == "shape" and shared_shape:
-                fields["shape"] = leaf.expand(B, -1)
-            else:
-                fields[name] = leaf
-        return BodyParams(**fields)
+    leaves, assemble, shape_of = _leaves(base, free, free_pose_joints, shared_shape, active)
+    weight = torch.tensor(list(weights.values()), dtype=base.transl.dtype, device=device)
 
     def objective():
         terms = energy_fn(assemble())
-        total = sum(weights[k] * terms[k] for k in weights)
+        total = torch.stack([terms[k] for k in weights], 1) @ weight
         return total, terms
 
     if optimizer == "adam":
@@ -183,30 +219,32 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
     frozen = ~active  # not moving: inactive, failed or converged
     sample_steps = torch.full((B,), first, dtype=torch.long, device=device)
     step, paused = first, False
-    for step in range(first + 1, steps + 1):
-        def closure():
-            opt.zero_grad()
-            total, _ = objective()
-            keep = ~frozen & torch.isfinite(total)
-            loss = torch.where(keep, total, torch.zeros_like(total)).sum()
-            loss.backward()
-            for leaf in leaves.values():
-                if leaf.grad is not None:
-                    if leaf.shape[0] == B:
-                        leaf.grad.mul_(_rows(keep, leaf))
-                    leaf.grad.nan_to_num_(0.0, 0.0, 0.0)
-            return loss
 
+    def closure():
+        opt.zero_grad()
+        total, _ = objective()
+        # Frozen and non-finite samples are left out of the loss, so their rows of the gradient
+        # are zero (samples do not interact), once a NaN reaching them as 0 * NaN is zeroed.
+        loss = torch.where(~frozen & torch.isfinite(total), total, 0.0).sum()
+        loss.backward()
+        for leaf in leaves.values():
+            leaf.grad.nan_to_num_(0.0, 0.0, 0.0)
+        return loss
+
+    for step in range(first + 1, steps + 1):
         opt.step(closure)
         with torch.no_grad():
             # masks by torch.where, not boolean indexing: no host sync per step on CUDA
             for name, leaf in leaves.items():
                 if leaf.shape[0] == B:
                     leaf.copy_(torch.where(_rows(frozen, leaf), last_good[name], leaf))
-            if clamp_shape is not None and "shape" in leaves:
-                leaves["shape"].copy_(clamp_shape(leaves["shape"]))
-            sample_steps.masked_fill_(~frozen, step)
+            if clamp_shape is not None and shape_of is not None:
+                shape = shape_of()
+                clamped = clamp_shape(shape)
+                if clamped is not shape:  # betas are not clamped
+                    shape.copy_(clamped)
         if step % check_every == 0 or step == steps:
+            sample_steps.masked_fill_(~frozen, step)
             with torch.no_grad():
                 total, _ = objective()
                 bad = ~torch.isfinite(total) & ~frozen
@@ -240,7 +278,7 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
                     break
     with torch.no_grad():
         total, terms = objective()
-        final = assemble().detach()
+        final = assemble().detach().clone()  # contiguous, not views of the leaves
     weighted = {k: (weights[k] * terms[k]).detach() for k in weights}
     paused_state = None
     if paused:
