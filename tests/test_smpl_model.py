@@ -312,21 +312,21 @@ def test_joints_only_path_is_smplx_exactly_with_the_same_gradients(tmp_path, nam
 
 
 def test_kinematics_hand_written_gradients_are_exact():
-    """axis_angle_to_matrix and KinematicTree.compose (hand-written backward passes) against
-    finite differences (gradcheck, float64), at random rotations, a tiny one and the zero
-    rotation (where smplx's + 1e-8 keeps the gradient finite), and the chain against a plain
-    per-joint loop."""
+    """axis_angle_to_matrix, KinematicTree.compose and .skin (hand-written backward passes)
+    against finite differences (gradcheck, float64), at random rotations, a tiny one and the
+    zero rotation (where smplx's + 1e-8 keeps the gradient finite); the chain and the skinning
+    against a plain per-joint loop."""
     from bodyfit.body_models.kinematics import KinematicTree, axis_angle_to_matrix
     from synthetic_smpl import SMPL_PARENTS
 
     g = torch.Generator().manual_seed(0)
     rotvec = torch.randn(3, 24, 3, generator=g, dtype=torch.float64)
     rotvec[0, 0], rotvec[0, 1] = 0.0, 1e-6
-    assert torch.autograd.gradcheck(axis_angle_to_matrix, (rotvec.requires_grad_(True),))
+    assert torch.autograd.gradcheck(axis_angle_to_matrix, (rotvec.requires_grad_(True),), fast_mode=True)
     tree = KinematicTree(SMPL_PARENTS)
     R = axis_angle_to_matrix(rotvec).detach().requires_grad_(True)
     offsets = torch.randn(3, 24, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(tree.compose, (R, offsets))
+    assert torch.autograd.gradcheck(tree.compose, (R, offsets), fast_mode=True)
     world_R, world_t = tree.compose(R, offsets)
     loop_R, loop_t = [R[:, 0]], [offsets[:, 0]]
     for k, p in enumerate(SMPL_PARENTS[1:], 1):
@@ -334,6 +334,15 @@ def test_kinematics_hand_written_gradients_are_exact():
         loop_R.append(loop_R[p] @ R[:, k])
     assert torch.allclose(world_R, torch.stack(loop_R, 1), atol=1e-12)
     assert torch.allclose(world_t, torch.stack(loop_t, 1), atol=1e-12)
+    rest = torch.randn(3, 24, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    weights = torch.rand(5, 24, generator=g, dtype=torch.float64)
+    vertices = torch.randn(3, 5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: tree.skin(a[0], a[1], a[2], weights, a[3]), (R, offsets, rest, vertices),
+                                    fast_mode=True)
+    world_R, world_t = torch.stack(loop_R, 1), torch.stack(loop_t, 1)
+    skinned = sum(weights[None, :, k, None] * ((world_R[:, None, k] @ (vertices - rest[:, None, k])[..., None])[..., 0]
+                                               + world_t[:, None, k]) for k in range(24))
+    assert torch.allclose(tree.skin(R, offsets, rest, weights, vertices)[1], skinned, atol=1e-12)
 
 
 def test_kinematic_tree_refuses_a_parent_after_its_child():

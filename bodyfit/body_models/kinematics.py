@@ -131,56 +131,85 @@ class KinematicTree:
         """
         return _Compose.apply(rotations, offsets, self)
 
-    @staticmethod
-    def skin(world_rotations: torch.Tensor, world_positions: torch.Tensor, rest_joints: torch.Tensor,
-             weights: torch.Tensor, posed_rest_vertices: torch.Tensor) -> torch.Tensor:
-        """Linear blend skinning of N vertices.
+    def skin(self, rotations: torch.Tensor, offsets: torch.Tensor, rest_joints: torch.Tensor,
+             weights: torch.Tensor, vertices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The joints' world positions and linear blend skinning of N vertices, in one pass with
+        a hand-written backward (:class:`_Skin`): ``v = sum_k w_k [G_k | p_k - G_k J_k] [x; 1]``.
 
         Args:
-            world_rotations, world_positions: (B, J, 3, 3), (B, J, 3) from :meth:`compose`.
-            rest_joints: (B, J, 3) the joints' rest positions.
+            rotations, offsets: (B, J, 3, 3), (B, J, 3) as for :meth:`compose`.
+            rest_joints: (B, J, 3) the joints' rest positions (their offsets' sums).
             weights: (N, J) skinning weights of the vertices.
-            posed_rest_vertices: (B, N, 3) the vertices in the rest frame with shape and pose
-                blend shapes applied.
+            vertices: (B, N, 3) the vertices in the rest frame with shape and pose blend
+                shapes applied.
         Returns:
-            (B, N, 3) posed vertices.
+            (world_positions (B, J, 3), posed vertices (B, N, 3)).
         """
-        offset = world_positions - (world_rotations @ rest_joints[..., None])[..., 0]  # (B, J, 3)
-        A = torch.cat([world_rotations, offset[..., None]], -1).flatten(-2)  # (B, J, 12): [G_k | t_k - G_k J_k]
-        T = (weights @ A).unflatten(-1, (3, 4))  # (B, N, 3, 4)
-        homogeneous = torch.cat([posed_rest_vertices, torch.ones_like(posed_rest_vertices[..., :1])], -1)
-        return (T * homogeneous[..., None, :]).sum(-1)
+        return _Skin.apply(rotations, offsets, rest_joints, weights, vertices, self)
+
+
+def _chain(tree: KinematicTree, rotations: torch.Tensor, offsets: torch.Tensor):
+    """Forward pass of the chain, joints first, (J, B, ...), joints in level order, so that each
+    level is one contiguous block and one ``bmm``: ``W_d = W_parent @ L_d`` with
+    ``L = [[R, o], [0, 1]]`` (4x4) and ``W = [G | p]`` (3x4).
+
+    Returns:
+        (local (J, B, 4, 4), parents (J - roots, B, 3, 4) each non-root joint's parent's W,
+        world (J, B, 3, 4)), level order.
+    """
+    order, _, parent_in_levels = tree._on(rotations.device)
+    B, J = rotations.shape[:2]
+    local = rotations.new_zeros(J, B, 4, 4)
+    local[:, :, :3, :3] = rotations.transpose(0, 1)[order]
+    local[:, :, :3, 3] = offsets.transpose(0, 1)[order]
+    local[:, :, 3, 3] = 1.0
+    local_levels = local.split(tree._sizes, 0)
+    world = local.new_empty(J, B, 3, 4)
+    world_levels = world.split(tree._sizes, 0)
+    world_levels[0].copy_(local_levels[0][:, :, :3])
+    parents = local.new_empty(J - tree._sizes[0], B, 3, 4)
+    parent_levels = parents.split(tree._sizes[1:], 0)
+    for d, parent_in_level in enumerate(parent_in_levels, 1):
+        torch.index_select(world_levels[d - 1], 0, parent_in_level, out=parent_levels[d - 1])
+        torch.bmm(parent_levels[d - 1].view(-1, 3, 4), local_levels[d].view(-1, 4, 4),
+                  out=world_levels[d].view(-1, 3, 4))
+    return local, parents, world
+
+
+def _chain_backward(tree: KinematicTree, local: torch.Tensor, parents: torch.Tensor,
+                    grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward pass of :func:`_chain`: from ``grad`` = dL/dW (J, B, 3, 4), level order (added
+    to in place), deepest level first ``dW_parent += dW_d @ L_d^T`` (summed over each parent's
+    children), then for every joint at once ``dL = G_parent^T dW`` (the roots': ``dW``).
+
+    Returns:
+        (dL/drotations (B, J, 3, 3), dL/doffsets (B, J, 3)), joint order.
+    """
+    _, unorder, parent_in_levels = tree._on(local.device)
+    B = local.shape[1]
+    grad_levels = grad.split(tree._sizes, 0)
+    local_levels = local.split(tree._sizes, 0)
+    for d in range(len(grad_levels) - 1, 0, -1):
+        to_parent = torch.bmm(grad_levels[d].view(-1, 3, 4), local_levels[d].view(-1, 4, 4).transpose(1, 2))
+        grad_levels[d - 1].index_add_(0, parent_in_levels[d - 1], to_parent.view(-1, B, 3, 4))
+    n_roots = tree._sizes[0]
+    grad_local = torch.empty_like(grad)
+    grad_local[:n_roots] = grad[:n_roots]
+    torch.bmm(parents[..., :3].reshape(-1, 3, 3).transpose(1, 2), grad[n_roots:].view(-1, 3, 4),
+              out=grad_local[n_roots:].view(-1, 3, 4))
+    grad_local = grad_local[unorder].transpose(0, 1)
+    return grad_local[..., :3], grad_local[..., 3]
+
 
 class _Compose(torch.autograd.Function):
-    """:meth:`KinematicTree.compose`. Work is laid out joints first, (J, B, ...), joints in level
-    order, so that each level is one contiguous block and one ``bmm``.
-
-    Forward, level by level: ``W_d = W_parent @ L_d`` with ``L = [[R, o], [0, 1]]`` (4x4) and
-    ``W = [G | p]`` (3x4). Backward, deepest level first: ``dW_parent += dW_d @ L_d^T`` (summed
-    over each parent's children), then for every joint at once ``dL = G_parent^T dW``; the
-    roots' ``dL = dW``."""
+    """:meth:`KinematicTree.compose`: :func:`_chain` and :func:`_chain_backward`."""
 
     @staticmethod
     def forward(ctx, rotations, offsets, tree):
-        order, unorder, parent_in_levels = tree._on(rotations.device)
-        B, J = rotations.shape[:2]
-        local = rotations.new_zeros(J, B, 4, 4)
-        local[:, :, :3, :3] = rotations.transpose(0, 1)[order]
-        local[:, :, :3, 3] = offsets.transpose(0, 1)[order]
-        local[:, :, 3, 3] = 1.0
-        local_levels = local.split(tree._sizes, 0)
-        world = local.new_empty(J, B, 3, 4)
-        world_levels = world.split(tree._sizes, 0)
-        world_levels[0].copy_(local_levels[0][:, :, :3])
-        parents = local.new_empty(J - tree._sizes[0], B, 3, 4)  # each non-root joint's parent's W
-        parent_levels = parents.split(tree._sizes[1:], 0)
-        for d, parent_in_level in enumerate(parent_in_levels, 1):
-            torch.index_select(world_levels[d - 1], 0, parent_in_level, out=parent_levels[d - 1])
-            torch.bmm(parent_levels[d - 1].view(-1, 3, 4), local_levels[d].view(-1, 4, 4),
-                      out=world_levels[d].view(-1, 3, 4))
+        local, parents, world = _chain(tree, rotations, offsets)
         ctx.tree = tree
         ctx.save_for_backward(local, parents)
-        world = world[unorder].transpose(0, 1)  # (B, J, 3, 4), joint order
+        world = world[tree._on(world.device)[1]].transpose(0, 1)  # (B, J, 3, 4), joint order
         return world[..., :3], world[..., 3]
 
     @staticmethod
@@ -188,22 +217,54 @@ class _Compose(torch.autograd.Function):
     def backward(ctx, grad_rotations, grad_positions):
         tree = ctx.tree
         local, parents = ctx.saved_tensors
-        order, unorder, parent_in_levels = tree._on(local.device)
-        J, B = local.shape[:2]
-        grad = local.new_zeros(J, B, 3, 4)  # dW, level order; children's terms added below
+        order = tree._on(local.device)[0]
+        grad = local.new_zeros(local.shape[0], local.shape[1], 3, 4)
         if grad_rotations is not None:
             grad[..., :3] = grad_rotations.transpose(0, 1)[order]
         if grad_positions is not None:
             grad[..., 3] = grad_positions.transpose(0, 1)[order]
-        grad_levels = grad.split(tree._sizes, 0)
-        local_levels = local.split(tree._sizes, 0)
-        for d in range(len(grad_levels) - 1, 0, -1):
-            to_parent = torch.bmm(grad_levels[d].view(-1, 3, 4), local_levels[d].view(-1, 4, 4).transpose(1, 2))
-            grad_levels[d - 1].index_add_(0, parent_in_levels[d - 1], to_parent.view(-1, B, 3, 4))
-        n_roots = tree._sizes[0]
-        grad_local = torch.empty_like(grad)
-        grad_local[:n_roots] = grad[:n_roots]
-        torch.bmm(parents[..., :3].reshape(-1, 3, 3).transpose(1, 2), grad[n_roots:].view(-1, 3, 4),
-                  out=grad_local[n_roots:].view(-1, 3, 4))
-        grad_local = grad_local[unorder].transpose(0, 1)
-        return grad_local[..., :3], grad_local[..., 3], None
+        return *_chain_backward(tree, local, parents, grad), None
+
+
+class _Skin(torch.autograd.Function):
+    """:meth:`KinematicTree.skin`, joints first as :func:`_chain`: the skinning transforms
+    ``A_k = [G_k | p_k - G_k J_k]`` (J, B*12) blend in one product ``T = w A`` (N, B*12), and
+    ``v = T [x; 1]``. Backward: ``dT = dv [x; 1]^T``, ``dx = T_R^T dv``, ``dA = w^T dT``, then
+    ``dG = dA_G - dA_t J^T``, ``dp = dA_t (+ dL/dp)``, ``dJ = -G^T dA_t`` and the chain's."""
+
+    @staticmethod
+    def forward(ctx, rotations, offsets, rest_joints, weights, vertices, tree):
+        order, unorder, _ = tree._on(rotations.device)
+        local, parents, world = _chain(tree, rotations, offsets)
+        J, B = world.shape[:2]
+        rest = rest_joints.transpose(0, 1)[order]  # (J, B, 3)
+        A = world.clone()
+        A[..., 3] -= (world[..., :3] @ rest[..., None])[..., 0]
+        weights = weights[:, order]
+        T = (weights @ A.view(J, -1)).view(-1, B, 3, 4)  # (N, B, 3, 4)
+        homogeneous = torch.cat([vertices.transpose(0, 1), vertices.new_ones(vertices.shape[1], B, 1)], -1)
+        posed = (T * homogeneous[:, :, None]).sum(-1)  # (N, B, 3)
+        ctx.tree = tree
+        ctx.save_for_backward(local, parents, world, rest, weights, T, homogeneous)
+        return world[unorder, ..., 3].transpose(0, 1), posed.transpose(0, 1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_positions, grad_posed):
+        tree = ctx.tree
+        local, parents, world, rest, weights, T, homogeneous = ctx.saved_tensors
+        order, unorder, _ = tree._on(local.device)
+        J, B = world.shape[:2]
+        if grad_posed is None:
+            grad_posed = T.new_zeros(B, T.shape[0], 3)
+        grad_posed = grad_posed.transpose(0, 1)  # (N, B, 3)
+        grad_T = grad_posed[..., None] * homogeneous[:, :, None]  # (N, B, 3, 4)
+        grad_vertices = (T[..., :3] * grad_posed[..., None]).sum(-2).transpose(0, 1)
+        grad = (weights.T @ grad_T.reshape(grad_T.shape[0], -1)).view(J, B, 3, 4)  # dA, then dW
+        grad_t = grad[..., 3].clone()
+        grad[..., :3] -= grad_t[..., None] * rest[..., None, :]
+        if grad_positions is not None:
+            grad[..., 3] += grad_positions.transpose(0, 1)[order]
+        grad_rest = -(grad_t[..., None, :] @ world[..., :3])[..., 0, :]  # -G^T dA_t, (J, B, 3)
+        grad_rotations, grad_offsets = _chain_backward(tree, local, parents, grad)
+        return grad_rotations, grad_offsets, grad_rest[unorder].transpose(0, 1), None, grad_vertices, None

@@ -238,10 +238,8 @@ class SMPLFamilyModel(BodyModel):
         shaped = torch.addmm(self._shape_const, params.shape, self._shape_blend)
         rest, offsets, anchors = shaped.split([3 * J, 3 * J, self._pose_blend.shape[1]], 1)
         anchors = torch.addmm(anchors, R.view(B, -1), self._pose_blend).view(B, -1, 3)
-        rest = rest.view(B, J, 3)
-        world_R, world_t = self.tree.compose(R, offsets.view(B, J, 3))
-        anchors = self.tree.skin(world_R, world_t, rest, self._anchor_weights, anchors)
-        parts = [world_t, anchors[:, :self._n_extra]]
+        joints, anchors = self.tree.skin(R, offsets.view(B, J, 3), rest.view(B, J, 3), self._anchor_weights, anchors)
+        parts = [joints, anchors[:, :self._n_extra]]
         if self.name == "smplx":
             corners = anchors[:, self._n_extra:].unflatten(1, (-1, 3))  # (B, L, 3 corners, 3)
             parts.append((corners * self._landmark_bary[..., None]).sum(2))
