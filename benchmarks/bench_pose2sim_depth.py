@@ -35,6 +35,13 @@ CONFIGS = {
     "world": ["stages.body.weights.world_landmarks=0.01"],
     "world_procrustes": ["stages.body.weights.world_landmarks=0.003", "world_frame=procrustes"],
     "flip": ["world_flip=0.01"],
+    "no_mirror": ["try_mirror=false"],
+    "gmm_1e-4": ["stages.body.weights.gmm_prior=1e-4"],
+    "gmm_3e-4": ["stages.body.weights.gmm_prior=3e-4"],
+    "gmm_5e-4": ["stages.body.weights.gmm_prior=5e-4"],
+    "gmm_1e-3": ["stages.body.weights.gmm_prior=1e-3"],
+    "gmm_3e-3": ["stages.body.weights.gmm_prior=3e-3"],
+    "gmm_1e-2": ["stages.body.weights.gmm_prior=1e-2"],
     "world_start": [],  # the regressor's start posed to the world landmarks first (WORLD_START)
     "world_start+flip": ["world_flip=0.01"],
 }

@@ -4,8 +4,6 @@ or the mean body) with the one engine, ``bodyfit.Fitter``.
 """
 from __future__ import annotations
 
-import time
-
 import torch
 
 from bodyfit.body_models.base import BodyModel, BodyParams
@@ -113,11 +111,5 @@ def fit_views(observations: Observations, model: BodyModel | None = None,
 
 
 def _fit(obs: Observations, model: BodyModel, cfg: FitConfig, init, regressor, vertices) -> FitResult:
-    fitter = Fitter(model, cfg)
-    start = time.perf_counter()
-    if init is None:
-        init = initialize(obs, model, cfg.init, regressor)
-    t_init = time.perf_counter() - start
-    result = fitter(obs, init, vertices=vertices)
-    result.runtime_s["init"] += t_init
-    return result
+    return Fitter(model, cfg)(obs, init, vertices=vertices,
+                              start=lambda o: initialize(o, model, cfg.init, regressor))

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from bodyfit.body_models.conventions import mirror_index
 from bodyfit.cameras import Camera
 from bodyfit.triangulation import stack_cameras, triangulate
 
@@ -107,21 +108,6 @@ class Association:
         """``table[v][p]``: person ``p``'s detection index in view ``v``, None where unseen (the
         layout :func:`bodyfit.pipeline.observe` takes, with detections for indices)."""
         return [[p.detections.get(v) for p in self.people] for v in range(n_views)]
-
-
-def mirror_index(convention: str = "mediapipe33") -> np.ndarray:
-    """``(K,)`` the permutation of a keypoint convention's K keypoints that swaps left and right
-    (``left_wrist`` <-> ``right_wrist``; keypoints without a side stay). ``keypoints[mirror]``
-    relabels a detection as if its left and right were swapped.
-
-    Raises:
-        ValueError: an unknown convention (see :mod:`bodyfit.body_models.conventions`).
-    """
-    from bodyfit.body_models.conventions import keypoint_names
-
-    names = list(keypoint_names(convention))
-    other = [n.replace("left", "\0").replace("right", "left").replace("\0", "right") for n in names]
-    return np.array([names.index(o) if o in names else k for k, o in enumerate(other)])
 
 
 def detection_sizes(keypoints: np.ndarray, min_confidence: float = 0.0) -> np.ndarray:

@@ -487,6 +487,7 @@ def _pseudo_gt(args, words, cfg, model) -> int:
     try:
         if coco:
             people, convention = coco_people(coco[0], args.images, cfg.fov_deg), "coco17"
+            cfg.try_mirror = False  # annotated keypoints: their left and right are right
         else:
             paths = []
             for w in words:

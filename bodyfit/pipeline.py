@@ -302,10 +302,11 @@ def fit_scenes(scenes, out_dir: str | Path, model=None, config=None, dense: bool
                     **(shrunk[names[0]] if len(names) == 1 else shrunk), "note": (f"above the pixel budget (detector.max_pixels={det_cfg.max_pixels}): "
                                        "detected and fitted downscaled; keypoints, K and errors are at the "
                                        "original size, the overlay at the working size")}
-            start = initialize(obs, model, cfg.init)
-            if anchors is not None:  # several views: start where the views triangulate the person
-                start = place_on_points(model, start, anchors)
-            result = fitter(obs, start, vertices=True)
+            def start(o, anchors=anchors):  # several views: where the views triangulate the person
+                s = initialize(o, model, cfg.init)
+                return s if anchors is None else place_on_points(model, s, anchors)
+
+            result = fitter(obs, vertices=True, start=start)
             T = len(scene.out_names)
             runtime = {"detection": (t1 - t0) / T, **{k: v / T for k, v in result.runtime_s.items()},
                        "total": (time.perf_counter() - t0) / T}
@@ -370,7 +371,7 @@ def _fit_tracks(scene: Scene, detector, tracker, fitter, model, cfg, dense: bool
         sub = Scene([scene.pictures[0][first:last + 1]], scene.out_names[first:last + 1], scene.cameras,
                     scene.view_names, sequence=True, extra=scene.extra, full_sizes=scene.full_sizes)
         obs, scales = observe(sub, [[seen.get(t) for t in range(first, last + 1)]], cfg.fov_deg, dense)
-        fits[tid] = (fitter(obs, initialize(obs, model, cfg.init), vertices=True), first)
+        fits[tid] = (fitter(obs, vertices=True, start=lambda o: initialize(o, model, cfg.init)), first)
     cams = full_cameras(scene, cfg.fov_deg)
     names = scene.view_names or ["video"]
     extra = dict(scene.extra)

@@ -399,7 +399,7 @@ def _fit_batch(batch: list[Person], out: Path, fitter, model, convention: str, r
                                              convention=convention)
             px = torch.ones(len(group))
         how = "regressor" if regressor is not None else "mean"
-        result = fitter(obs, initialize(obs, model, how, regressor), vertices=False)
+        result = fitter(obs, vertices=False, start=lambda o: initialize(o, model, how, regressor))
         limits = _joint_limits(fitter, obs, result)
         fitted.update({p.id: (result, b, float(limits[b]), float(px[b])) for b, p in enumerate(group)})
     default = model.default_params(1)

@@ -168,7 +168,7 @@ def test_fitter_precomputes_once_and_returns_one_result_type(anny):
     """One Fitter serves pictures and several views; energies_at names every energy in use."""
     sb = synthetic_batch(anny, 3, "mediapipe33", noise=0.0, dropout=0.0, generator=torch.Generator().manual_seed(5))
     fitter = Fitter(anny, load_config(["stages.camera.steps=10", "stages.body.steps=20"]))
-    assert set(fitter.energies) == {"reprojection", "joint_limits", "pose_prior", "init_prior", "shape_prior"}
+    assert set(fitter.energies) == {"reprojection", "joint_limits", "pose_prior", "init_prior", "shape_prior", "gmm_prior"}
     limits = fitter.energies["joint_limits"].limits
     obs = Observations.from_pictures(sb.keypoints, K=sb.K, image_size=sb.image_size)
     r1 = fitter(obs, vertices=False)

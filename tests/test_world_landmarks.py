@@ -41,7 +41,7 @@ def test_world_term_recovers_depth_order_that_2d_alone_gets_wrong(anny):
     truth, mirror = _leg_pose(anny, -0.5), _leg_pose(anny, 0.5)
     kpi, _ = anny.keypoint_map("mediapipe33")
     over = ["~stages.camera", "stages.body.free=[body_pose]", "stages.body.steps=150", "try_flip=false",
-            "stages.body.weights.init_prior=0"]
+            "stages.body.weights.init_prior=0", "stages.body.weights.gmm_prior=0"]
 
     def knee_depth(result):
         lm = result.joints[0, kpi]
@@ -166,7 +166,7 @@ def test_limb_flip_trial_fixes_a_mirrored_thigh(anny):
     truth, mirror = _leg_pose(anny, -0.5), _leg_pose(anny, 0.5)
     kpi, _ = anny.keypoint_map("mediapipe33")
     over = ["~stages.camera", "stages.body.free=[body_pose]", "stages.body.steps=60", "try_flip=false",
-            "stages.body.weights.init_prior=0", "stages.body.weights.world_landmarks=0"]
+            "stages.body.weights.init_prior=0", "stages.body.weights.gmm_prior=0", "stages.body.weights.world_landmarks=0"]
     obs = _observe(anny, truth, world=True)
     plain = Fitter(anny, overrides=over)(obs, mirror, vertices=False)
     flipped = Fitter(anny, overrides=over + ["world_flip=1.0"])(obs, mirror, vertices=False)

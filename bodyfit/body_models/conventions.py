@@ -57,3 +57,17 @@ def keypoint_names(convention: str) -> list[str]:
             f"Unknown keypoint convention {convention!r}; known: {sorted(CONVENTIONS)}."
         ) from None
 
+
+
+def mirror_index(convention: str = "mediapipe33") -> list[int]:
+    """The permutation of a convention's K keypoints that swaps left and right
+    (``left_wrist`` <-> ``right_wrist``; keypoints without a side stay). ``keypoints[mirror]``
+    relabels a detection as if its left and right were swapped: what a detector that took a
+    person seen from behind for one facing it (or the reverse) should have said.
+
+    Raises:
+        ValueError: an unknown convention.
+    """
+    names = list(keypoint_names(convention))
+    other = [n.replace("left", "\0").replace("right", "left").replace("\0", "right") for n in names]
+    return [names.index(o) if o in names else k for k, o in enumerate(other)]

@@ -56,6 +56,7 @@ __all__ = [
     "DEMO_CAMERAS",
     "default_cache_dir",
     "pose2sim_wheel",
+    "pose2sim_member",
     "demo_video",
     "demo_frames",
     "demo_calibration",
@@ -147,11 +148,21 @@ def pose2sim_wheel(cache_dir: str | os.PathLike | None = None) -> Path:
     )
 
 
-def _extract_member(member: str, cache_dir: str | os.PathLike | None) -> Path:
-    """Extract one file of the wheel to ``cache_dir/pose2sim_demo/`` once; return its path."""
+def pose2sim_member(member: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Extract one file of the Pose2Sim wheel (``member``: its path inside the wheel, e.g.
+    ``"Pose2Sim/Demo_MultiPerson/videos/cam01.mp4"``) to ``<cache>/pose2sim_demo/`` once, under
+    its file name prefixed by its demo folder; return that path.
+
+    Raises:
+        RuntimeError: the wheel cannot be obtained (see :func:`pose2sim_wheel`).
+        KeyError: no such member in the wheel.
+    """
     wheel = pose2sim_wheel(cache_dir)
     out_dir = wheel.parent / "pose2sim_demo"
-    dest = out_dir / Path(member).name
+    parts = Path(member).parts
+    # Demo_SinglePerson's videos keep their bare names (existing caches); other demos' are prefixed.
+    prefix = "" if member.startswith(DEMO_ROOT) or len(parts) < 3 else parts[1] + "_"
+    dest = out_dir / (prefix + parts[-1])
     with zipfile.ZipFile(wheel) as zf:
         info = zf.getinfo(member)
         if dest.is_file() and dest.stat().st_size == info.file_size:
@@ -168,7 +179,7 @@ def demo_video(camera: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """Path of the demo video of ``camera`` (``"cam01"`` .. ``"cam04"``), extracted once."""
     if camera not in DEMO_CAMERAS:
         raise ValueError(f"Unknown Pose2Sim demo camera {camera!r}; known: {list(DEMO_CAMERAS)}.")
-    return _extract_member(f"{DEMO_ROOT}/videos/{camera}.mp4", cache_dir)
+    return pose2sim_member(f"{DEMO_ROOT}/videos/{camera}.mp4", cache_dir)
 
 
 def demo_frames(

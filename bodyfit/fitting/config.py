@@ -43,6 +43,7 @@ class FitConfig:
     sigma: float = 0.3
     min_keypoints: int = 6
     try_flip: bool = True
+    try_mirror: bool = True
     ftol: float = 1.0e-3
     check_every: int = 10
     compact: float = 0.5
@@ -57,6 +58,7 @@ class FitConfig:
     world_frame: str = "ray"
     world_flip: float = 0.0
     flip_min_depth: float = 0.3
+    gmm_file: str | None = None
     stages: dict[str, StageConfig] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -76,6 +78,7 @@ class FitConfig:
               f"must be an integer >= 1, got {self.min_keypoints!r}")
         check_number(self.ftol, "ftol", 0.0, 1.0)
         check_number(self.compact, "compact", 0.0, 1.0, hi_open=True)
+        check(isinstance(self.try_mirror, bool), "try_mirror", f"must be true or false, got {self.try_mirror!r}")
         check(isinstance(self.compile, bool), "compile", f"must be true or false, got {self.compile!r}")
         check(isinstance(self.check_every, int) and self.check_every >= 1, "check_every",
               f"must be an integer >= 1, got {self.check_every!r}")
@@ -91,6 +94,8 @@ class FitConfig:
               f"must be camera, ray or procrustes, got {self.world_frame!r}")
         check_number(self.world_flip, "world_flip", 0.0, None)
         check_number(self.flip_min_depth, "flip_min_depth", 0.0, 1.0)
+        check(self.gmm_file is None or isinstance(self.gmm_file, str), "gmm_file",
+              f"must be a path to a pose GMM (.npz or SMPLify's gmm_08.pkl) or null, got {self.gmm_file!r}")
         check(len(self.stages) > 0, "stages", "at least one stage is needed")
         for name, stage in self.stages.items():
             key = f"stages.{name}"

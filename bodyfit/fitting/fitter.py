@@ -19,12 +19,12 @@ import functools
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from bodyfit.body_models.base import BodyModel, BodyParams
-from bodyfit.body_models.conventions import TORSO, keypoint_names
+from bodyfit.body_models.conventions import TORSO, keypoint_names, mirror_index
 from bodyfit.cameras import Camera
 from bodyfit.fitting.config import FitConfig, StageConfig, load_config
 from bodyfit.fitting.energies import ENERGIES
@@ -34,6 +34,10 @@ from bodyfit.fitting.start import flip_about_vertical, mean_start, start_in_worl
 from bodyfit.observations import Observations
 
 log = logging.getLogger(__name__)
+
+#: The label-swap trial (``try_mirror``) keeps a sample's swapped labels only where their fit's
+#: energy is this much lower than the labels' as given: a wrong swap costs a whole-body depth error.
+MIRROR_MARGIN = 0.5
 
 
 @dataclass
@@ -115,12 +119,19 @@ class Fitter:
         context: the rasterizer context the dense energies render with
             (``bodyfit.renderers``); the best available when None.
 
-    ``fitter(observations, init=None, vertices=True) -> FitResult``:
+    ``fitter(observations, init=None, vertices=True, start=None) -> FitResult``:
         observations: Observations (B samples, V views).
-        init: BodyParams (B) in the observations' world frame to start from; the mean body
-            placed on the torso in each sample's best view when None (a regressor's start is
-            composed by the caller: ``bodyfit.initialize``).
+        init: BodyParams (B) in the observations' world frame to start from; else
+            ``start(observations)``; else the mean body placed on the torso in each sample's
+            best view.
         vertices: also return the fitted vertices.
+        start: ``Observations -> BodyParams``, how a start is made (the regressor's:
+            ``lambda o: bodyfit.initialize(o, model)``).
+    With ``try_mirror`` (one view, not a sequence, and no ``init`` given without a ``start``)
+    every sample is also fitted with its keypoints' left and right labels swapped, from a start
+    of its own; the swapped labels are kept where their final energy is below
+    ``1 - MIRROR_MARGIN`` of the given labels' (the sample's message says so, and its
+    ``keypoints`` are the swapped ones). Detectors swap them for people seen from behind.
     Samples no view sees with ``min_keypoints`` keypoints, with NaN keypoints or degenerate
     cameras in every view, are not fitted (``valid`` False, ``messages`` says why); a view a
     sample cannot use is left out for that sample; the rest of the batch is fitted. No NaN is
@@ -157,21 +168,17 @@ class Fitter:
 
     # ------------------------------------------------------------------ the fit
     def __call__(self, observations: Observations, init: BodyParams | None = None,
-                 vertices: bool = True) -> FitResult:
-        cfg, model = self.config, self.model
+                 vertices: bool = True, start=None) -> FitResult:
+        cfg = self.config
         t0 = time.perf_counter()
+        B = observations.batch_size
+        mirror = (cfg.try_mirror and observations.num_views == 1 and not observations.sequence
+                  and (init is None or start is not None))
+        init = self._start(observations, init, start)
+        if mirror:  # the batch also holds every sample with its left and right labels swapped
+            observations = _with_mirrored_labels(observations)
+            init = BodyParams.cat([init, self._start(observations.index(torch.arange(B, 2 * B)), None, start)])
         problem = self.problem(observations)
-        B = problem.batch_size
-        if init is None:
-            init = start_in_world(model, observations,
-                                  lambda kp, K: mean_start(model, kp, K, observations.convention))
-        else:
-            model.check_params(init)
-            if init.batch_size != B:
-                raise ValueError(f"init has batch {init.batch_size}, the observations {B}.")
-            init = init.to(model.device, model.dtype)
-            init = init.where(init.is_finite(), model.default_params(B))
-        init = init.detach()
         t1 = time.perf_counter()
 
         prepared = {name: e.prepare(problem) for name, e in self.energies.items()}
@@ -189,8 +196,31 @@ class Fitter:
 
             result, _ = limb_flip_trial(self, problem, prepared, result, init, stage)
             params = result.params
+        if mirror:
+            swapped = problem.active[B:] & (result.energy[B:] < (1.0 - MIRROR_MARGIN) * result.energy[:B])
+            rows = torch.arange(B, device=swapped.device) + B * swapped
+            result, init, problem = result.index(rows), init.index(rows), problem.index(rows)
+            observations, params = problem.observations, result.params
+            for b in torch.nonzero(swapped).flatten().tolist():
+                problem.messages[b].append("left and right keypoints swapped: the detector's labels fit "
+                                           "worse (a person seen from behind taken for one facing the camera, "
+                                           "or the reverse)")
         return self._result(observations, problem, params, init, result, skipped, stage_steps,
                             vertices, {"init": t1 - t0, "fit": time.perf_counter() - t1})
+
+    def _start(self, observations: Observations, init: BodyParams | None, start) -> BodyParams:
+        """``init`` checked, or ``start(observations)``, or the mean body placed on the torso."""
+        model, B = self.model, observations.batch_size
+        if init is None and start is not None:
+            init = start(observations)
+        if init is None:
+            return start_in_world(model, observations,
+                                  lambda kp, K: mean_start(model, kp, K, observations.convention)).detach()
+        model.check_params(init)
+        if init.batch_size != B:
+            raise ValueError(f"init has batch {init.batch_size}, the observations {B}.")
+        init = init.to(model.device, model.dtype)
+        return init.where(init.is_finite(), model.default_params(B)).detach()
 
     def problem(self, observations: Observations) -> Problem:
         """The observations made ready for a fit (cleaned, on the model's device): see
@@ -350,3 +380,17 @@ class Fitter:
             messages=["; ".join(m) if m else None for m in messages], init_params=init,
             skipped_energies=skipped, convention=observations.convention, model_name=model.name,
             stage_steps=stage_steps, runtime_s=runtime)
+
+
+def _with_mirrored_labels(obs: Observations) -> Observations:
+    """The 2B samples: ``obs``, then ``obs`` with every keypoint's left and right labels swapped
+    (keypoints and world landmarks; :func:`bodyfit.body_models.conventions.mirror_index`)."""
+    B = obs.batch_size
+    both = obs.index(torch.cat([torch.arange(B), torch.arange(B)]))
+    mirror = torch.tensor(mirror_index(obs.convention))
+
+    def swap(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x[:B], x[B:][:, :, mirror]])
+
+    world = None if both.world_keypoints is None else swap(both.world_keypoints)
+    return replace(both, keypoints=swap(both.keypoints), world_keypoints=world)

@@ -1,11 +1,12 @@
-"""The priors as energies: anatomical joint limits, pose and shape priors, the pull towards the
-initialization, and temporal smoothness (``bodyfit.priors`` holds the functions themselves)."""
+"""The priors as energies: anatomical joint limits, pose and shape priors (the learned pose GMM
+among them), the pull towards the initialization, and temporal smoothness (``bodyfit.priors`` holds the functions themselves)."""
 from __future__ import annotations
 
 import torch
 
 from bodyfit.fitting.energy import Energy, Evaluation
 from bodyfit.priors import joint_limits, pose_prior, shape_prior, temporal_smoothness
+from bodyfit.priors.gmm import ANNY_POSE_GMM, load_pose_gmm
 
 
 class JointLimitsEnergy(Energy):
@@ -35,6 +36,36 @@ class PosePriorEnergy(Energy):
 
     def forward(self, ev: Evaluation, data) -> torch.Tensor:
         return pose_prior(ev.params.body_pose, self.free_joints)
+
+
+class GMMPriorEnergy(Energy):
+    """The learned pose prior (``gmm_prior``): SMPLify's max-mixture Gaussian negative
+    log-likelihood of the free joints' rotation vectors (``bodyfit.priors.gmm``).
+
+    The mixture: ``gmm_file`` when the config names one (bodyfit's ``.npz``, or SMPLify's
+    ``gmm_08.pkl`` for the SMPL family, the user's own file); else the packaged Anny prior for
+    Anny. A SMPL-family model without a ``gmm_file`` has none: the energy is then left out and
+    listed in the fit's ``skipped_energies``.
+
+    Raises (on construction):
+        FileNotFoundError / ValueError: a ``gmm_file`` that cannot be read or is over joints the
+            model lacks (see :func:`bodyfit.priors.gmm.load_pose_gmm`).
+    """
+
+    name = "gmm_prior"
+    needs = "params"
+
+    def __init__(self, model, config):
+        super().__init__(model, config)
+        path = getattr(config, "gmm_file", None) or (ANNY_POSE_GMM if model.name == "anny" else None)
+        self.gmm = load_pose_gmm(path, model).to(model.device) if path else None
+        self.joints = self.gmm.joint_index(model) if self.gmm is not None else []
+
+    def prepare(self, problem):
+        return () if self.gmm is not None else None
+
+    def forward(self, ev: Evaluation, data) -> torch.Tensor:
+        return self.gmm(ev.params.body_pose[:, self.joints])
 
 
 class InitPriorEnergy(PosePriorEnergy):
