@@ -2,7 +2,7 @@
 
     pip install -e ".[detect,priors]"
     python scripts/train_anny_pose_prior.py [--out bodyfit/priors/anny_pose_gmm.npz]
-        [--components 4] [--reg-covar 0.01] [--broad-weight 0.2] [--seed 0]
+        [--components 1] [--reg-covar 0.01] [--broad-weight 0.05] [--seed 0]
 
 What it is fitted to (no mocap or pose-prior data can be had offline; see ../shared/DESIGN.md):
 
@@ -128,9 +128,9 @@ def cached_real_poses(model, demos: dict) -> tuple[torch.Tensor, dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="bodyfit/priors/anny_pose_gmm.npz")
-    ap.add_argument("--components", type=int, default=4)
+    ap.add_argument("--components", type=int, default=1)
     ap.add_argument("--reg-covar", type=float, default=0.01, help="added to each real component's variances (rad^2)")
-    ap.add_argument("--broad-weight", type=float, default=0.2, help="mixture weight of the joint-limit component")
+    ap.add_argument("--broad-weight", type=float, default=0.05, help="mixture weight of the joint-limit component")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--single-person-frames", type=int, default=50,
                     help="Demo_SinglePerson frames 0..N-1 join the data (0: none, for tuning the weight on its frames 5-45)")
