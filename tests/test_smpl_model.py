@@ -311,6 +311,31 @@ def test_joints_only_path_is_smplx_exactly_with_the_same_gradients(tmp_path, nam
         assert torch.allclose(a, b, atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["smpl", "smplx"])
+def test_body_turned_whole_equals_the_posed_body(tmp_path, name):
+    """Where body_pose and betas need no gradient (the camera stage), the body below the root is
+    posed once and only turned and moved: the same joints and global_orient / transl gradients
+    as posing it whole, and posed again when the pose changes."""
+    n_verts = 10475 if name == "smplx" else 6890
+    write_synthetic_smpl(tmp_path / name / f"{name.upper()}_NEUTRAL.npz", "npz", n_verts=n_verts, model=name)
+    m = body_model(name, model_path=tmp_path, dtype=torch.float64)
+    p = random_params(m, 3, seed=5)
+    whole = BodyParams(**{k: v.double().requires_grad_(True) for k, v in p.as_dict().items()})
+    turned = BodyParams(whole.global_orient.detach().clone().requires_grad_(True), whole.body_pose.detach(),
+                        whole.shape.detach(), whole.transl.detach().clone().requires_grad_(True))
+    for _ in range(2):  # the second call reuses the posed body
+        a, b = m(whole, vertices=False).joints, m(turned, vertices=False).joints
+        assert torch.allclose(a, b, atol=1e-12, rtol=0)
+        w = torch.randn(a.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+        for x, y in zip(torch.autograd.grad((a * w).sum(), [whole.global_orient, whole.transl]),
+                        torch.autograd.grad((b * w).sum(), [turned.global_orient, turned.transl])):
+            assert torch.allclose(x, y, atol=1e-10, rtol=0)
+    with torch.no_grad():
+        turned.body_pose.mul_(0.5)
+        whole.body_pose.mul_(0.5)
+    assert torch.allclose(m(whole, vertices=False).joints, m(turned, vertices=False).joints, atol=1e-12, rtol=0)
+
+
 def test_kinematics_hand_written_gradients_are_exact():
     """axis_angle_to_matrix, KinematicTree.compose and .skin (hand-written backward passes)
     against finite differences (gradcheck, float64), at random rotations, a tiny one and the

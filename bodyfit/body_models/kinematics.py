@@ -163,12 +163,12 @@ def _chain(tree: KinematicTree, rotations: torch.Tensor, offsets: torch.Tensor):
     local[:, :, :3, :3] = rotations.transpose(0, 1)[order]
     local[:, :, :3, 3] = offsets.transpose(0, 1)[order]
     local[:, :, 3, 3] = 1.0
-    local_levels = local.split(tree._sizes, 0)
+    local_levels = local.split_with_sizes(tree._sizes, 0)
     world = local.new_empty(J, B, 3, 4)
-    world_levels = world.split(tree._sizes, 0)
+    world_levels = world.split_with_sizes(tree._sizes, 0)
     world_levels[0].copy_(local_levels[0][:, :, :3])
     parents = local.new_empty(J - tree._sizes[0], B, 3, 4)
-    parent_levels = parents.split(tree._sizes[1:], 0)
+    parent_levels = parents.split_with_sizes(tree._sizes[1:], 0)
     for d, parent_in_level in enumerate(parent_in_levels, 1):
         torch.index_select(world_levels[d - 1], 0, parent_in_level, out=parent_levels[d - 1])
         torch.bmm(parent_levels[d - 1].view(-1, 3, 4), local_levels[d].view(-1, 4, 4),
@@ -187,8 +187,8 @@ def _chain_backward(tree: KinematicTree, local: torch.Tensor, parents: torch.Ten
     """
     _, unorder, parent_in_levels = tree._on(local.device)
     B = local.shape[1]
-    grad_levels = grad.split(tree._sizes, 0)
-    local_levels = local.split(tree._sizes, 0)
+    grad_levels = grad.split_with_sizes(tree._sizes, 0)
+    local_levels = local.split_with_sizes(tree._sizes, 0)
     for d in range(len(grad_levels) - 1, 0, -1):
         to_parent = torch.bmm(grad_levels[d].view(-1, 3, 4), local_levels[d].view(-1, 4, 4).transpose(1, 2))
         grad_levels[d - 1].index_add_(0, parent_in_levels[d - 1], to_parent.view(-1, B, 3, 4))

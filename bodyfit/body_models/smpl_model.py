@@ -163,10 +163,16 @@ class SMPLFamilyModel(BodyModel):
             "_landmark_bary": m.lmk_bary_coords if self.name == "smplx" else torch.zeros(0, 3),
             "_fixed_pose": getattr(m, "pose_mean", torch.zeros(3 * J)).reshape(-1, 3)[1 + self.num_pose_joints:],
         }
+        n_extra = len(m.vertex_joint_selector.extra_joints_idxs)
+        # Each landmark's sum of skinning weights (1 for the skeleton joints): how much of the
+        # root's translation it takes, for :meth:`_about_root`.
+        anchor_sums = m.lbs_weights[anchors].sum(1)
+        buffers["_weight_sums"] = torch.cat([torch.ones(J), anchor_sums[:n_extra],
+                                             (anchor_sums[n_extra:].view(-1, 3) * buffers["_landmark_bary"]).sum(1)])
         for key, value in buffers.items():
             self.register_buffer(key, value.clone().to(self.dtype if value.is_floating_point() else value.dtype),
                                  persistent=False)
-        self._n_extra = len(m.vertex_joint_selector.extra_joints_idxs)
+        self._n_extra = n_extra
 
     def _resolve(self, table: dict) -> dict[str, tuple[str | None, float]]:
         out = {}
@@ -230,20 +236,49 @@ class SMPLFamilyModel(BodyModel):
         """(B,J,3) the joints smplx returns, in its order, without skinning the whole mesh:
         forward kinematics of the skeleton, then skinning of the anchor vertices only. The
         joints smplx fixes (hands at their mean pose, jaw and eyes at rest) are posed as it
-        poses them (``pose_mean``, zero for the body joints)."""
-        B, J = params.batch_size, len(self.tree)
-        pose = torch.cat([params.global_orient[:, None], params.body_pose,
-                          self._fixed_pose.expand(B, -1, 3)], 1)
+        poses them (``pose_mean``, zero for the body joints).
+
+        Where neither body_pose nor betas need a gradient (a stage that moves the body whole,
+        SMPLify's camera stage), the body below the root is posed once for those tensors
+        (:meth:`_about_root`) and each step only turns and moves it."""
+        pose, betas = params.body_pose, params.shape
+        if pose.requires_grad or betas.requires_grad:
+            return self._posed(params.global_orient, pose, betas) + params.transl[:, None]
+        cached = self.__dict__.get("_about_root_cache")
+        if cached is None or cached[0] is not pose or cached[1] is not betas or cached[2] != (pose._version, betas._version):
+            cached = (pose, betas, (pose._version, betas._version), self._about_root(pose, betas))
+            self.__dict__["_about_root_cache"] = cached
+        below_root, pivot = cached[3]
+        return below_root @ axis_angle_to_matrix(params.global_orient).transpose(1, 2) + pivot + params.transl[:, None]
+
+    def _about_root(self, body_pose: torch.Tensor, betas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The landmarks as ``R(global_orient) @ below_root + pivot`` (plus transl): with
+        ``L`` posed under an unturned root at the rest pelvis ``J_0``, a landmark skinned with
+        weights summing to ``s`` (1 for joints) lands at ``R (L - s J_0) + s J_0``, since every
+        joint's transform starts with the root's ``[R | J_0 - R J_0]`` applied to the unturned one.
+
+        Returns:
+            (below_root (B,J,3), pivot (B,J,3)), metres.
+        """
+        L = self._posed(body_pose.new_zeros(body_pose.shape[0], 3), body_pose, betas)
+        root = torch.addmm(self._shape_const[:3], betas, self._shape_blend[:, :3])  # (B, 3) rest pelvis
+        pivot = self._weight_sums[:, None] * root[:, None]
+        return L - pivot, pivot
+
+    def _posed(self, global_orient: torch.Tensor, body_pose: torch.Tensor, betas: torch.Tensor) -> torch.Tensor:
+        """(B,J,3) the landmarks of :meth:`_landmarks` before the translation."""
+        B, J = global_orient.shape[0], len(self.tree)
+        pose = torch.cat([global_orient[:, None], body_pose, self._fixed_pose.expand(B, -1, 3)], 1)
         R = axis_angle_to_matrix(pose)  # (B, J, 3, 3)
-        shaped = torch.addmm(self._shape_const, params.shape, self._shape_blend)
-        rest, offsets, anchors = shaped.split([3 * J, 3 * J, self._pose_blend.shape[1]], 1)
+        shaped = torch.addmm(self._shape_const, betas, self._shape_blend)
+        rest, offsets, anchors = shaped.split_with_sizes([3 * J, 3 * J, self._pose_blend.shape[1]], 1)
         anchors = torch.addmm(anchors, R.view(B, -1), self._pose_blend).view(B, -1, 3)
         joints, anchors = self.tree.skin(R, offsets.view(B, J, 3), rest.view(B, J, 3), self._anchor_weights, anchors)
         parts = [joints, anchors[:, :self._n_extra]]
         if self.name == "smplx":
             corners = anchors[:, self._n_extra:].unflatten(1, (-1, 3))  # (B, L, 3 corners, 3)
             parts.append((corners * self._landmark_bary[..., None]).sum(2))
-        return torch.cat(parts, 1) + params.transl[:, None]
+        return torch.cat(parts, 1)
 
 
 def _build_smplx(smplx, kind: str, arrays: dict, path: Path, gender: str, dtype: torch.dtype,

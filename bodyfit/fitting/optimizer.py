@@ -128,7 +128,7 @@ def _leaves(base: BodyParams, free: list[str], free_pose_joints: list[int] | Non
         leaves["shape"] = shape.clone().requires_grad_(True)
 
     def views() -> dict[str, torch.Tensor]:
-        return dict(zip(per_sample, leaves["samples"].split(widths, 1))) if per_sample else {}
+        return dict(zip(per_sample, leaves["samples"].split_with_sizes(widths, 1))) if per_sample else {}
 
     def assemble() -> BodyParams:
         fields = base.as_dict()
