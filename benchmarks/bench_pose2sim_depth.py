@@ -31,19 +31,20 @@ import torch
 #: Ablation: name -> overrides of configs/fit.yaml.
 CONFIGS = {
     "default": [],
-    "no_world": ["stages.body.weights.world_landmarks=0"],
+    "before": ["try_mirror=false", "stages.body.weights.gmm_prior=0"],  # the defaults before the pose prior
+    "gmm_prior only": ["try_mirror=false"],
+    "try_mirror only": ["stages.body.weights.gmm_prior=0"],
     "world": ["stages.body.weights.world_landmarks=0.01"],
     "world_procrustes": ["stages.body.weights.world_landmarks=0.003", "world_frame=procrustes"],
     "flip": ["world_flip=0.01"],
-    "no_mirror": ["try_mirror=false"],
-    "gmm_1e-4": ["stages.body.weights.gmm_prior=1e-4"],
-    "gmm_3e-4": ["stages.body.weights.gmm_prior=3e-4"],
-    "gmm_5e-4": ["stages.body.weights.gmm_prior=5e-4"],
-    "gmm_1e-3": ["stages.body.weights.gmm_prior=1e-3"],
-    "gmm_3e-3": ["stages.body.weights.gmm_prior=3e-3"],
-    "gmm_1e-2": ["stages.body.weights.gmm_prior=1e-2"],
     "world_start": [],  # the regressor's start posed to the world landmarks first (WORLD_START)
     "world_start+flip": ["world_flip=0.01"],
+    # the pose prior's weight (tuned on frames 5-45 with gmm_file= a prior fitted without them:
+    # scripts/train_anny_pose_prior.py --single-person-frames 0)
+    "gmm_1e-4": ["try_mirror=false", "stages.body.weights.gmm_prior=1e-4"],
+    "gmm_3e-4": ["try_mirror=false", "stages.body.weights.gmm_prior=3e-4"],
+    "gmm_1e-3": ["try_mirror=false", "stages.body.weights.gmm_prior=1e-3"],
+    "gmm_3e-3": ["try_mirror=false", "stages.body.weights.gmm_prior=3e-3"],
 }
 #: The start stage of the "world_start" configs: pose and orientation to the world landmarks' bone
 #: directions, from the regressor's start, with the joint limits.
