@@ -99,9 +99,9 @@ def test_demo_fits_four_real_views(tmp_path, pose2sim_wheel):
 
 @pytest.fixture(scope="module")
 def calibration_file(pose2sim_wheel, tmp_path_factory):
-    from bodyfit.data.pose2sim import DEMO_ROOT, _extract_member
+    from bodyfit.data.pose2sim import DEMO_ROOT, pose2sim_member
 
-    return _extract_member(f"{DEMO_ROOT}/calibration/Calib.qca.txt", None)
+    return pose2sim_member(f"{DEMO_ROOT}/calibration/Calib.qca.txt")
 
 
 def test_fit_views_bad_usage_exits_2(tmp_path, calibration_file, capsys):
