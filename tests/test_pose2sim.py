@@ -276,3 +276,17 @@ def test_demo_keypoints_are_deterministic(pose2sim_wheel, tmp_path, monkeypatch)
     fresh = pose2sim.demo_keypoints([0], cameras=("cam01",), cache_dir=cache)  # detected again
     np.testing.assert_array_equal(fresh, shared)
     assert (fresh[..., 2] > 0.5).sum() > 20
+
+
+def test_pose2sim_member_extracts_other_demos_under_their_own_names(pose2sim_wheel):
+    import zipfile
+
+    from bodyfit.data.pose2sim import pose2sim_member
+
+    member = "Pose2Sim/Demo_MultiPerson/calibration/Calib.qca.txt"
+    path = pose2sim_member(member, cache_dir=pose2sim_wheel.parent)
+    assert path.name == "Demo_MultiPerson_Calib.qca.txt"
+    with zipfile.ZipFile(pose2sim_wheel) as z:
+        assert path.read_bytes() == z.read(member)
+    with pytest.raises(KeyError):
+        pose2sim_member("Pose2Sim/Demo_None/x.txt", cache_dir=pose2sim_wheel.parent)
