@@ -2,7 +2,7 @@
 batch size, in one run: the table of issue 13.
 
     python benchmarks/bench_speed.py [--models anny smpl] [--batches 1 16 64] [--device cpu]
-        [--n 64] [--start perturbed|mean] [overrides...]
+        [--n 64] [--start perturbed|mean] [--threads N] [--profile K] [overrides...]
 
 Problems: bodies sampled inside the model's joint limits (``bodyfit.data.synthetic``), MediaPipe-33
 keypoints projected with a random camera, 1.5% of the person's height of noise, 10% dropped.
@@ -16,6 +16,8 @@ Timed: the fit alone (``FitResult.runtime_s['fit']``), after one warm-up batch, 
 per model. On CUDA the result's read-back synchronizes. PA-MPJPE on the 17 COCO landmarks, mm.
 ``cpu fits/s`` divides by the process's CPU time instead of the wall time: on a machine other
 work shares, with ``--threads 1``, it is the figure that does not depend on the others' load.
+``--profile K``: after each row, one more batch under ``torch.profiler``, and the K operations
+that took the most CPU time themselves (where the time goes).
 """
 from __future__ import annotations
 
@@ -89,6 +91,21 @@ def run(model, fitter, batch: int, n: int, start: str, seed: int):
                 valid=valid / done, err=float(torch.cat(err).nanmean()), n=done)
 
 
+def profile(model, fitter, batch: int, start: str, seed: int, rows: int) -> str:
+    """The ``rows`` operations with the most self CPU time over one fit of ``batch`` problems."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    g = torch.Generator().manual_seed(seed + 1)
+    sb = synthetic_batch(model, batch, "mediapipe33", generator=g)
+    obs = Observations.from_pictures(sb.keypoints, K=sb.K, boxes=sb.boxes)
+    init = perturbed_start(model, sb.params, g) if start == "perturbed" else None
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with torch_profile(activities=activities) as prof:
+        fitter(obs, init=init, vertices=False)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["anny", "smpl"])
@@ -98,6 +115,8 @@ def main() -> None:
     ap.add_argument("--start", choices=["perturbed", "mean"], default="perturbed")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--profile", type=int, default=0, metavar="K",
+                    help="after each row, the K operations with the most self CPU time over one more batch")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     if a.threads:
@@ -116,6 +135,8 @@ def main() -> None:
                 s = run(model, fitter, batch, max(a.n, batch), a.start, a.seed)
                 print(f"{name:6s} {batch:6d} {s['n']:6d} {s['fits_s']:9.1f} {s['cpu_fits_s']:10.1f} {s['pa_mean']:14.1f} "
                       f"{s['pa_median']:7.1f} {s['valid']:6.0%} {s['err']:8.2%} {s['mem_gb']:8.2f}", flush=True)
+                if a.profile:
+                    print(profile(model, fitter, batch, a.start, a.seed, a.profile), flush=True)
 
 
 if __name__ == "__main__":
