@@ -337,10 +337,10 @@ def test_body_turned_whole_equals_the_posed_body(tmp_path, name):
 
 
 def test_kinematics_hand_written_gradients_are_exact():
-    """axis_angle_to_matrix, KinematicTree.compose and .skin (hand-written backward passes)
-    against finite differences (gradcheck, float64), at random rotations, a tiny one and the
-    zero rotation (where smplx's + 1e-8 keeps the gradient finite); the chain and the skinning
-    against a plain per-joint loop."""
+    """axis_angle_to_matrix, KinematicTree.compose and .skinned_body (hand-written backward
+    passes) against finite differences (gradcheck, float64), at random rotations, a tiny one and
+    the zero rotation (where smplx's + 1e-8 keeps the gradient finite); the chain and the
+    skinned body against a plain per-joint loop."""
     from bodyfit.body_models.kinematics import KinematicTree, axis_angle_to_matrix
     from synthetic_smpl import SMPL_PARENTS
 
@@ -352,22 +352,32 @@ def test_kinematics_hand_written_gradients_are_exact():
     R = axis_angle_to_matrix(rotvec).detach().requires_grad_(True)
     offsets = torch.randn(3, 24, 3, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(tree.compose, (R, offsets), fast_mode=True)
-    world_R, world_t = tree.compose(R, offsets)
-    loop_R, loop_t = [R[:, 0]], [offsets[:, 0]]
-    for k, p in enumerate(SMPL_PARENTS[1:], 1):
-        loop_t.append(loop_t[p] + (loop_R[p] @ offsets[:, k, :, None])[..., 0])
-        loop_R.append(loop_R[p] @ R[:, k])
-    assert torch.allclose(world_R, torch.stack(loop_R, 1), atol=1e-12)
-    assert torch.allclose(world_t, torch.stack(loop_t, 1), atol=1e-12)
-    rest = torch.randn(3, 24, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    weights = torch.rand(5, 24, generator=g, dtype=torch.float64)
-    vertices = torch.randn(3, 5, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda *a: tree.skin(a[0], a[1], a[2], weights, a[3]), (R, offsets, rest, vertices),
-                                    fast_mode=True)
-    world_R, world_t = torch.stack(loop_R, 1), torch.stack(loop_t, 1)
+
+    def loop(R, offsets):
+        world_R, world_t = [R[:, 0]], [offsets[:, 0]]
+        for k, p in enumerate(SMPL_PARENTS[1:], 1):
+            world_t.append(world_t[p] + (world_R[p] @ offsets[:, k, :, None])[..., 0])
+            world_R.append(world_R[p] @ R[:, k])
+        return torch.stack(world_R, 1), torch.stack(world_t, 1)
+
+    for a, b in zip(tree.compose(R, offsets), loop(R, offsets)):
+        assert torch.allclose(a, b, atol=1e-12)
+    N, S = 5, 4
+    tables = (torch.randn(6 * 24 + 3 * N, generator=g, dtype=torch.float64),
+              torch.randn(S, 6 * 24 + 3 * N, generator=g, dtype=torch.float64) * 0.1,
+              torch.randn(9 * 24, 3 * N, generator=g, dtype=torch.float64) * 0.1,
+              torch.rand(N, 24, generator=g, dtype=torch.float64))
+    shape = torch.randn(3, S, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v, s: tree.skinned_body(v, s, *tables), (rotvec, shape), fast_mode=True)
+    const, shape_blend, pose_blend, weights = tables
+    R = axis_angle_to_matrix(rotvec)
+    rest, offsets, vertices = (const + shape @ shape_blend).split([72, 72, 3 * N], 1)
+    vertices = (vertices + R.flatten(1) @ pose_blend).view(3, N, 3)
+    rest = rest.view(3, 24, 3)
+    world_R, world_t = loop(R, offsets.view(3, 24, 3))
     skinned = sum(weights[None, :, k, None] * ((world_R[:, None, k] @ (vertices - rest[:, None, k])[..., None])[..., 0]
                                                + world_t[:, None, k]) for k in range(24))
-    assert torch.allclose(tree.skin(R, offsets, rest, weights, vertices)[1], skinned, atol=1e-12)
+    assert torch.allclose(tree.skinned_body(rotvec, shape, *tables), torch.cat([world_t, skinned], 1), atol=1e-12)
 
 
 def test_kinematic_tree_refuses_a_parent_after_its_child():

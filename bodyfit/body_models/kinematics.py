@@ -44,37 +44,53 @@ def _skew_basis(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=dtype, device=device).view(3, 9)
 
 
-class _Rodrigues(torch.autograd.Function):
+def _rodrigues(rotvec: torch.Tensor) -> tuple[torch.Tensor, tuple]:
     """``R = I + sin(t) K(a) + (1 - cos(t)) (a a^T - |a|^2 I)`` with ``t = |v + 1e-8|``,
-    ``a = v / t`` (``K(a) @ K(a) = a a^T - |a|^2 I``, as smplx writes it), and its gradient
-    ``dL/dv`` from ``G = dL/dR``: through ``sin``, ``1 - cos`` and ``a``, then ``a = v / t``."""
+    ``a = v / t`` (``K(a) @ K(a) = a a^T - |a|^2 I``, as smplx writes it).
+
+    Returns:
+        (R (..., 3, 3), what :func:`_rodrigues_backward` needs).
+    """
+    shifted = rotvec + 1e-8
+    angle = torch.linalg.vector_norm(shifted, dim=-1, keepdim=True)
+    axis = rotvec / angle
+    sin, cos = torch.sin(angle), torch.cos(angle)
+    one_minus_cos = 1 - cos
+    skew = _skew_basis(rotvec.dtype, rotvec.device)
+    K = (axis @ skew).unflatten(-1, (3, 3))
+    aa = (axis * axis).sum(-1, keepdim=True)
+    R = torch.addcmul(sin[..., None] * K, one_minus_cos[..., None] * axis[..., :, None], axis[..., None, :])
+    R.diagonal(dim1=-2, dim2=-1).add_(1 - one_minus_cos * aa)
+    return R, (rotvec, shifted, angle, axis, K, aa, sin, cos, skew)
+
+
+def _rodrigues_backward(saved: tuple, G: torch.Tensor) -> torch.Tensor:
+    """dL/dv of :func:`_rodrigues` from ``G = dL/dR``: through ``sin``, ``1 - cos`` and ``a``,
+    then ``a = v / t``."""
+    rotvec, shifted, angle, axis, K, aa, sin, cos, skew = saved
+    one_minus_cos = 1 - cos
+    trace = G.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)
+    sym_axis = ((G + G.transpose(-1, -2)) @ axis[..., None])[..., 0]  # (G + G^T) a
+    g_sin = (G * K).sum((-1, -2))[..., None]
+    g_one_minus_cos = 0.5 * (sym_axis * axis).sum(-1, keepdim=True) - aa * trace
+    g_axis = sin * (G.flatten(-2) @ skew.T) + one_minus_cos * (sym_axis - 2 * trace * axis)
+    g_angle = g_sin * cos + g_one_minus_cos * sin - (g_axis * rotvec).sum(-1, keepdim=True) / angle ** 2
+    return g_axis / angle + g_angle * shifted / angle
+
+
+class _Rodrigues(torch.autograd.Function):
+    """:func:`axis_angle_to_matrix`: :func:`_rodrigues` and :func:`_rodrigues_backward`."""
 
     @staticmethod
     def forward(ctx, rotvec):
-        shifted = rotvec + 1e-8
-        angle = torch.linalg.vector_norm(shifted, dim=-1, keepdim=True)
-        axis = rotvec / angle
-        sin, one_minus_cos = torch.sin(angle), 1 - torch.cos(angle)
-        skew = _skew_basis(rotvec.dtype, rotvec.device)
-        K = (axis @ skew).unflatten(-1, (3, 3))
-        aa = (axis * axis).sum(-1, keepdim=True)
-        R = torch.addcmul(sin[..., None] * K, one_minus_cos[..., None] * axis[..., :, None], axis[..., None, :])
-        R.diagonal(dim1=-2, dim2=-1).add_(1 - one_minus_cos * aa)
-        ctx.save_for_backward(rotvec, shifted, angle, axis, K, aa, sin, one_minus_cos, skew)
+        R, saved = _rodrigues(rotvec)
+        ctx.save_for_backward(*saved)
         return R
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, G):
-        rotvec, shifted, angle, axis, K, aa, sin, one_minus_cos, skew = ctx.saved_tensors
-        trace = G.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)
-        sym_axis = ((G + G.transpose(-1, -2)) @ axis[..., None])[..., 0]  # (G + G^T) a
-        g_sin = (G * K).sum((-1, -2))[..., None]
-        g_one_minus_cos = 0.5 * (sym_axis * axis).sum(-1, keepdim=True) - aa * trace
-        g_axis = sin * (G.flatten(-2) @ skew.T) + one_minus_cos * (sym_axis - 2 * trace * axis)
-        g_angle = (g_sin * (1 - one_minus_cos) + g_one_minus_cos * sin
-                   - (g_axis * rotvec).sum(-1, keepdim=True) / angle ** 2)
-        return g_axis / angle + g_angle * shifted / angle
+        return _rodrigues_backward(ctx.saved_tensors, G)
 
 
 class KinematicTree:
@@ -131,21 +147,26 @@ class KinematicTree:
         """
         return _Compose.apply(rotations, offsets, self)
 
-    def skin(self, rotations: torch.Tensor, offsets: torch.Tensor, rest_joints: torch.Tensor,
-             weights: torch.Tensor, vertices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The joints' world positions and linear blend skinning of N vertices, in one pass with
-        a hand-written backward (:class:`_Skin`): ``v = sum_k w_k [G_k | p_k - G_k J_k] [x; 1]``.
+    def skinned_body(self, rotvecs: torch.Tensor, shape: torch.Tensor, shape_const: torch.Tensor,
+                     shape_blend: torch.Tensor, pose_blend: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """SMPL's body (eqs. 1-4) from its parameters in one pass with a hand-written backward
+        (:class:`_SkinnedBody`): the joints' rotations by :func:`axis_angle_to_matrix`, the rest
+        joints, their offsets from their parents and N vertices' rest positions by the shape
+        blend ``shape_const + shape @ shape_blend``, the vertices' pose blend
+        ``R.flatten() @ pose_blend``, then linear blend skinning of the vertices, ``v = sum_k w_k [G_k | p_k - G_k J_k] [x; 1]``.
 
         Args:
-            rotations, offsets: (B, J, 3, 3), (B, J, 3) as for :meth:`compose`.
-            rest_joints: (B, J, 3) the joints' rest positions (their offsets' sums).
-            weights: (N, J) skinning weights of the vertices.
-            vertices: (B, N, 3) the vertices in the rest frame with shape and pose blend
-                shapes applied.
+            rotvecs: (B, J, 3) each joint's axis-angle relative to its parent, radians.
+            shape: (B, S) shape coefficients (betas).
+            shape_const, shape_blend: (6J + 3N,), (S, 6J + 3N): rest joints, offsets and
+                vertices (each flattened (.., 3)) at zero shape, and their shape directions.
+            pose_blend: (9J, 3N) the vertices' pose directions over the flattened rotations
+                (the constant of ``R - I`` folded into ``shape_const``).
+            weights: (N, J) skinning weights.
         Returns:
-            (world_positions (B, J, 3), posed vertices (B, N, 3)).
+            (B, J + N, 3): the joints' world positions, then the posed vertices, model units.
         """
-        return _Skin.apply(rotations, offsets, rest_joints, weights, vertices, self)
+        return _SkinnedBody.apply(rotvecs, shape, shape_const, shape_blend, pose_blend, weights, self)
 
 
 def _chain(tree: KinematicTree, rotations: torch.Tensor, offsets: torch.Tensor):
@@ -226,45 +247,83 @@ class _Compose(torch.autograd.Function):
         return *_chain_backward(tree, local, parents, grad), None
 
 
-class _Skin(torch.autograd.Function):
-    """:meth:`KinematicTree.skin`, joints first as :func:`_chain`: the skinning transforms
+def _skin(tree: KinematicTree, rotations: torch.Tensor, offsets: torch.Tensor, rest_joints: torch.Tensor,
+          weights: torch.Tensor, vertices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    """The joints' world positions and linear blend skinning of N vertices (rotations, offsets
+    as for :meth:`KinematicTree.compose`, rest_joints (B, J, 3), weights (N, J), vertices
+    (B, N, 3) in the rest frame), joints first as :func:`_chain`: the skinning transforms
     ``A_k = [G_k | p_k - G_k J_k]`` (J, B*12) blend in one product ``T = w A`` (N, B*12), and
-    ``v = T [x; 1]``. Backward: ``dT = dv [x; 1]^T``, ``dx = T_R^T dv``, ``dA = w^T dT``, then
-    ``dG = dA_G - dA_t J^T``, ``dp = dA_t (+ dL/dp)``, ``dJ = -G^T dA_t`` and the chain's."""
+    ``v = T [x; 1]``.
+
+    Returns:
+        (world positions (B, J, 3), posed vertices (B, N, 3), what :func:`_skin_backward` needs).
+    """
+    order, unorder, _ = tree._on(rotations.device)
+    local, parents, world = _chain(tree, rotations, offsets)
+    J, B = world.shape[:2]
+    rest = rest_joints.transpose(0, 1)[order]  # (J, B, 3)
+    A = world.clone()
+    A[..., 3] -= (world[..., :3] @ rest[..., None])[..., 0]
+    weights = weights[:, order]
+    T = (weights @ A.view(J, -1)).view(-1, B, 3, 4)  # (N, B, 3, 4)
+    homogeneous = torch.cat([vertices.transpose(0, 1), vertices.new_ones(vertices.shape[1], B, 1)], -1)
+    posed = (T * homogeneous[:, :, None]).sum(-1)  # (N, B, 3)
+    return (world[unorder, ..., 3].transpose(0, 1), posed.transpose(0, 1),
+            (local, parents, world, rest, weights, T, homogeneous))
+
+
+def _skin_backward(tree: KinematicTree, saved: tuple, grad_positions: torch.Tensor | None,
+                   grad_posed: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """Backward of :func:`_skin`: ``dT = dv [x; 1]^T``, ``dx = T_R^T dv``, ``dA = w^T dT``,
+    then ``dG = dA_G - dA_t J^T``, ``dp = dA_t (+ dL/dp)``, ``dJ = -G^T dA_t`` and the chain's.
+
+    Returns:
+        dL/d (rotations, offsets, rest_joints, vertices), (B, ...) as :func:`_skin` took them.
+    """
+    local, parents, world, rest, weights, T, homogeneous = saved
+    order, unorder, _ = tree._on(local.device)
+    J, B = world.shape[:2]
+    if grad_posed is None:
+        grad_posed = T.new_zeros(B, T.shape[0], 3)
+    grad_posed = grad_posed.transpose(0, 1)  # (N, B, 3)
+    grad_T = grad_posed[..., None] * homogeneous[:, :, None]  # (N, B, 3, 4)
+    grad_vertices = (T[..., :3] * grad_posed[..., None]).sum(-2).transpose(0, 1)
+    grad = (weights.T @ grad_T.reshape(grad_T.shape[0], -1)).view(J, B, 3, 4)  # dA, then dW
+    grad_t = grad[..., 3].clone()
+    grad[..., :3] -= grad_t[..., None] * rest[..., None, :]
+    if grad_positions is not None:
+        grad[..., 3] += grad_positions.transpose(0, 1)[order]
+    grad_rest = -(grad_t[..., None, :] @ world[..., :3])[..., 0, :]  # -G^T dA_t, (J, B, 3)
+    grad_rotations, grad_offsets = _chain_backward(tree, local, parents, grad)
+    return grad_rotations, grad_offsets, grad_rest[unorder].transpose(0, 1), grad_vertices
+
+
+class _SkinnedBody(torch.autograd.Function):
+    """:meth:`KinematicTree.skinned_body`: the rotations (:func:`_rodrigues`), the shape and pose
+    blends (two products) and :func:`_skin` in one function, and their backward passes in
+    reverse, so that the step records one autograd node for the whole body."""
 
     @staticmethod
-    def forward(ctx, rotations, offsets, rest_joints, weights, vertices, tree):
-        order, unorder, _ = tree._on(rotations.device)
-        local, parents, world = _chain(tree, rotations, offsets)
-        J, B = world.shape[:2]
-        rest = rest_joints.transpose(0, 1)[order]  # (J, B, 3)
-        A = world.clone()
-        A[..., 3] -= (world[..., :3] @ rest[..., None])[..., 0]
-        weights = weights[:, order]
-        T = (weights @ A.view(J, -1)).view(-1, B, 3, 4)  # (N, B, 3, 4)
-        homogeneous = torch.cat([vertices.transpose(0, 1), vertices.new_ones(vertices.shape[1], B, 1)], -1)
-        posed = (T * homogeneous[:, :, None]).sum(-1)  # (N, B, 3)
-        ctx.tree = tree
-        ctx.save_for_backward(local, parents, world, rest, weights, T, homogeneous)
-        return world[unorder, ..., 3].transpose(0, 1), posed.transpose(0, 1)
+    def forward(ctx, rotvecs, shape, shape_const, shape_blend, pose_blend, weights, tree):
+        B, J = rotvecs.shape[:2]
+        R, rodrigues_saved = _rodrigues(rotvecs)
+        shaped = torch.addmm(shape_const, shape, shape_blend)
+        rest, offsets, vertices = shaped.split_with_sizes([3 * J, 3 * J, pose_blend.shape[1]], 1)
+        vertices = torch.addmm(vertices, R.view(B, -1), pose_blend).view(B, -1, 3)
+        positions, posed, skin_saved = _skin(tree, R, offsets.view(B, J, 3), rest.view(B, J, 3), weights, vertices)
+        ctx.tree, ctx.n_rodrigues = tree, len(rodrigues_saved)
+        ctx.save_for_backward(shape_blend, pose_blend, *rodrigues_saved, *skin_saved)
+        return torch.cat([positions, posed], 1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_positions, grad_posed):
-        tree = ctx.tree
-        local, parents, world, rest, weights, T, homogeneous = ctx.saved_tensors
-        order, unorder, _ = tree._on(local.device)
-        J, B = world.shape[:2]
-        if grad_posed is None:
-            grad_posed = T.new_zeros(B, T.shape[0], 3)
-        grad_posed = grad_posed.transpose(0, 1)  # (N, B, 3)
-        grad_T = grad_posed[..., None] * homogeneous[:, :, None]  # (N, B, 3, 4)
-        grad_vertices = (T[..., :3] * grad_posed[..., None]).sum(-2).transpose(0, 1)
-        grad = (weights.T @ grad_T.reshape(grad_T.shape[0], -1)).view(J, B, 3, 4)  # dA, then dW
-        grad_t = grad[..., 3].clone()
-        grad[..., :3] -= grad_t[..., None] * rest[..., None, :]
-        if grad_positions is not None:
-            grad[..., 3] += grad_positions.transpose(0, 1)[order]
-        grad_rest = -(grad_t[..., None, :] @ world[..., :3])[..., 0, :]  # -G^T dA_t, (J, B, 3)
-        grad_rotations, grad_offsets = _chain_backward(tree, local, parents, grad)
-        return grad_rotations, grad_offsets, grad_rest[unorder].transpose(0, 1), None, grad_vertices, None
+    def backward(ctx, grad):
+        shape_blend, pose_blend, *saved = ctx.saved_tensors
+        rodrigues_saved, skin_saved = saved[:ctx.n_rodrigues], saved[ctx.n_rodrigues:]
+        B, J = grad.shape[0], len(ctx.tree)
+        g_R, g_offsets, g_rest, g_vertices = _skin_backward(ctx.tree, skin_saved, grad[:, :J], grad[:, J:])
+        g_vertices = g_vertices.reshape(B, -1)
+        g_R = g_R + (g_vertices @ pose_blend.T).view(B, J, 3, 3)
+        g_shaped = torch.cat([g_rest.reshape(B, -1), g_offsets.reshape(B, -1), g_vertices], 1)
+        return (_rodrigues_backward(rodrigues_saved, g_R), g_shaped @ shape_blend.T,
+                None, None, None, None, None)

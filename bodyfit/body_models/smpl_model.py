@@ -269,16 +269,13 @@ class SMPLFamilyModel(BodyModel):
         """(B,J,3) the landmarks of :meth:`_landmarks` before the translation."""
         B, J = global_orient.shape[0], len(self.tree)
         pose = torch.cat([global_orient[:, None], body_pose, self._fixed_pose.expand(B, -1, 3)], 1)
-        R = axis_angle_to_matrix(pose)  # (B, J, 3, 3)
-        shaped = torch.addmm(self._shape_const, betas, self._shape_blend)
-        rest, offsets, anchors = shaped.split_with_sizes([3 * J, 3 * J, self._pose_blend.shape[1]], 1)
-        anchors = torch.addmm(anchors, R.view(B, -1), self._pose_blend).view(B, -1, 3)
-        joints, anchors = self.tree.skin(R, offsets.view(B, J, 3), rest.view(B, J, 3), self._anchor_weights, anchors)
-        parts = [joints, anchors[:, :self._n_extra]]
-        if self.name == "smplx":
-            corners = anchors[:, self._n_extra:].unflatten(1, (-1, 3))  # (B, L, 3 corners, 3)
-            parts.append((corners * self._landmark_bary[..., None]).sum(2))
-        return torch.cat(parts, 1)
+        landmarks = self.tree.skinned_body(pose, betas, self._shape_const, self._shape_blend, self._pose_blend,
+                                           self._anchor_weights)  # (B, J + N, 3): joints, anchor vertices
+        if self.name != "smplx":
+            return landmarks
+        n = J + self._n_extra  # then the corners of the face landmarks' triangles
+        corners = landmarks[:, n:].unflatten(1, (-1, 3))  # (B, L, 3 corners, 3)
+        return torch.cat([landmarks[:, :n], (corners * self._landmark_bary[..., None]).sum(2)], 1)
 
 
 def _build_smplx(smplx, kind: str, arrays: dict, path: Path, gender: str, dtype: torch.dtype,
