@@ -12,6 +12,7 @@ of the stage: one bad sample never sinks the batch, and no NaN is ever returned.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -92,6 +93,41 @@ class StageResult:
 def _rows(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """A (B,) mask shaped to broadcast over the rows of ``x`` (B, ...)."""
     return mask.view(-1, *([1] * (x.dim() - 1)))
+
+
+class _Adam:
+    """Adam (Kingma & Ba 2015) as ``torch.optim.Adam`` updates (betas 0.9 and 0.999, eps 1e-8,
+    no weight decay), without its per-step bookkeeping, which at a fit's small batches costs as
+    much as the update itself.
+
+    Args:
+        leaves: name -> leaf tensor. lr: step size. step: steps already taken.
+        moments: name -> (exp_avg, exp_avg_sq), zeros when None.
+    """
+
+    def __init__(self, leaves: dict[str, torch.Tensor], lr: float, step: int = 0,
+                 moments: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None):
+        self.leaves, self.lr, self.steps = leaves, lr, step
+        self.moments = moments if moments is not None else {
+            k: (torch.zeros_like(v), torch.zeros_like(v)) for k, v in leaves.items()}
+
+    def zero_grad(self) -> None:
+        for leaf in self.leaves.values():
+            leaf.grad = None
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
+        with torch.enable_grad():
+            loss = closure()
+        self.steps += 1
+        step_size = self.lr / (1 - 0.9 ** self.steps)
+        bias_correction2_sqrt = math.sqrt(1 - 0.999 ** self.steps)
+        for name, leaf in self.leaves.items():
+            exp_avg, exp_avg_sq = self.moments[name]
+            exp_avg.lerp_(leaf.grad, 0.1)
+            exp_avg_sq.mul_(0.999).addcmul_(leaf.grad, leaf.grad, value=0.001)
+            leaf.addcdiv_(exp_avg, (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(1e-8), value=-step_size)
+        return loss
 
 
 def _leaves(base: BodyParams, free: list[str], free_pose_joints: list[int] | None, shared_shape: bool,
@@ -200,13 +236,8 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
         return total, terms
 
     if optimizer == "adam":
-        # fused: one kernel per step for all leaves on CUDA (fewer launches at large batches)
-        opt = torch.optim.Adam(list(leaves.values()), lr=lr, fused=device.type == "cuda")
-        if state is not None:
-            for name, leaf in leaves.items():
-                m, v = state.moments[name]
-                opt.state[leaf] = {"step": torch.tensor(float(state.step)), "exp_avg": m.clone(),
-                                   "exp_avg_sq": v.clone()}
+        opt = _Adam(leaves, lr, 0 if state is None else state.step,
+                    None if state is None else {k: (m.clone(), v.clone()) for k, (m, v) in state.moments.items()})
     else:
         opt = torch.optim.LBFGS(list(leaves.values()), lr=lr, max_iter=1, history_size=10,
                                 line_search_fn="strong_wolfe")
@@ -282,8 +313,7 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
     weighted = {k: (weights[k] * terms[k]).detach() for k in weights}
     paused_state = None
     if paused:
-        moments = {name: (opt.state[leaf]["exp_avg"].detach(), opt.state[leaf]["exp_avg_sq"].detach())
-                   for name, leaf in leaves.items()}
+        moments = dict(opt.moments)
         paused_state = StageState(step, prev, moments)
     return StageResult(final, total.detach(), weighted, converged, failed, step, sample_steps,
                        ~frozen, paused_state)
