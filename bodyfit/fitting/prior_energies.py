@@ -1,5 +1,6 @@
 """The priors as energies: anatomical joint limits, pose and shape priors (the learned pose GMM
-among them), the pull towards the initialization, and temporal smoothness (``bodyfit.priors`` holds the functions themselves)."""
+among them), the pull towards the initialization, and temporal smoothness (``bodyfit.priors``
+holds the functions themselves)."""
 from __future__ import annotations
 
 import torch
