@@ -112,6 +112,7 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--per-view", action="store_true", help="print every view's errors")
+    ap.add_argument("--regressor", default=None, help="keypoint regressor weights (default: the shipped ones)")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -127,6 +128,9 @@ def main() -> None:
     ref = torch.as_tensor(triangulate(kp, cams)).float()  # (T,33,4) world frame of the lab
     T, V = kp.shape[:2]
     model = body_model("anny")
+    from bodyfit.regressors.keypoint_regressor import load_regressor
+
+    regressor = load_regressor(model, "mediapipe33", a.regressor)
     kp_index, _ = model.keypoint_map("mediapipe33")
     all_mp = list(range(33))
     rows = {}
@@ -142,10 +146,10 @@ def main() -> None:
             if name.startswith("world_start"):
                 obs = Observations.from_pictures(kp[:, v], K=cam.K[0], image_size=cam.image_size,
                                                  world_keypoints=world[:, v])
-                init = initialize(obs, model)
+                init = initialize(obs, model, regressor=regressor)
                 init = Fitter(model, overrides=WORLD_START)(obs, init, vertices=False).params
             r = fit(kp[:, v], model, K=cam.K[0], image_size=cam.image_size, world_keypoints=world[:, v],
-                    overrides=CONFIGS[name] + a.overrides, vertices=False, init=init)
+                    overrides=CONFIGS[name] + a.overrides, vertices=False, init=init, regressor=regressor)
             secs.append((time.perf_counter() - t0) / T)
             init = model(r.init_params, vertices=False).joints
             for t in range(T):

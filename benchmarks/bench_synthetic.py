@@ -34,11 +34,12 @@ def main() -> None:
     ap.add_argument("--world-noise", type=float, default=None,
                     help="give synthetic world landmarks with this noise (metres); default: none")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--regressor", default=None, help="keypoint regressor weights (default: the shipped ones)")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     torch.set_num_threads(a.threads or torch.get_num_threads())
     model = body_model("anny")
-    reg = load_regressor(model, "mediapipe33")
+    reg = load_regressor(model, "mediapipe33", a.regressor)
     g = torch.Generator().manual_seed(a.seed)
     gw = torch.Generator().manual_seed(a.seed + 1)  # world-landmark noise: the same bodies with or without
     rows = {"regressor": ([], []), "fit": ([], []), "mean-init fit": ([], [])}

@@ -152,3 +152,25 @@ def test_smpl_without_a_gmm_file_leaves_the_prior_out(tmp_path):
                                    "weights": np.array([0.5, 0.5])}, protocol=2))
     r = fit(sb.keypoints, smpl, K=sb.K, boxes=sb.boxes, vertices=False, overrides=over + [f"gmm_file={path}"])
     assert "gmm_prior" not in r.skipped_energies and float(r.energies["gmm_prior"].mean()) > 0
+
+
+def test_samples_follow_the_mixture():
+    means, covs, weights, joints = _random_mixture(K=2, J=1, seed=5)
+    gmm = PoseGMM(means, covs, weights, joints).double()
+    x = gmm.sample(40000, torch.Generator().manual_seed(0)).reshape(40000, 3).numpy()
+    w = weights / weights.sum()
+    mean = (w[:, None] * means).sum(0)
+    cov = sum(w[k] * (covs[k] + np.outer(means[k] - mean, means[k] - mean)) for k in range(2))
+    np.testing.assert_allclose(x.mean(0), mean, atol=0.02)
+    np.testing.assert_allclose(np.cov(x, rowvar=False), cov, atol=0.03)
+
+
+def test_synthetic_bodies_posed_by_the_prior(anny):
+    from bodyfit.data.synthetic import sample_params
+
+    gmm = load_pose_gmm(ANNY_POSE_GMM, anny)
+    idx = gmm.joint_index(anny)
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    real = sample_params(anny, 64, g(), pose_prior=gmm, prior_share=1.0).body_pose[:, idx]
+    drawn = sample_params(anny, 64, g()).body_pose[:, idx]
+    assert float(gmm(real).median()) < 0.7 * float(gmm(drawn).median())

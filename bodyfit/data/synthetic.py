@@ -35,11 +35,14 @@ class SyntheticBatch:
 
 
 def sample_params(model: BodyModel, batch_size: int, generator: torch.Generator | None = None,
-                  spread: float = 0.35, max_tilt_deg: float = 15.0) -> BodyParams:
+                  spread: float = 0.35, max_tilt_deg: float = 15.0, pose_prior=None,
+                  prior_share: float = 0.0) -> BodyParams:
     """Random bodies: each free joint's anatomical angles ~ N(0, spread * half-range) clipped to
     the joint limits; shape uniform over its range (phenotypes) or N(0,1) (betas); a heading
     uniform in [-180, 180) degrees about the vertical and a tilt of up to ``max_tilt_deg``.
-    ``transl`` is zero."""
+    ``transl`` is zero. With a ``pose_prior`` (:class:`bodyfit.priors.gmm.PoseGMM` of this
+    model), a ``prior_share`` of the bodies take their joints' rotations from its samples
+    instead (real-looking poses)."""
     g = generator
     dt, dev = model.dtype, model.device
     limits = joint_limits(model).to(dev)
@@ -50,6 +53,10 @@ def sample_params(model: BodyModel, batch_size: int, generator: torch.Generator 
     angles = torch.minimum(torch.maximum(angles, limits.lo), limits.hi)
     pose = params.body_pose.clone()
     pose[:, limits.joint_index] = torch.einsum("mij,bmi->bmj", limits.frames, angles)
+    if pose_prior is not None and prior_share > 0:
+        take = torch.nonzero(torch.rand(batch_size, generator=g) < prior_share).flatten()
+        drawn = pose_prior.sample(len(take), g).to(dev, dt)
+        pose[take.to(dev)[:, None], torch.tensor(pose_prior.joint_index(model), device=dev)] = drawn
     params.body_pose = pose
     if model.shape_name == "phenotypes":
         params.shape = torch.rand(batch_size, model.shape_dim, generator=g, dtype=dt).to(dev)
@@ -68,17 +75,19 @@ def synthetic_batch(model: BodyModel, batch_size: int, convention: str = "mediap
                     image_size: tuple[int, int] = (1000, 1000), noise: float = 0.015,
                     dropout: float = 0.1, generator: torch.Generator | None = None,
                     fov_range: tuple[float, float] = (45.0, 65.0),
-                    depth_range: tuple[float, float] = (2.5, 8.0)) -> SyntheticBatch:
+                    depth_range: tuple[float, float] = (2.5, 8.0), pose_prior=None,
+                    prior_share: float = 0.0) -> SyntheticBatch:
     """Sample bodies, cameras and noisy keypoints (see the module docstring).
 
     Args:
         noise: std of the 2D noise as a fraction of the person's height in the picture (the
             keypoints' extent; 0.015 = 1.5%).
         dropout: probability that a keypoint is missing (confidence 0).
+        pose_prior, prior_share: see :func:`sample_params`.
     """
     g = generator
     dt, dev = model.dtype, model.device
-    params = sample_params(model, batch_size, g)
+    params = sample_params(model, batch_size, g, pose_prior=pose_prior, prior_share=prior_share)
     fov = fov_range[0] + (fov_range[1] - fov_range[0]) * torch.rand(batch_size, generator=g)
     K = torch.stack([default_intrinsics(image_size, 1, float(f), dt, dev)[0] for f in fov])
     depth = depth_range[0] + (depth_range[1] - depth_range[0]) * torch.rand(batch_size, generator=g)

@@ -69,6 +69,8 @@ class PoseGMM(torch.nn.Module):
         self.register_buffer("means", mu.float())
         self.register_buffer("precisions", torch.cholesky_inverse(chol).float())
         self.register_buffer("cost", (cost - cost.min()).float())
+        self.register_buffer("weights", w.float())
+        self.register_buffer("chol", chol.float())
 
     @property
     def num_components(self) -> int:
@@ -80,6 +82,15 @@ class PoseGMM(torch.nn.Module):
         diff = x[:, None, :] - self.means.to(x.dtype)  # (B,K,D)
         quad = torch.einsum("bkd,kde,bke->bk", diff, self.precisions.to(x.dtype), diff)
         return (0.5 * quad + self.cost.to(x.dtype)).amin(dim=1)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(n,J,3) rotation vectors drawn from the mixture (a component by its weight, then its
+        Gaussian), radians, on the buffers' device."""
+        k = torch.multinomial(self.weights.cpu(), n, replacement=True, generator=generator)
+        z = torch.randn(n, self.means.shape[1], generator=generator, dtype=self.means.dtype)
+        k, z = k.to(self.means.device), z.to(self.means.device)
+        x = self.means[k] + torch.einsum("nij,nj->ni", self.chol[k], z)
+        return x.reshape(n, -1, 3)
 
     def joint_index(self, model) -> list[int]:
         """Indices into ``model.pose_joint_names`` of :attr:`joints`.

@@ -25,8 +25,10 @@ from bodyfit.cameras import project
 from bodyfit.body_models.base import BodyParams
 from bodyfit.data.synthetic import SyntheticBatch, corrupt_keypoints, synthetic_batch
 from bodyfit.files import atomic_torch_save
+from bodyfit.priors.gmm import ANNY_POSE_GMM, load_pose_gmm
 from bodyfit.boxes import boxes_from_keypoints
-from bodyfit.regressors.keypoint_regressor import KeypointRegressor, normalize_keypoints, weights_path
+from bodyfit.regressors.keypoint_regressor import (KeypointRegressor, load_regressor, normalize_keypoints,
+                                                   weights_path)
 
 logger = logging.getLogger(__name__)
 
@@ -113,19 +115,28 @@ def supervised_loss(losses: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def train(convention: str = "mediapipe33", minutes: float = 8.0, batch_size: int = 256,
-          lr: float = 1e-3, seed: int = 0, out: str | None = None, pool_size: int = 65536) -> None:
+          lr: float = 1e-3, seed: int = 0, out: str | None = None, pool_size: int = 65536,
+          init: str | None = None, prior_share: float = 0.0) -> None:
     """Train for ``minutes`` on a pool of ``pool_size`` synthetic bodies and save the weights
-    (float16, atomically) to ``out`` or the packaged weights path. Progress goes to this
-    module's logger at INFO."""
+    (float16, atomically) to ``out`` or the packaged weights path. ``init``: weights to start
+    from (a fine-tune) instead of random ones. ``prior_share``: that share of the bodies take
+    their poses from Anny's packaged pose prior (``bodyfit.priors.gmm``), the rest are drawn
+    inside the joint limits. Progress goes to this module's logger at INFO."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     model = body_model("anny")
     names = keypoint_names(convention)
     kp_index, _ = model.keypoint_map(convention)
-    reg = KeypointRegressor(len(names), len(model.free_pose_joints), model.shape_dim)
+    reg = (load_regressor(model, convention, init) if init else
+           KeypointRegressor(len(names), len(model.free_pose_joints), model.shape_dim))
+    if reg is None:
+        raise FileNotFoundError(f"No regressor weights at {init}.")
+    reg.float().train()
     opt = torch.optim.AdamW(reg.parameters(), lr=lr, weight_decay=1e-4)
+    prior = load_pose_gmm(ANNY_POSE_GMM, model) if prior_share > 0 else None
     # A pool of exact synthetic pairs, made once; noise and dropout are drawn fresh each step.
-    pool = [synthetic_batch(model, 1024, convention, noise=0.0, dropout=0.0, generator=g)
+    pool = [synthetic_batch(model, 1024, convention, noise=0.0, dropout=0.0, generator=g,
+                            pose_prior=prior, prior_share=prior_share)
             for _ in range(pool_size // 1024)]
     pool = SyntheticBatch(
         params=BodyParams.cat([b.params for b in pool]), K=torch.cat([b.K for b in pool]),
@@ -176,9 +187,14 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--init", default=None, help="weights to fine-tune (default: train from scratch)")
+    ap.add_argument("--prior-share", type=float, default=0.0,
+                    help="share of the synthetic bodies posed by Anny's packaged pose prior")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    train(a.convention, a.minutes, a.batch_size, seed=a.seed, out=a.out)
+    train(a.convention, a.minutes, a.batch_size, lr=a.lr, seed=a.seed, out=a.out, init=a.init,
+          prior_share=a.prior_share)
 
 
 if __name__ == "__main__":
