@@ -25,6 +25,14 @@ class JointLimitsEnergy(Energy):
         return self.limits(ev.params.body_pose)
 
 
+def joint_selector(model, joints: list[int]) -> slice | torch.Tensor:
+    """What indexes ``body_pose[:, ...]`` for ``joints`` at every step without a copy from a
+    Python list: every joint (a slice), or a long tensor on the model's device."""
+    if list(joints) == list(range(model.num_pose_joints)):
+        return slice(None)
+    return torch.tensor(list(joints), dtype=torch.long, device=model.device)
+
+
 class PosePriorEnergy(Energy):
     """Squared rotation angles of the free joints, a weak pull to the rest pose (``pose_prior``)."""
 
@@ -33,7 +41,7 @@ class PosePriorEnergy(Energy):
 
     def __init__(self, model, config):
         super().__init__(model, config)
-        self.free_joints = list(model.free_pose_joints)
+        self.free_joints = joint_selector(model, model.free_pose_joints)
 
     def forward(self, ev: Evaluation, data) -> torch.Tensor:
         return pose_prior(ev.params.body_pose, self.free_joints)
@@ -60,7 +68,7 @@ class GMMPriorEnergy(Energy):
         super().__init__(model, config)
         path = getattr(config, "gmm_file", None) or (ANNY_POSE_GMM if model.name == "anny" else None)
         self.gmm = load_pose_gmm(path, model).to(model.device) if path else None
-        self.joints = self.gmm.joint_index(model) if self.gmm is not None else []
+        self.joints = joint_selector(model, self.gmm.joint_index(model)) if self.gmm is not None else None
 
     def prepare(self, problem):
         return () if self.gmm is not None else None

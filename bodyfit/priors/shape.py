@@ -17,6 +17,7 @@ def shape_prior(shape: torch.Tensor, shape_name: str) -> torch.Tensor:
     return (shape ** 2).sum(dim=1)
 
 
-def pose_prior(body_pose: torch.Tensor, free_joints: list[int]) -> torch.Tensor:
-    """(B,P,3) axis-angle -> (B,) sum of squared rotation angles (rad^2) of the free joints."""
+def pose_prior(body_pose: torch.Tensor, free_joints) -> torch.Tensor:
+    """(B,P,3) axis-angle -> (B,) sum of squared rotation angles (rad^2) of the free joints
+    (a list or long tensor of joint indices, or a slice)."""
     return (body_pose[:, free_joints] ** 2).sum(dim=(1, 2))
