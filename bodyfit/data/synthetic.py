@@ -83,7 +83,8 @@ def synthetic_batch(model: BodyModel, batch_size: int, convention: str = "mediap
         noise: std of the 2D noise as a fraction of the person's height in the picture (the
             keypoints' extent; 0.015 = 1.5%).
         dropout: probability that a keypoint is missing (confidence 0).
-        pose_prior, prior_share: see :func:`sample_params`.
+        pose_prior: a :class:`bodyfit.priors.gmm.PoseGMM` (see :func:`sample_params`).
+        prior_share: the share of bodies it poses (see :func:`sample_params`).
     """
     g = generator
     dt, dev = model.dtype, model.device
