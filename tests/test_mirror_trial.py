@@ -67,3 +67,18 @@ def test_a_given_start_without_a_start_function_is_not_second_guessed(frame, ann
     fitter = Fitter(anny, overrides=["stages.camera.steps=5", "stages.body.steps=5"])
     r = fitter(obs, initialize(obs, anny), vertices=False)
     assert not r.messages[0]
+
+
+def test_mirrored_samples_swap_labels_and_turn_world_landmarks_front_to_back():
+    from bodyfit.fitting.fitter import _with_mirrored_labels
+
+    kp = torch.rand(2, 33, 3) * 100
+    world = torch.randn(2, 1, 33, 3)
+    obs = Observations.from_pictures(kp, (200, 200), world_keypoints=world[:, 0])
+    both = _with_mirrored_labels(obs)
+    m = mirror_index("mediapipe33")
+    assert both.batch_size == 4 and torch.equal(both.keypoints[:2], obs.keypoints)
+    assert torch.equal(both.keypoints[2:], obs.keypoints[:, :, m])
+    w = obs.world_keypoints[:, :, m]
+    assert torch.equal(both.world_keypoints[2:, ..., :2], w[..., :2])
+    assert torch.equal(both.world_keypoints[2:, ..., 2], -w[..., 2])

@@ -384,7 +384,9 @@ class Fitter:
 
 def _with_mirrored_labels(obs: Observations) -> Observations:
     """The 2B samples: ``obs``, then ``obs`` with every keypoint's left and right labels swapped
-    (keypoints and world landmarks; :func:`bodyfit.body_models.conventions.mirror_index`)."""
+    (:func:`bodyfit.body_models.conventions.mirror_index`). The world landmarks are swapped and
+    turned front to back (depth negated about the hips: the body the detector believed, seen
+    from the other side, projects to the same picture with the other labels)."""
     B = obs.batch_size
     both = obs.index(torch.cat([torch.arange(B), torch.arange(B)]))
     mirror = torch.tensor(mirror_index(obs.convention))
@@ -392,5 +394,8 @@ def _with_mirrored_labels(obs: Observations) -> Observations:
     def swap(x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x[:B], x[B:][:, :, mirror]])
 
-    world = None if both.world_keypoints is None else swap(both.world_keypoints)
+    world = None
+    if both.world_keypoints is not None:
+        world = swap(both.world_keypoints)
+        world[B:, ..., 2] = -world[B:, ..., 2]
     return replace(both, keypoints=swap(both.keypoints), world_keypoints=world)
