@@ -133,29 +133,27 @@ def load_pose_gmm(path: str | os.PathLike, model) -> PoseGMM:
         bodyfit.body_models.smpl_files.UnsafePickleError: a pickle that asks for anything but
             numpy arrays (never executed).
     """
+    from bodyfit.body_models.smpl_files import read_model_file
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No pose GMM file at {path}.")
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            missing = {"means", "covariances", "weights", "joints"} - set(z.files)
-            if missing:
-                raise ValueError(f"{path} is not a pose GMM file: it lacks {sorted(missing)}.")
-            gmm = PoseGMM(z["means"], z["covariances"], z["weights"], [str(j) for j in z["joints"]],
-                          source=str(z["source"]) if "source" in z.files else str(path))
+    raw = read_model_file(path)
+    if {"means", "covariances", "weights", "joints"} <= set(raw):  # bodyfit's own
+        gmm = PoseGMM(raw["means"], raw["covariances"], raw["weights"], [str(j) for j in raw["joints"]],
+                      source=str(raw.get("source", path)))
+    elif {"means", "covars", "weights"} <= set(raw):  # SMPLify's gmm_08.pkl
+        gmm = _smplify_gmm(raw, path, model)
     else:
-        gmm = _smplify_gmm(path, model)
+        raise ValueError(f"{path} is not a pose GMM file: it has {sorted(raw)}, not means, covariances "
+                         "(or SMPLify's covars), weights and joints.")
     gmm.joint_index(model)
     return gmm
 
 
-def _smplify_gmm(path: Path, model) -> PoseGMM:
-    from bodyfit.body_models.smpl_files import RestrictedUnpickler
-
-    with open(path, "rb") as f:
-        raw = RestrictedUnpickler(f, encoding="latin1").load()
-    if not isinstance(raw, dict) or not {"means", "covars", "weights"} <= set(raw):
-        raise ValueError(f"{path} is not SMPLify's pose GMM (a dict of means, covars, weights).")
+def _smplify_gmm(raw: dict, path: Path, model) -> PoseGMM:
+    """SMPLify's mixture over SMPL's 23 body joints (69 numbers), or its marginal over the
+    model's first body joints (SMPL-X: 21)."""
     means, covs = np.asarray(raw["means"], np.float64), np.asarray(raw["covars"], np.float64)
     joints = list(model.pose_joint_names)
     D = 3 * len(joints)
