@@ -22,7 +22,12 @@ What it is fitted to (no mocap or pose-prior data can be had offline; see ../sha
 The mixture: scikit-learn's ``GaussianMixture`` (``--components`` full covariances, k-means
 start, ``--reg-covar`` on the diagonal: a few hundred correlated frames cannot fill 51x51
 covariances) on the axis-angle vectors of Anny's 17 free joints (51 numbers), as SMPLify's
-``gmm_08.pkl`` is on SMPL's 23 body joints (Bogo et al. 2016, "Keep it SMPL", ECCV). Detections are cached next to the Pose2Sim wheel.
+``gmm_08.pkl`` is on SMPL's 23 body joints (Bogo et al. 2016, "Keep it SMPL", ECCV). Detections and fitted poses are cached next to the Pose2Sim wheel.
+
+The fits start from the shipped keypoint regressor, so they depend on it: the packaged prior was
+made with the regressor shipped before it (157 poses kept); refitted from today's regressor,
+which was fine-tuned on that prior's samples, 156 are kept and the means move by at most
+0.043 rad.
 """
 from __future__ import annotations
 
@@ -37,13 +42,12 @@ DEMOS = {"Demo_MultiPerson": range(100), "Demo_SinglePerson": range(50)}  # fram
 CAMERAS = ("cam01", "cam02", "cam03", "cam04")
 
 
-def demo_detections(demo: str, frames, setting: str = "fast") -> list[list[list]]:
-    """``[frame][view]`` lists of :class:`Detection` on the calibration's pixel grid (undistorted),
-    cached as npz (keypoints and world landmarks) next to the Pose2Sim wheel."""
+def demo_detections(demo: str, frames, setting: str = "fast") -> list[list[np.ndarray]]:
+    """``[frame][view]`` ``(N, 33, 3)`` MediaPipe-33 keypoints of every person found, on the
+    calibration's pixel grid (undistorted), cached as npz next to the Pose2Sim wheel."""
     from bodyfit.data.calibration import undistort_keypoints
     from bodyfit.data.images import read_video_frames
     from bodyfit.data.pose2sim import demo_calibration, pose2sim_member, video_to_calibration
-    from bodyfit.detectors.mediapipe_pose import Detection
     from bodyfit.detectors.multi_person import MultiPersonPose
     from bodyfit.files import atomic_save_npz
 
@@ -61,20 +65,16 @@ def demo_detections(demo: str, frames, setting: str = "fast") -> list[list[list]
                     for d in det.detect_all(img):
                         kp = d.keypoints.astype(np.float64)
                         kp[:, :2] = kp[:, :2] @ A[:2, :2].T + A[:2, 2]
-                        kp = undistort_keypoints(kp, calib[cam]["K"], calib[cam]["dist"])
-                        rows.append((f, v, kp, d.world_keypoints))
+                        rows.append((f, v, undistort_keypoints(kp, calib[cam]["K"], calib[cam]["dist"])))
                 print(f"  {demo} {cam}: detected", flush=True)
         atomic_save_npz(cache, frame=np.array([r[0] for r in rows]), view=np.array([r[1] for r in rows]),
-                        keypoints=np.stack([r[2] for r in rows]).astype(np.float32),
-                        world=np.stack([r[3] for r in rows]).astype(np.float32))
+                        keypoints=np.stack([r[2] for r in rows]).astype(np.float32))
     with np.load(cache) as z:
-        out = [[[] for _ in CAMERAS] for _ in frames]
-        for f, v, kp, w in zip(z["frame"], z["view"], z["keypoints"], z["world"]):
+        found = [[[] for _ in CAMERAS] for _ in frames]
+        for f, v, kp in zip(z["frame"], z["view"], z["keypoints"]):
             if int(f) in frames:
-                out[frames.index(int(f))][int(v)].append(
-                    Detection(keypoints=kp, box=np.zeros(4, np.float32), mask=None,
-                              image_size=(1920, 1088), world_keypoints=w))
-    return out
+                found[frames.index(int(f))][int(v)].append(kp)
+    return [[np.stack(k) if k else np.zeros((0, 33, 3), np.float32) for k in per_view] for per_view in found]
 
 
 def real_poses(model, demos: dict, min_views: int = 3, max_error: float = 0.03) -> tuple[torch.Tensor, dict]:
@@ -89,11 +89,8 @@ def real_poses(model, demos: dict, min_views: int = 3, max_error: float = 0.03) 
     mirror = mirror_index("mediapipe33")
     rows, stats = [], {}
     for demo, frames in demos.items():
-        dets = demo_detections(demo, frames)
         people = 0
-        for per_view in dets:
-            kps = [np.stack([d.keypoints for d in ds]) if ds else np.zeros((0, 33, 3), np.float32)
-                   for ds in per_view]
+        for kps in demo_detections(demo, frames):
             for p in associate(kps, views, mirror=mirror).people:
                 if len(p.detections) < min_views:
                     continue
