@@ -22,7 +22,8 @@ What it is fitted to (no mocap or pose-prior data can be had offline; see ../sha
 The mixture: scikit-learn's ``GaussianMixture`` (``--components`` full covariances, k-means
 start, ``--reg-covar`` on the diagonal: a few hundred correlated frames cannot fill 51x51
 covariances) on the axis-angle vectors of Anny's 17 free joints (51 numbers), as SMPLify's
-``gmm_08.pkl`` is on SMPL's 23 body joints (Bogo et al. 2016, "Keep it SMPL", ECCV). Detections and fitted poses are cached next to the Pose2Sim wheel.
+``gmm_08.pkl`` is on SMPL's 23 body joints (Bogo et al. 2016, "Keep it SMPL", ECCV).
+Detections and fitted poses are cached next to the Pose2Sim wheel.
 
 The fits start from the shipped keypoint regressor, so they depend on it: the packaged prior was
 made with the regressor shipped before it (157 poses kept); refitted from today's regressor,
