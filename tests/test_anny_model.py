@@ -21,7 +21,7 @@ def test_joints_only_path_equals_vertex_regressor(anny):
     assert fast.vertices is None
     n = regressed.shape[1]
     assert torch.allclose(fast.joints[:, :n], regressed, atol=5e-4)
-    assert torch.allclose(fast.joints, out.joints)
+    assert torch.allclose(fast.joints, out.joints, atol=1e-6)  # float round-off (metres)
 
 
 def test_joints_only_path_has_the_full_forward_gradients(anny):
@@ -143,3 +143,54 @@ def test_rest_skeleton_is_reused_only_while_the_phenotypes_stay_the_same(anny):
     assert torch.allclose(out, taller) and not torch.allclose(taller[0], first[0])
     out.sum().backward()
     assert fresh.shape.grad is not None and fresh.shape.grad.abs().sum() > 0
+
+
+def _phenotype_samples(seed=0):
+    """Random phenotypes, the corners of the cube, points on anchors (0, 1/3, 1/2, 2/3, 1) and
+    beyond the range (clamped): where Anny's interpolation has kinks and one-sided gradients."""
+    g = torch.Generator().manual_seed(seed)
+    corners = torch.tensor([[float(b) for b in f"{i:06b}"] for i in range(64)])
+    on_anchors = torch.tensor([[0.0, 1 / 3, 2 / 3, 0.5, 1.0, 0.25], [0.5] * 6, [-0.1, 1.2, 0.5, 0.5, 1.3, -0.2]])
+    return torch.cat([torch.rand(40, 6, generator=g), corners, on_anchors])
+
+
+def test_phenotype_coefficients_equal_annys_with_the_same_gradients(anny):
+    """PhenotypeCoefficients (hand-written Jacobian) against Anny's own coefficients and autograd."""
+    from bodyfit.body_models.anny_model import PhenotypeCoefficients
+
+    table = PhenotypeCoefficients(anny.anny)
+    phen = _phenotype_samples()
+    a, b = phen.clone().requires_grad_(True), phen.clone().requires_grad_(True)
+    ours = table(a)
+    theirs = anny.anny._get_phenotype_blendshape_coefficients(b, b.new_zeros(len(b), 0), b.new_zeros(len(b), 0))
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    w = torch.randn(ours.shape, generator=torch.Generator().manual_seed(1))
+    ga, = torch.autograd.grad((ours * w).sum(), a)
+    gb, = torch.autograd.grad((theirs * w).sum(), b)
+    assert gb.abs().max() > 0 and torch.allclose(ga, gb, atol=1e-4, rtol=1e-5)
+    assert torch.equal(table.with_jacobian(phen, jacobian=False)[0], ours.detach())
+
+
+def test_special_procrustes_equals_romas_with_the_same_gradients(anny):
+    """kinematics.special_procrustes (Newton's polar iteration, hand-written backward) against
+    roma's on Anny's rest-orientation blends, including matrices of negative determinant
+    (neck03 of very young phenotypes: roma's, by fallback)."""
+    import roma
+
+    from bodyfit.body_models.kinematics import special_procrustes
+
+    phen = torch.cat([_phenotype_samples(), torch.tensor([[0.05, 0.05, 0.4, 0.5, 0.3, 0.7]])])
+    with torch.no_grad():
+        M = anny._orient0 + torch.einsum("ba,akij->bkij", anny._coefficients(phen), anny._orientD)
+    M = M.double()
+    assert bool((torch.linalg.det(M) <= 0).any())  # the fallback is exercised
+    a, b = M.clone().requires_grad_(True), M.clone().requires_grad_(True)
+    ours, theirs = special_procrustes(a), roma.special_procrustes(b)
+    assert torch.allclose(ours, theirs, atol=1e-10)
+    w = torch.randn(M.shape, generator=torch.Generator().manual_seed(2), dtype=M.dtype)
+    ga, = torch.autograd.grad((ours * w).sum(), a)
+    gb, = torch.autograd.grad((theirs * w).sum(), b)
+    assert torch.allclose(ga, gb, atol=1e-3, rtol=1e-4)  # roma damps 1/t by 1e-5
+    assert torch.allclose(special_procrustes(M.float()).double(), theirs, atol=1e-6)
+    small = M[:2, :4].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(special_procrustes, (small,), fast_mode=True)

@@ -32,7 +32,7 @@ import roma
 import torch
 
 from bodyfit.body_models.base import BodyModel, BodyOutput, BodyParams
-from bodyfit.body_models.kinematics import KinematicTree
+from bodyfit.body_models.kinematics import KinematicTree, special_procrustes
 from bodyfit.body_models.keypoint_tables import (ANNY_KEYPOINT_OVERRIDES, ANNY_KEYPOINTS,
                                                  keypoint_table_map)
 
@@ -221,8 +221,12 @@ class AnnyModel(BodyModel):
         return out
 
     def _coefficients(self, phen: torch.Tensor) -> torch.Tensor:
-        return self.anny._get_phenotype_blendshape_coefficients(
-            phen, phen.new_zeros(phen.shape[0], 0), phen.new_zeros(phen.shape[0], 0))
+        """(B, 136) Anny's phenotype blend-shape coefficients of phenotypes (B, 6)
+        (:class:`PhenotypeCoefficients`: Anny's values, a hand-written backward)."""
+        table = self.__dict__.get("_phenotype_table")
+        if table is None or table.projection.device != phen.device or table.projection.dtype != phen.dtype:
+            table = self.__dict__["_phenotype_table"] = PhenotypeCoefficients(self.anny).to(phen.device, phen.dtype)
+        return table(phen)
 
     def _rest(self, phen: torch.Tensor):
         """(blendshape coefficients, rest skeleton, keypoint anchors) of phenotypes (B,6)."""
@@ -235,11 +239,12 @@ class AnnyModel(BodyModel):
     def _rest_joints(self, phen: torch.Tensor):
         """(rest heads (B,n,3), rest orientations (B,n,3,3), keypoint anchors) of the joints-only
         path's bones, as Anny's cached rest model computes them (the orientation: the special
-        Procrustes of a blend of cross-covariances, roma)."""
+        Procrustes of a blend of cross-covariances, roma's, computed by
+        :func:`~bodyfit.body_models.kinematics.special_procrustes`)."""
         def compute(phen):
             coeffs = self._coefficients(phen)
             heads = self._heads0 + torch.einsum("ba,akd->bkd", coeffs, self._headsD)
-            R = roma.special_procrustes(self._orient0 + torch.einsum("ba,akij->bkij", coeffs, self._orientD))
+            R = special_procrustes(self._orient0 + torch.einsum("ba,akij->bkij", coeffs, self._orientD))
             return heads, R, self._anchor_A0 + torch.einsum("bn,npd->bpd", coeffs, self._anchor_AD)
         return self._reused("joints", phen, compute)
 
@@ -299,6 +304,134 @@ class AnnyModel(BodyModel):
         elif vertices:
             verts = self.mesh(P, phen)["vertices"]
         return BodyOutput(joints=joints, vertices=verts, faces=self.faces)
+
+
+class PhenotypeCoefficients:
+    """Anny's phenotype blend-shape coefficients (``Anny._get_phenotype_blendshape_coefficients``
+    without local changes or facial actions) and their Jacobian, in a few batched operations.
+
+    Anny's coefficient of phenotype blend shape r is a product of interpolation weights, one per
+    phenotype it varies with (gender, age, ...), then projected onto the compact basis. Each
+    phenotype's weights interpolate linearly between its anchors, so a coefficient is linear in
+    each phenotype's weights, and its derivative by phenotype f is the same product with f's
+    weights replaced by their derivatives. The phenotypes the model does not expose (race, cup
+    size, firmness) are constants: their factors are folded into the projection, and the blend
+    shapes they zero are dropped.
+
+    Args:
+        model: an ``anny.Anny`` (phenotypes not extrapolated).
+
+    Raises:
+        RuntimeError: an Anny this was not written for (extrapolated or race phenotypes).
+    """
+
+    def __init__(self, model):
+        from anny.models.phenotype import PHENOTYPE_VARIATIONS
+        from anny.utils.interpolation import linear_interpolation_coefficients
+
+        labels = list(model.phenotype_labels)
+        if model.extrapolate_phenotypes or not set(labels) <= set(PHENOTYPE_VARIATIONS) - {"race"}:
+            raise RuntimeError("bodyfit's Anny phenotype coefficients expect interpolated phenotypes "
+                               "(no race labels, no extrapolation); check the installed anny version.")
+        dtype = model.stacked_phenotype_blend_shapes_mask.dtype
+        mask = model.stacked_phenotype_blend_shapes_mask.bool()  # (R, 26)
+        constant = []  # every variation's weight where its phenotype is not exposed
+        start, columns = {}, 0
+        for feature, variations in PHENOTYPE_VARIATIONS.items():
+            start[feature] = columns
+            columns += len(variations)
+            if feature == "race":
+                constant.append(torch.full((3,), 1 / 3, dtype=dtype))
+            elif feature in labels:
+                constant.append(torch.zeros(len(variations), dtype=dtype))
+            else:
+                constant.append(linear_interpolation_coefficients(torch.full((1,), 0.5, dtype=dtype),
+                                                                  model.anchors[feature].to(dtype))[0])
+        constant = torch.cat(constant)
+        exposed = torch.zeros(columns, dtype=torch.bool)
+        for f in labels:
+            exposed[start[f]:start[f] + len(PHENOTYPE_VARIATIONS[f])] = True
+        row_constant = torch.where(mask & ~exposed, constant, torch.ones_like(constant)).prod(1)  # (R,)
+        keep = row_constant != 0
+        projection = model.phenotype_blendshape_projection
+        projection = torch.eye(len(mask), dtype=dtype) if projection is None else projection.to(dtype)
+        self.projection = (row_constant[:, None] * projection)[keep]  # (R', C)
+        # The exposed phenotypes' weights side by side, each phenotype's block ending with a
+        # constant 1 (for the rows that do not vary with it): E columns. Each kept row's factor
+        # of each phenotype is one column of them.
+        self.count = torch.tensor([len(model.anchors[f]) for f in labels])  # (F,) anchors
+        self.first = torch.cumsum(self.count + 1, 0) - self.count - 1  # (F,) each block's first column
+        E = int((self.count + 1).sum())
+        gather = []
+        for r in torch.nonzero(keep).flatten().tolist():
+            gather.append([int(self.first[i]) + next((k for k in range(self.count[i]) if mask[r, start[f] + k]), int(self.count[i]))
+                           for i, f in enumerate(labels)])
+        self.gather = torch.tensor(gather)  # (R', F)
+        self.anchors = torch.stack([torch.nn.functional.pad(model.anchors[f].to(dtype), (0, 5 - len(model.anchors[f])),
+                                                            value=float("inf")) for f in labels])  # (F, 5)
+        F = len(labels)
+        # Row 1 + f of the Jacobian pass has phenotype f's block zeroed (then the derivatives
+        # of its weights written in).
+        self.keep = torch.ones(F + 1, E, dtype=dtype)
+        for f in range(F):
+            self.keep[1 + f, self.first[f]:self.first[f] + self.count[f] + 1] = 0
+        self.ones = self.first + self.count  # (F,) the constant columns
+
+    def to(self, device, dtype) -> "PhenotypeCoefficients":
+        """The tables on ``device`` in ``dtype`` (floating ones), in place; returns self."""
+        for name, value in vars(self).items():
+            setattr(self, name, value.to(device, dtype) if value.is_floating_point() else value.to(device))
+        return self
+
+    def __call__(self, phenotypes: torch.Tensor) -> torch.Tensor:
+        """(B, C) coefficients of phenotypes (B, F), differentiable (hand-written backward)."""
+        return _PhenotypeCoefficientsFn.apply(phenotypes, self)
+
+    def with_jacobian(self, phenotypes: torch.Tensor, jacobian: bool = True):
+        """(coefficients (B, C), their Jacobian (B, F, C) or None) of phenotypes (B, F), without
+        autograd. Like Anny's, a phenotype is clamped to its anchors' range (no gradient beyond,
+        a one-sided one on the boundary), and on an anchor it takes the segment below it."""
+        B, F = phenotypes.shape
+        anchors, count = self.anchors, self.count
+        lowest, highest = anchors[:, 0], anchors[torch.arange(F), count - 1]
+        value = torch.minimum(torch.maximum(phenotypes, lowest), highest)
+        upper = torch.searchsorted(anchors.expand(B, -1, -1).reshape(B * F, -1), value.reshape(B * F, 1)).view(B, F)
+        upper = torch.minimum(upper.clamp(min=1), count - 1)
+        a = anchors.expand(B, -1, -1)
+        lo = torch.gather(a, 2, (upper - 1)[..., None])[..., 0]
+        step = torch.gather(a, 2, upper[..., None])[..., 0] - lo
+        alpha = (value - lo) / step
+        rows = 1 + F if jacobian else 1
+        E1 = self.keep.shape[1]
+        column = self.first + upper - 1  # (B, F) the lower anchor's column
+        weights = phenotypes.new_zeros(B, E1)
+        weights[:, self.ones] = 1
+        weights.scatter_(1, torch.cat([column, column + 1], 1), torch.cat([1 - alpha, alpha], 1))
+        P = weights[:, None] * self.keep[:rows]  # (B, rows, E + 1)
+        if jacobian:
+            inside = (phenotypes >= lowest) & (phenotypes <= highest)
+            slope = torch.where(inside, 1 / step, 0.0)
+            at = (torch.arange(1, F + 1, device=phenotypes.device) * E1 + column).expand(B, F)
+            P.view(B, -1).scatter_(1, torch.cat([at, at + 1], 1), torch.cat([-slope, slope], 1))
+        out = P[..., self.gather].prod(-1) @ self.projection  # (B, rows, C)
+        return out[:, 0], (out[:, 1:] if jacobian else None)
+
+
+class _PhenotypeCoefficientsFn(torch.autograd.Function):
+    """:meth:`PhenotypeCoefficients.__call__`: the coefficients, and the vector-Jacobian product
+    from the Jacobian computed with them."""
+
+    @staticmethod
+    def forward(ctx, phenotypes, table):
+        coefficients, jacobian = table.with_jacobian(phenotypes, ctx.needs_input_grad[0])
+        ctx.save_for_backward(jacobian)
+        return coefficients
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        jacobian, = ctx.saved_tensors
+        return (jacobian @ grad[..., None])[..., 0], None
 
 
 def _strip_vertices(model):

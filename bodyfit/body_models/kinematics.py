@@ -18,7 +18,7 @@ import functools
 
 import torch
 
-__all__ = ["KinematicTree", "axis_angle_to_matrix"]
+__all__ = ["KinematicTree", "axis_angle_to_matrix", "special_procrustes"]
 
 
 def axis_angle_to_matrix(rotvec: torch.Tensor) -> torch.Tensor:
@@ -91,6 +91,108 @@ class _Rodrigues(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, G):
         return _rodrigues_backward(ctx.saved_tensors, G)
+
+
+def special_procrustes(M: torch.Tensor) -> torch.Tensor:
+    """``roma.special_procrustes`` of 3x3 matrices (the rotation nearest to each), computed
+    where det(M) > 0 as the orthogonal factor R of the polar decomposition ``M = R S`` (then the
+    same rotation) by Newton's iteration ``X <- (g X + (g X)^-T) / 2``, with Frobenius-norm
+    scaling ``g`` (Higham 1986) and each inverse by cofactors, until it settles: a few batched
+    elementwise operations per iteration where roma solves an eigenproblem in float64; with a
+    hand-written backward (:class:`_SpecialProcrustes`). Where det(M) <= 0 (rare: Anny's neck03
+    of very young phenotypes), roma's.
+
+    Args:
+        M: (..., 3, 3) matrices.
+    Returns:
+        (..., 3, 3) rotation matrices.
+    """
+    return _SpecialProcrustes.apply(M)
+
+
+def _cofactor(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cofactor matrix (9, N), determinant (N,)) of N matrices X (9, N), entries first (row-major):
+    ``X^-T = cof(X) / det(X)``."""
+    i1, i2, i3, i4 = _COFACTOR_INDEX.get(X.device) or _COFACTOR_INDEX.setdefault(
+        X.device, [torch.tensor(i, device=X.device) for i in _COFACTOR_ENTRIES])
+    C = X[i1] * X[i2] - X[i3] * X[i4]
+    return C, (X[:3] * C[:3]).sum(0)
+
+
+# cof(X)_ij = X_(i+1)(j+1) X_(i+2)(j+2) - X_(i+1)(j+2) X_(i+2)(j+1), indices mod 3, row-major.
+_COFACTOR_ENTRIES = [[3 * ((i + a) % 3) + (j + b) % 3 for i in range(3) for j in range(3)]
+                     for a, b in [(1, 1), (2, 2), (1, 2), (2, 1)]]
+_COFACTOR_INDEX: dict = {}
+
+
+def _polar_rotation(M: torch.Tensor, tol: float = 1e-4, max_iterations: int = 30) -> torch.Tensor:
+    """Forward of :func:`special_procrustes` for det(M) > 0: Newton's iteration until no entry
+    moves by more than ``tol``, then one more (quadratic convergence: to round-off)."""
+    X = M.reshape(-1, 9).T.contiguous()  # (9, N)
+    settled = False
+    for _ in range(max_iterations):
+        C, det = _cofactor(X)
+        # g^2 = |X^-1|_F / |X|_F, then X <- (g X + C / (g det)) / 2
+        g = (C.square().sum(0).sqrt() / det.abs() / X.square().sum(0).sqrt()).sqrt()
+        new = 0.5 * (g * X + C / (g * det))
+        if settled:
+            X = new
+            break
+        settled = bool((new - X).abs().max() < tol)
+        X = new
+    return X.T.reshape(M.shape)
+
+
+def _vee(A: torch.Tensor) -> torch.Tensor:
+    """(..., 3): the vector a of ``A - A^T = [a]_x`` (cross-product matrix) for A (..., 3, 3)."""
+    return torch.stack([A[..., 2, 1] - A[..., 1, 2], A[..., 0, 2] - A[..., 2, 0], A[..., 1, 0] - A[..., 0, 1]], -1)
+
+
+def _polar_rotation_backward(M: torch.Tensor, R: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """dL/dM of :func:`_polar_rotation` from ``G = dL/dR``. With ``M = R S``, a change dM moves
+    R by ``dR = R [w]_x`` where ``(tr(S) I - S) w = vee(R^T dM - dM^T R)``; so
+    ``dL = c . vee(R^T dM - dM^T R) / 2 = <R [c]_x, dM>`` with ``(tr(S) I - S) c = vee(R^T G - G^T R)``
+    (H = tr(S) I - S is symmetric, positive definite when det(M) > 0)."""
+    S = R.transpose(-1, -2) @ M
+    S = 0.5 * (S + S.transpose(-1, -2))
+    H = torch.diag_embed(S.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True).expand(*S.shape[:-1])) - S
+    C, det = _cofactor(H.reshape(-1, 9).T)  # H symmetric: H^-1 = cof(H) / det(H)
+    C = C.T.reshape(H.shape)
+    c = (C @ _vee(R.transpose(-1, -2) @ G)[..., None])[..., 0] / det.view(H.shape[:-2])[..., None]
+    zero = torch.zeros_like(c[..., 0])
+    skew = torch.stack([zero, -c[..., 2], c[..., 1], c[..., 2], zero, -c[..., 0],
+                        -c[..., 1], c[..., 0], zero], -1).unflatten(-1, (3, 3))
+    return R @ skew
+
+
+class _SpecialProcrustes(torch.autograd.Function):
+    """:func:`special_procrustes`: :func:`_polar_rotation` and :func:`_polar_rotation_backward`;
+    roma's forward and backward for the matrices of non-positive determinant."""
+
+    @staticmethod
+    def forward(ctx, M):
+        R = _polar_rotation(M)
+        flipped = torch.linalg.det(M) <= 0
+        if bool(flipped.any()):
+            import roma
+
+            R = R.clone()
+            R[flipped] = roma.special_procrustes(M[flipped])
+        ctx.save_for_backward(M, R, flipped)
+        return R
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, G):
+        M, R, flipped = ctx.saved_tensors
+        grad = _polar_rotation_backward(M, R, G)
+        if bool(flipped.any()):
+            import roma
+
+            with torch.enable_grad():
+                Mf = M[flipped].detach().requires_grad_(True)
+                grad[flipped] = torch.autograd.grad(roma.special_procrustes(Mf), Mf, G[flipped])[0]
+        return grad
 
 
 class KinematicTree:
