@@ -32,7 +32,8 @@ import roma
 import torch
 
 from bodyfit.body_models.base import BodyModel, BodyOutput, BodyParams
-from bodyfit.body_models.kinematics import KinematicTree, special_procrustes
+from bodyfit.body_models.kinematics import (KinematicTree, _chain, _chain_backward, _rodrigues,
+                                            _rodrigues_backward, special_procrustes)
 from bodyfit.body_models.keypoint_tables import (ANNY_KEYPOINT_OVERRIDES, ANNY_KEYPOINTS,
                                                  keypoint_table_map)
 
@@ -160,7 +161,8 @@ class AnnyModel(BodyModel):
         self.register_buffer("_sub_parent", parent, persistent=False)
         self.register_buffer("_sub_root_child", (parent == 0) & (torch.arange(len(sub)) > 0), persistent=False)
         self.register_buffer("_U", U, persistent=False)
-        self.register_buffer("_Up_t", U[parent].transpose(-1, -2).contiguous(), persistent=False)
+        self.register_buffer("_Up", U[parent].contiguous(), persistent=False)
+        self.register_buffer("_Q", U[parent].transpose(-1, -2) @ U, persistent=False)  # U_p^T U_c
         self.register_buffer("_heads0", a.template_bone_heads[sub].to(dt), persistent=False)
         self.register_buffer("_headsD", a.bone_heads_blendshapes[:, sub].to(dt), persistent=False)
         self.register_buffer("_orient0", a.bone_template_orientation_matrices[sub].to(dt), persistent=False)
@@ -254,25 +256,11 @@ class AnnyModel(BodyModel):
         orientations, R and h the rest orientations and heads, D the pose rotations, each bone's
         local transform is ``[U_p^T D_c U_c | R_p^T (h_c - h_p)]`` (``U_0^T (h_c - h_0)`` below
         the root, whose own is ``[U_0^T D_0 U_0 | U_0^T transl]``), and its skinning transform
-        ``T_c = W_c [R_c | h_c]^-1``."""
+        ``T_c = W_c [R_c | h_c]^-1``; a landmark is ``sum_j T_j a_kj``. One autograd node with a
+        hand-written backward (:class:`_AnnyJoints`)."""
         heads, R, anchors = self._rest_joints(params.shape)
         rotvec = torch.cat([params.global_orient[:, None], params.body_pose], 1)[:, self._sub]
-        D = roma.rotvec_to_rotmat(rotvec)
-        local = self._Up_t @ D @ self._U  # (B,n,3,3)
-        p = self._sub_parent
-        rel = heads - heads[:, p]
-        below_root = torch.einsum("ji,bnj->bni", self._U[0], rel)
-        off = torch.where(self._sub_root_child[:, None], below_root,
-                          (R[:, p].transpose(-1, -2) @ rel[..., None])[..., 0])
-        root = (self._U[0].T @ params.transl[..., None])[..., 0]
-        off = torch.cat([root[:, None], off[:, 1:]], 1)
-        Wr, Wt = self._tree.compose(local, off)
-        Tr = Wr @ R.transpose(-1, -2)
-        Tt = Wt - (Tr @ heads[..., None])[..., 0]
-        j = self._sub_pair_j
-        parts = (Tr[:, j] @ anchors[..., :3, None])[..., 0] + Tt[:, j] * anchors[..., 3:]
-        regressed = parts.new_zeros(parts.shape[0], len(self.regressed_names), 3).index_add(1, self._pair_k, parts)
-        return torch.cat([regressed, Wt[:, self._sub_landmark]], dim=1)
+        return _AnnyJoints.apply(rotvec, params.transl, heads, R, anchors, self)
 
     def forward(self, params: BodyParams, vertices: bool = True) -> BodyOutput:
         """Pose and shape the body.
@@ -389,8 +377,15 @@ class PhenotypeCoefficients:
 
     def with_jacobian(self, phenotypes: torch.Tensor, jacobian: bool = True):
         """(coefficients (B, C), their Jacobian (B, F, C) or None) of phenotypes (B, F), without
-        autograd. Like Anny's, a phenotype is clamped to its anchors' range (no gradient beyond,
-        a one-sided one on the boundary), and on an anchor it takes the segment below it."""
+        autograd."""
+        products, derivatives = self._products(phenotypes, jacobian)
+        return products @ self.projection, (derivatives @ self.projection if jacobian else None)
+
+    def _products(self, phenotypes: torch.Tensor, jacobian: bool):
+        """(the kept blend shapes' products (B, R'), their derivatives by each phenotype
+        (B, F, R') or None): the coefficients and their Jacobian before the projection. Like
+        Anny's, a phenotype is clamped to its anchors' range (no gradient beyond, a one-sided
+        one on the boundary), and on an anchor it takes the segment below it."""
         B, F = phenotypes.shape
         anchors, count = self.anchors, self.count
         lowest, highest = anchors[:, 0], anchors[torch.arange(F), count - 1]
@@ -413,25 +408,114 @@ class PhenotypeCoefficients:
             slope = torch.where(inside, 1 / step, 0.0)
             at = (torch.arange(1, F + 1, device=phenotypes.device) * E1 + column).expand(B, F)
             P.view(B, -1).scatter_(1, torch.cat([at, at + 1], 1), torch.cat([-slope, slope], 1))
-        out = P[..., self.gather].prod(-1) @ self.projection  # (B, rows, C)
-        return out[:, 0], (out[:, 1:] if jacobian else None)
+        # factors (R', F, B * rows), entries first: rows of P^T picked, a fast copy
+        factors = P.view(B * rows, E1).T.contiguous().index_select(0, self.gather.flatten())
+        products = factors.view(*self.gather.shape, -1).prod(1).T.view(B, rows, -1)
+        return products[:, 0], (products[:, 1:] if jacobian else None)
 
 
 class _PhenotypeCoefficientsFn(torch.autograd.Function):
     """:meth:`PhenotypeCoefficients.__call__`: the coefficients, and the vector-Jacobian product
-    from the Jacobian computed with them."""
+    ``grad @ J^T`` from the derivatives computed with them (projected in the backward: one
+    product instead of one per phenotype)."""
 
     @staticmethod
     def forward(ctx, phenotypes, table):
-        coefficients, jacobian = table.with_jacobian(phenotypes, ctx.needs_input_grad[0])
-        ctx.save_for_backward(jacobian)
-        return coefficients
+        products, derivatives = table._products(phenotypes, ctx.needs_input_grad[0])
+        ctx.table = table
+        ctx.save_for_backward(derivatives)
+        return products @ table.projection
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        jacobian, = ctx.saved_tensors
-        return (jacobian @ grad[..., None])[..., 0], None
+        derivatives, = ctx.saved_tensors
+        return (derivatives @ (grad @ ctx.table.projection.T)[..., None])[..., 0], None
+
+
+def _anny_joints(m: AnnyModel, rotvec, transl, heads, R, anchors):
+    """Forward of :class:`_AnnyJoints` (see :meth:`AnnyModel._joints`), bones in ``m._sub``
+    order (n of them): rotvec (B,n,3), transl (B,3), heads (B,n,3), R (B,n,3,3), anchors (B,P,4).
+    ``U_p^T D(v) U_c = D(U_p^T v) U_p^T U_c`` (a rotation conjugated by U_p).
+
+    Returns:
+        (landmarks (B,J,3), what :func:`_anny_joints_backward` needs).
+    """
+    p, j = m._sub_parent, m._sub_pair_j
+    w = (rotvec[..., :, None] * m._Up).sum(-2)  # U_p^T v
+    D, rodrigues_saved = _rodrigues(w)
+    local = D @ m._Q
+    rel = heads - heads[:, p]
+    off = torch.where(m._sub_root_child[:, None], rel @ m._U[0], (rel[..., None, :] @ R[:, p])[..., 0, :])
+    off[:, 0] = transl @ m._U[0]
+    local4, parents, world = _chain(m._tree, local, off)
+    world = world[m._tree._on(world.device)[1]].transpose(0, 1)  # (B,n,3,4), bone order
+    Wr, Wt = world[..., :3], world[..., 3]
+    Tr = Wr @ R.transpose(-1, -2)
+    Tt = Wt - (Tr @ heads[..., None])[..., 0]
+    Trj, Ttj = Tr[:, j], Tt[:, j]
+    parts = (Trj @ anchors[..., :3, None])[..., 0] + Ttj * anchors[..., 3:]
+    regressed = parts.new_zeros(parts.shape[0], len(m.regressed_names), 3).index_add_(1, m._pair_k, parts)
+    out = torch.cat([regressed, Wt[:, m._sub_landmark]], dim=1)
+    return out, (rodrigues_saved, rel, local4, parents, Wr, Tr, Trj, Ttj)
+
+
+def _anny_joints_backward(m: AnnyModel, saved, tensors, G, needs):
+    """dL/d (rotvec, transl, heads, R, anchors) of :func:`_anny_joints` from ``G = dL/dlandmarks``
+    (B,J,3), in reverse: ``parts = T_j a``; ``T_t = W_t - T_r h``; ``T_r = W_r R^T``; the chain
+    (:func:`~bodyfit.body_models.kinematics._chain_backward`); the offsets; ``D(U_p^T v) Q``.
+    Gradients ``needs`` (five bools) does not ask for are None."""
+    rodrigues_saved, rel, local4, parents, Wr, Tr, Trj, Ttj = saved
+    heads, R, anchors = tensors
+    B, n = Wr.shape[:2]
+    p, j, K = m._sub_parent, m._sub_pair_j, len(m.regressed_names)
+    Gp = G[:, :K][:, m._pair_k]  # (B,P,3)
+    g_anchors = None
+    if needs[4]:
+        g_anchors = torch.cat([(Gp[..., None, :] @ Trj)[..., 0, :], (Ttj * Gp).sum(-1, keepdim=True)], -1)
+    g_Tr = Wr.new_zeros(B, n, 3, 3).index_add_(1, j, Gp[..., :, None] * anchors[..., None, :3])
+    g_Wt = Wr.new_zeros(B, n, 3).index_add_(1, j, Gp * anchors[..., 3:])  # dL/dT_t, then dL/dW_t
+    g_Tr -= g_Wt[..., :, None] * heads[..., None, :]
+    g_heads = -(g_Wt[..., None, :] @ Tr)[..., 0, :] if needs[2] else None
+    g_Wt.index_add_(1, torch.as_tensor(m._sub_landmark, device=G.device), G[:, K:])
+    g_R = g_Tr.transpose(-1, -2) @ Wr if needs[3] else None
+    order = m._tree._on(G.device)[0]
+    grad = torch.cat([g_Tr @ R, g_Wt[..., None]], -1).transpose(0, 1)[order]  # dL/dW, level order
+    g_local, g_off = _chain_backward(m._tree, local4, parents, grad)
+    g_transl = g_off[:, 0] @ m._U[0].T
+    root_child = m._sub_root_child[:, None]
+    if needs[2] or needs[3]:
+        g_off = torch.cat([torch.zeros_like(g_off[:, :1]), g_off[:, 1:]], 1)  # the root's is transl's
+        if needs[3]:
+            below_rest = rel[..., :, None] * g_off[..., None, :] * ~root_child[..., None]  # R_p^T rel
+            g_R.index_add_(1, p, below_rest)
+        if needs[2]:
+            g_rel = torch.where(root_child, g_off @ m._U[0].T, (R[:, p] @ g_off[..., None])[..., 0])
+            g_heads += g_rel
+            g_heads.index_add_(1, p, -g_rel)
+    g_w = _rodrigues_backward(rodrigues_saved, g_local @ m._Q.transpose(-1, -2))
+    g_rotvec = (m._Up @ g_w[..., None])[..., 0]
+    return g_rotvec, g_transl, g_heads, g_R, g_anchors
+
+
+class _AnnyJoints(torch.autograd.Function):
+    """:meth:`AnnyModel._joints`: :func:`_anny_joints` and :func:`_anny_joints_backward`."""
+
+    @staticmethod
+    def forward(ctx, rotvec, transl, heads, R, anchors, model):
+        out, saved = _anny_joints(model, rotvec, transl, heads, R, anchors)
+        ctx.model, ctx.n_saved = model, len(saved[0])
+        ctx.save_for_backward(*saved[0], *saved[1:], heads, R, anchors)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, G):
+        tensors = ctx.saved_tensors
+        n = ctx.n_saved
+        saved = (tensors[:n], *tensors[n:-3])
+        grads = _anny_joints_backward(ctx.model, saved, tensors[-3:], G.contiguous(), ctx.needs_input_grad[:5])
+        return *grads, None
 
 
 def _strip_vertices(model):
