@@ -32,8 +32,8 @@ import roma
 import torch
 
 from bodyfit.body_models.base import BodyModel, BodyOutput, BodyParams
-from bodyfit.body_models.kinematics import (KinematicTree, _chain, _chain_backward, _rodrigues,
-                                            _rodrigues_backward, special_procrustes)
+from bodyfit.body_models.kinematics import (KinematicTree, _chain_backward_levels, _chain_levels,
+                                            _rodrigues, _rodrigues_backward, special_procrustes)
 from bodyfit.body_models.keypoint_tables import (ANNY_KEYPOINT_OVERRIDES, ANNY_KEYPOINTS,
                                                  keypoint_table_map)
 
@@ -161,14 +161,21 @@ class AnnyModel(BodyModel):
         self.register_buffer("_sub_parent", parent, persistent=False)
         self.register_buffer("_sub_root_child", (parent == 0) & (torch.arange(len(sub)) > 0), persistent=False)
         self.register_buffer("_U", U, persistent=False)
-        self.register_buffer("_Up", U[parent].contiguous(), persistent=False)
-        self.register_buffer("_Q", U[parent].transpose(-1, -2) @ U, persistent=False)  # U_p^T U_c
+        order = self._tree._order  # bone positions (in ``sub``) in level order
+        self.register_buffer("_Up_levels", U[parent][order].contiguous(), persistent=False)
+        self.register_buffer("_Q_levels", (U[parent].transpose(-1, -2) @ U)[order], persistent=False)  # U_p^T U_c
         self.register_buffer("_heads0", a.template_bone_heads[sub].to(dt), persistent=False)
         self.register_buffer("_headsD", a.bone_heads_blendshapes[:, sub].to(dt), persistent=False)
         self.register_buffer("_orient0", a.bone_template_orientation_matrices[sub].to(dt), persistent=False)
         self.register_buffer("_orientD", a.bone_orientation_blendshapes[:, sub].to(dt), persistent=False)
         self.register_buffer("_sub_pair_j", torch.tensor([at[int(j)] for j in self._pair_j]), persistent=False)
-        self._sub_landmark = [at[j] for j in self.bone_landmark_index]
+        # Where each pair's anchor (4,) lies in the dense anchors (4n, R) of the joints-only path,
+        # bones in level order.
+        K, level = len(self.regressed_names), self._tree._unorder
+        dense = ((4 * level[self._sub_pair_j][:, None] + torch.arange(4)) * K + self._pair_k[:, None]).flatten()
+        self.register_buffer("_dense_anchor_index", dense, persistent=False)
+        self.register_buffer("_landmark_levels", self._tree._unorder[[at[j] for j in self.bone_landmark_index]],
+                             persistent=False)
         if a.rest_orientation_refiner is not None or a.root_identity_orientation or \
                 a.pose_parameterization != "local-ref":
             raise RuntimeError("bodyfit's joints-only Anny path expects the 'local-ref' pose "
@@ -239,15 +246,31 @@ class AnnyModel(BodyModel):
         return self._reused("full", phen, compute)
 
     def _rest_joints(self, phen: torch.Tensor):
-        """(rest heads (B,n,3), rest orientations (B,n,3,3), keypoint anchors) of the joints-only
-        path's bones, as Anny's cached rest model computes them (the orientation: the special
-        Procrustes of a blend of cross-covariances, roma's, computed by
-        :func:`~bodyfit.body_models.kinematics.special_procrustes`)."""
+        """What the joints-only path needs of phenotypes (B,6): the bones' offsets from their
+        parents in their parents' rest frames (n,B,3) and the keypoint anchors in their bones'
+        rest frames (B,4n,R), bones in level order; computed as Anny's cached rest model
+        computes the rest heads h and orientations R (the orientation: the special Procrustes of
+        a blend of cross-covariances, roma's, by
+        :func:`~bodyfit.body_models.kinematics.special_procrustes`).
+
+        A bone's offset is ``R_p^T (h_c - h_p)`` (``U_0^T (h_c - h_0)`` below the root; the
+        root's own, the translation's, is left to :func:`_anny_joints`). Its skinning transform
+        is ``T = W [R | h]^-1``, so an anchor ``(a, a4)`` on it moves as ``T [a; a4] =
+        W [R^T (a - a4 h); a4]``: anchor r on bone j lies at rows 4j..4j+3 of the dense anchors,
+        zeros where it has none."""
         def compute(phen):
             coeffs = self._coefficients(phen)
             heads = self._heads0 + torch.einsum("ba,akd->bkd", coeffs, self._headsD)
             R = special_procrustes(self._orient0 + torch.einsum("ba,akij->bkij", coeffs, self._orientD))
-            return heads, R, self._anchor_A0 + torch.einsum("bn,npd->bpd", coeffs, self._anchor_AD)
+            anchors = self._anchor_A0 + torch.einsum("bn,npd->bpd", coeffs, self._anchor_AD)
+            p, j = self._sub_parent, self._sub_pair_j
+            rel = heads - heads[:, p]
+            off = torch.where(self._sub_root_child[:, None], rel @ self._U[0], (rel[..., None, :] @ R[:, p])[..., 0, :])
+            local = ((anchors[..., :3] - anchors[..., 3:] * heads[:, j])[..., None, :] @ R[:, j])[..., 0, :]
+            B = len(anchors)
+            dense = anchors.new_zeros(B, 4 * len(self._sub) * len(self.regressed_names))
+            dense = dense.index_copy(1, self._dense_anchor_index, torch.cat([local, anchors[..., 3:]], -1).flatten(1))
+            return off.transpose(0, 1)[self._tree._on(off.device)[0]], dense.view(B, 4 * len(self._sub), -1)
         return self._reused("joints", phen, compute)
 
     def _joints(self, params: BodyParams) -> torch.Tensor:
@@ -257,10 +280,11 @@ class AnnyModel(BodyModel):
         local transform is ``[U_p^T D_c U_c | R_p^T (h_c - h_p)]`` (``U_0^T (h_c - h_0)`` below
         the root, whose own is ``[U_0^T D_0 U_0 | U_0^T transl]``), and its skinning transform
         ``T_c = W_c [R_c | h_c]^-1``; a landmark is ``sum_j T_j a_kj``. One autograd node with a
-        hand-written backward (:class:`_AnnyJoints`)."""
-        heads, R, anchors = self._rest_joints(params.shape)
+        hand-written backward (:class:`_AnnyJoints`) after the rest quantities
+        (:meth:`_rest_joints`)."""
+        offsets, anchors = self._rest_joints(params.shape)
         rotvec = torch.cat([params.global_orient[:, None], params.body_pose], 1)[:, self._sub]
-        return _AnnyJoints.apply(rotvec, params.transl, heads, R, anchors, self)
+        return _AnnyJoints.apply(rotvec, params.transl, offsets, anchors, self)
 
     def forward(self, params: BodyParams, vertices: bool = True) -> BodyOutput:
         """Pose and shape the body.
@@ -433,79 +457,66 @@ class _PhenotypeCoefficientsFn(torch.autograd.Function):
         return (derivatives @ (grad @ ctx.table.projection.T)[..., None])[..., 0], None
 
 
-def _anny_joints(m: AnnyModel, rotvec, transl, heads, R, anchors):
-    """Forward of :class:`_AnnyJoints` (see :meth:`AnnyModel._joints`), bones in ``m._sub``
-    order (n of them): rotvec (B,n,3), transl (B,3), heads (B,n,3), R (B,n,3,3), anchors (B,P,4).
-    ``U_p^T D(v) U_c = D(U_p^T v) U_p^T U_c`` (a rotation conjugated by U_p).
+def _anny_joints(m: AnnyModel, rotvec, transl, offsets, anchors):
+    """Forward of :class:`_AnnyJoints` (see :meth:`AnnyModel._joints`): rotvec (B,n,3) of the
+    bones ``m._sub``, transl (B,3), offsets (n,B,3) and anchors (B,4n,R) from
+    :meth:`AnnyModel._rest_joints`. Bones first and in level order, so that the products by
+    per-bone constants are one ``bmm`` over the bones: ``U_p^T D(v) U_c = D(U_p^T v) U_p^T U_c``
+    (a rotation conjugated by U_p); the regressed landmarks are the world transforms side by
+    side (B,3,4n) times the anchors.
 
     Returns:
         (landmarks (B,J,3), what :func:`_anny_joints_backward` needs).
     """
-    p, j = m._sub_parent, m._sub_pair_j
-    w = (rotvec[..., :, None] * m._Up).sum(-2)  # U_p^T v
+    tree = m._tree
+    order = tree._on(rotvec.device)[0]
+    n, B = offsets.shape[:2]
+    w = torch.bmm(rotvec.transpose(0, 1)[order], m._Up_levels)  # (n,B,3): U_p^T v
     D, rodrigues_saved = _rodrigues(w)
-    local = D @ m._Q
-    rel = heads - heads[:, p]
-    off = torch.where(m._sub_root_child[:, None], rel @ m._U[0], (rel[..., None, :] @ R[:, p])[..., 0, :])
-    off[:, 0] = transl @ m._U[0]
-    local4, parents, world = _chain(m._tree, local, off)
-    world = world[m._tree._on(world.device)[1]].transpose(0, 1)  # (B,n,3,4), bone order
-    Wr, Wt = world[..., :3], world[..., 3]
-    Tr = Wr @ R.transpose(-1, -2)
-    Tt = Wt - (Tr @ heads[..., None])[..., 0]
-    Trj, Ttj = Tr[:, j], Tt[:, j]
-    parts = (Trj @ anchors[..., :3, None])[..., 0] + Ttj * anchors[..., 3:]
-    regressed = parts.new_zeros(parts.shape[0], len(m.regressed_names), 3).index_add_(1, m._pair_k, parts)
-    out = torch.cat([regressed, Wt[:, m._sub_landmark]], dim=1)
-    return out, (rodrigues_saved, rel, local4, parents, Wr, Tr, Trj, Ttj)
+    local = offsets.new_empty(n, B, 4, 4)
+    local[..., :3, :3] = torch.bmm(D.view(n, -1, 3), m._Q_levels).view(n, B, 3, 3)
+    local[1:, :, :3, 3] = offsets[1:]
+    local[0, :, :3, 3] = transl @ m._U[0]
+    local[..., 3, :3] = 0.0
+    local[..., 3, 3] = 1.0
+    parents, world = _chain_levels(tree, local)
+    W = world.permute(1, 2, 0, 3).reshape(B, 3, 4 * n)
+    out = torch.cat([(W @ anchors).transpose(1, 2), world[m._landmark_levels, ..., 3].transpose(0, 1)], dim=1)
+    return out, (rodrigues_saved, local, parents, W)
 
 
-def _anny_joints_backward(m: AnnyModel, saved, tensors, G, needs):
-    """dL/d (rotvec, transl, heads, R, anchors) of :func:`_anny_joints` from ``G = dL/dlandmarks``
-    (B,J,3), in reverse: ``parts = T_j a``; ``T_t = W_t - T_r h``; ``T_r = W_r R^T``; the chain
-    (:func:`~bodyfit.body_models.kinematics._chain_backward`); the offsets; ``D(U_p^T v) Q``.
-    Gradients ``needs`` (five bools) does not ask for are None."""
-    rodrigues_saved, rel, local4, parents, Wr, Tr, Trj, Ttj = saved
-    heads, R, anchors = tensors
-    B, n = Wr.shape[:2]
-    p, j, K = m._sub_parent, m._sub_pair_j, len(m.regressed_names)
-    Gp = G[:, :K][:, m._pair_k]  # (B,P,3)
-    g_anchors = None
-    if needs[4]:
-        g_anchors = torch.cat([(Gp[..., None, :] @ Trj)[..., 0, :], (Ttj * Gp).sum(-1, keepdim=True)], -1)
-    g_Tr = Wr.new_zeros(B, n, 3, 3).index_add_(1, j, Gp[..., :, None] * anchors[..., None, :3])
-    g_Wt = Wr.new_zeros(B, n, 3).index_add_(1, j, Gp * anchors[..., 3:])  # dL/dT_t, then dL/dW_t
-    g_Tr -= g_Wt[..., :, None] * heads[..., None, :]
-    g_heads = -(g_Wt[..., None, :] @ Tr)[..., 0, :] if needs[2] else None
-    g_Wt.index_add_(1, torch.as_tensor(m._sub_landmark, device=G.device), G[:, K:])
-    g_R = g_Tr.transpose(-1, -2) @ Wr if needs[3] else None
-    order = m._tree._on(G.device)[0]
-    grad = torch.cat([g_Tr @ R, g_Wt[..., None]], -1).transpose(0, 1)[order]  # dL/dW, level order
-    g_local, g_off = _chain_backward(m._tree, local4, parents, grad)
-    g_transl = g_off[:, 0] @ m._U[0].T
-    root_child = m._sub_root_child[:, None]
-    if needs[2] or needs[3]:
-        g_off = torch.cat([torch.zeros_like(g_off[:, :1]), g_off[:, 1:]], 1)  # the root's is transl's
-        if needs[3]:
-            below_rest = rel[..., :, None] * g_off[..., None, :] * ~root_child[..., None]  # R_p^T rel
-            g_R.index_add_(1, p, below_rest)
-        if needs[2]:
-            g_rel = torch.where(root_child, g_off @ m._U[0].T, (R[:, p] @ g_off[..., None])[..., 0])
-            g_heads += g_rel
-            g_heads.index_add_(1, p, -g_rel)
-    g_w = _rodrigues_backward(rodrigues_saved, g_local @ m._Q.transpose(-1, -2))
-    g_rotvec = (m._Up @ g_w[..., None])[..., 0]
-    return g_rotvec, g_transl, g_heads, g_R, g_anchors
+def _anny_joints_backward(m: AnnyModel, saved, anchors, G, needs):
+    """dL/d (rotvec, transl, offsets, anchors) of :func:`_anny_joints` from ``G = dL/dlandmarks``
+    (B,J,3), in reverse: the landmarks; the chain
+    (:func:`~bodyfit.body_models.kinematics._chain_backward_levels`); ``D(U_p^T v) Q``.
+    Gradients ``needs`` (four bools) does not ask for are None."""
+    rodrigues_saved, local, parents, W = saved
+    tree, K = m._tree, len(m.regressed_names)
+    n, B = local.shape[:2]
+    Gr = G[:, :K]  # (B,R,3)
+    g_anchors = (Gr @ W).transpose(1, 2) if needs[3] else None
+    g_world = (Gr.transpose(1, 2) @ anchors.transpose(1, 2)).view(B, 3, n, 4).permute(2, 0, 1, 3).contiguous()
+    g_world[m._landmark_levels, ..., 3] += G[:, K:].transpose(0, 1)
+    g_local = _chain_backward_levels(tree, local, parents, g_world)  # (n,B,3,4)
+    g_transl = g_local[0, :, :, 3] @ m._U[0].T
+    g_offsets = None
+    if needs[2]:
+        g_offsets = g_local[..., 3].clone()
+        g_offsets[0] = 0.0  # the root's is the translation's
+    g_D = torch.bmm(g_local[..., :3].reshape(n, -1, 3), m._Q_levels.transpose(1, 2)).view(n, B, 3, 3)
+    g_w = _rodrigues_backward(rodrigues_saved, g_D)
+    g_rotvec = torch.bmm(g_w, m._Up_levels.transpose(1, 2))[tree._on(G.device)[1]].transpose(0, 1)
+    return g_rotvec, g_transl, g_offsets, g_anchors
 
 
 class _AnnyJoints(torch.autograd.Function):
     """:meth:`AnnyModel._joints`: :func:`_anny_joints` and :func:`_anny_joints_backward`."""
 
     @staticmethod
-    def forward(ctx, rotvec, transl, heads, R, anchors, model):
-        out, saved = _anny_joints(model, rotvec, transl, heads, R, anchors)
+    def forward(ctx, rotvec, transl, offsets, anchors, model):
+        out, saved = _anny_joints(model, rotvec, transl, offsets, anchors)
         ctx.model, ctx.n_saved = model, len(saved[0])
-        ctx.save_for_backward(*saved[0], *saved[1:], heads, R, anchors)
+        ctx.save_for_backward(*saved[0], *saved[1:], anchors)
         return out
 
     @staticmethod
@@ -513,8 +524,8 @@ class _AnnyJoints(torch.autograd.Function):
     def backward(ctx, G):
         tensors = ctx.saved_tensors
         n = ctx.n_saved
-        saved = (tensors[:n], *tensors[n:-3])
-        grads = _anny_joints_backward(ctx.model, saved, tensors[-3:], G.contiguous(), ctx.needs_input_grad[:5])
+        saved = (tensors[:n], *tensors[n:-1])
+        grads = _anny_joints_backward(ctx.model, saved, tensors[-1], G.contiguous(), ctx.needs_input_grad[:4])
         return *grads, None
 
 

@@ -288,12 +288,23 @@ def _chain(tree: KinematicTree, rotations: torch.Tensor, offsets: torch.Tensor):
         (local (J, B, 4, 4), parents (J - roots, B, 3, 4) each non-root joint's parent's W,
         world (J, B, 3, 4)), level order.
     """
-    order, _, parent_in_levels = tree._on(rotations.device)
+    order = tree._on(rotations.device)[0]
     B, J = rotations.shape[:2]
     local = rotations.new_zeros(J, B, 4, 4)
     local[:, :, :3, :3] = rotations.transpose(0, 1)[order]
     local[:, :, :3, 3] = offsets.transpose(0, 1)[order]
     local[:, :, 3, 3] = 1.0
+    return local, *_chain_levels(tree, local)
+
+
+def _chain_levels(tree: KinematicTree, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_chain` from the local transforms ``local`` (J, B, 4, 4), level order.
+
+    Returns:
+        (parents (J - roots, B, 3, 4), world (J, B, 3, 4)), level order.
+    """
+    parent_in_levels = tree._on(local.device)[2]
+    J, B = local.shape[:2]
     local_levels = local.split_with_sizes(tree._sizes, 0)
     world = local.new_empty(J, B, 3, 4)
     world_levels = world.split_with_sizes(tree._sizes, 0)
@@ -304,7 +315,7 @@ def _chain(tree: KinematicTree, rotations: torch.Tensor, offsets: torch.Tensor):
         torch.index_select(world_levels[d - 1], 0, parent_in_level, out=parent_levels[d - 1])
         torch.bmm(parent_levels[d - 1].view(-1, 3, 4), local_levels[d].view(-1, 4, 4),
                   out=world_levels[d].view(-1, 3, 4))
-    return local, parents, world
+    return parents, world
 
 
 def _chain_backward(tree: KinematicTree, local: torch.Tensor, parents: torch.Tensor,
@@ -316,7 +327,16 @@ def _chain_backward(tree: KinematicTree, local: torch.Tensor, parents: torch.Ten
     Returns:
         (dL/drotations (B, J, 3, 3), dL/doffsets (B, J, 3)), joint order.
     """
-    _, unorder, parent_in_levels = tree._on(local.device)
+    grad_local = _chain_backward_levels(tree, local, parents, grad)
+    grad_local = grad_local[tree._on(local.device)[1]].transpose(0, 1)
+    return grad_local[..., :3], grad_local[..., 3]
+
+
+def _chain_backward_levels(tree: KinematicTree, local: torch.Tensor, parents: torch.Tensor,
+                           grad: torch.Tensor) -> torch.Tensor:
+    """:func:`_chain_backward` in level order: dL/dlocal (J, B, 3, 4) (the rotations', then the
+    offsets' column)."""
+    parent_in_levels = tree._on(local.device)[2]
     B = local.shape[1]
     grad_levels = grad.split_with_sizes(tree._sizes, 0)
     local_levels = local.split_with_sizes(tree._sizes, 0)
@@ -328,8 +348,7 @@ def _chain_backward(tree: KinematicTree, local: torch.Tensor, parents: torch.Ten
     grad_local[:n_roots] = grad[:n_roots]
     torch.bmm(parents[..., :3].reshape(-1, 3, 3).transpose(1, 2), grad[n_roots:].view(-1, 3, 4),
               out=grad_local[n_roots:].view(-1, 3, 4))
-    grad_local = grad_local[unorder].transpose(0, 1)
-    return grad_local[..., :3], grad_local[..., 3]
+    return grad_local
 
 
 class _Compose(torch.autograd.Function):
