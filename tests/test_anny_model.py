@@ -174,7 +174,7 @@ def test_phenotype_coefficients_equal_annys_with_the_same_gradients(anny):
 def test_special_procrustes_equals_romas_with_the_same_gradients(anny):
     """kinematics.special_procrustes (Newton's polar iteration, hand-written backward) against
     roma's on Anny's rest-orientation blends, including matrices of negative determinant
-    (neck03 of very young phenotypes: roma's, by fallback)."""
+    (neck03 of young phenotypes: from an SVD, the same backward)."""
     import roma
 
     from bodyfit.body_models.kinematics import special_procrustes
@@ -183,7 +183,7 @@ def test_special_procrustes_equals_romas_with_the_same_gradients(anny):
     with torch.no_grad():
         M = anny._orient0 + torch.einsum("ba,akij->bkij", anny._coefficients(phen), anny._orientD)
     M = M.double()
-    assert bool((torch.linalg.det(M) <= 0).any())  # the fallback is exercised
+    assert bool((torch.linalg.det(M) <= 0).any())  # the SVD branch is exercised
     a, b = M.clone().requires_grad_(True), M.clone().requires_grad_(True)
     ours, theirs = special_procrustes(a), roma.special_procrustes(b)
     assert torch.allclose(ours, theirs, atol=1e-10)

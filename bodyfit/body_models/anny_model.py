@@ -263,14 +263,7 @@ class AnnyModel(BodyModel):
             heads = self._heads0 + torch.einsum("ba,akd->bkd", coeffs, self._headsD)
             R = special_procrustes(self._orient0 + torch.einsum("ba,akij->bkij", coeffs, self._orientD))
             anchors = self._anchor_A0 + torch.einsum("bn,npd->bpd", coeffs, self._anchor_AD)
-            p, j = self._sub_parent, self._sub_pair_j
-            rel = heads - heads[:, p]
-            off = torch.where(self._sub_root_child[:, None], rel @ self._U[0], (rel[..., None, :] @ R[:, p])[..., 0, :])
-            local = ((anchors[..., :3] - anchors[..., 3:] * heads[:, j])[..., None, :] @ R[:, j])[..., 0, :]
-            B = len(anchors)
-            dense = anchors.new_zeros(B, 4 * len(self._sub) * len(self.regressed_names))
-            dense = dense.index_copy(1, self._dense_anchor_index, torch.cat([local, anchors[..., 3:]], -1).flatten(1))
-            return off.transpose(0, 1)[self._tree._on(off.device)[0]], dense.view(B, 4 * len(self._sub), -1)
+            return _RestFrames.apply(heads, R, anchors, self)
         return self._reused("joints", phen, compute)
 
     def _joints(self, params: BodyParams) -> torch.Tensor:
@@ -328,7 +321,8 @@ class PhenotypeCoefficients:
     each phenotype's weights, and its derivative by phenotype f is the same product with f's
     weights replaced by their derivatives. The phenotypes the model does not expose (race, cup
     size, firmness) are constants: their factors are folded into the projection, and the blend
-    shapes they zero are dropped.
+    shapes they zero are dropped. The derivatives by each phenotype are each row's product of
+    the other phenotypes' factors (prefix and suffix products) times its factor's derivative.
 
     Args:
         model: an ``anny.Anny`` (phenotypes not extrapolated).
@@ -369,11 +363,10 @@ class PhenotypeCoefficients:
         projection = torch.eye(len(mask), dtype=dtype) if projection is None else projection.to(dtype)
         self.projection = (row_constant[:, None] * projection)[keep]  # (R', C)
         # The exposed phenotypes' weights side by side, each phenotype's block ending with a
-        # constant 1 (for the rows that do not vary with it): E columns. Each kept row's factor
-        # of each phenotype is one column of them.
+        # constant 1 (for the rows that do not vary with it). Each kept row's factor of each
+        # phenotype is one column of them.
         self.count = torch.tensor([len(model.anchors[f]) for f in labels])  # (F,) anchors
         self.first = torch.cumsum(self.count + 1, 0) - self.count - 1  # (F,) each block's first column
-        E = int((self.count + 1).sum())
         gather = []
         for r in torch.nonzero(keep).flatten().tolist():
             gather.append([int(self.first[i]) + next((k for k in range(self.count[i]) if mask[r, start[f] + k]), int(self.count[i]))
@@ -381,18 +374,16 @@ class PhenotypeCoefficients:
         self.gather = torch.tensor(gather)  # (R', F)
         self.anchors = torch.stack([torch.nn.functional.pad(model.anchors[f].to(dtype), (0, 5 - len(model.anchors[f])),
                                                             value=float("inf")) for f in labels])  # (F, 5)
-        F = len(labels)
-        # Row 1 + f of the Jacobian pass has phenotype f's block zeroed (then the derivatives
-        # of its weights written in).
-        self.keep = torch.ones(F + 1, E, dtype=dtype)
-        for f in range(F):
-            self.keep[1 + f, self.first[f]:self.first[f] + self.count[f] + 1] = 0
         self.ones = self.first + self.count  # (F,) the constant columns
+        self.lowest = self.anchors[:, 0]
+        self.highest = self.anchors[torch.arange(len(labels)), self.count - 1]
+        self.width = int((self.count + 1).sum())
 
     def to(self, device, dtype) -> "PhenotypeCoefficients":
         """The tables on ``device`` in ``dtype`` (floating ones), in place; returns self."""
         for name, value in vars(self).items():
-            setattr(self, name, value.to(device, dtype) if value.is_floating_point() else value.to(device))
+            if isinstance(value, torch.Tensor):
+                setattr(self, name, value.to(device, dtype) if value.is_floating_point() else value.to(device))
         return self
 
     def __call__(self, phenotypes: torch.Tensor) -> torch.Tensor:
@@ -403,16 +394,15 @@ class PhenotypeCoefficients:
         """(coefficients (B, C), their Jacobian (B, F, C) or None) of phenotypes (B, F), without
         autograd."""
         products, derivatives = self._products(phenotypes, jacobian)
-        return products @ self.projection, (derivatives @ self.projection if jacobian else None)
+        return products @ self.projection, (derivatives.permute(2, 1, 0) @ self.projection if jacobian else None)
 
     def _products(self, phenotypes: torch.Tensor, jacobian: bool):
         """(the kept blend shapes' products (B, R'), their derivatives by each phenotype
-        (B, F, R') or None): the coefficients and their Jacobian before the projection. Like
+        (R', F, B) or None): the coefficients and their Jacobian before the projection. Like
         Anny's, a phenotype is clamped to its anchors' range (no gradient beyond, a one-sided
         one on the boundary), and on an anchor it takes the segment below it."""
         B, F = phenotypes.shape
-        anchors, count = self.anchors, self.count
-        lowest, highest = anchors[:, 0], anchors[torch.arange(F), count - 1]
+        anchors, count, lowest, highest = self.anchors, self.count, self.lowest, self.highest
         value = torch.minimum(torch.maximum(phenotypes, lowest), highest)
         upper = torch.searchsorted(anchors.expand(B, -1, -1).reshape(B * F, -1), value.reshape(B * F, 1)).view(B, F)
         upper = torch.minimum(upper.clamp(min=1), count - 1)
@@ -420,22 +410,26 @@ class PhenotypeCoefficients:
         lo = torch.gather(a, 2, (upper - 1)[..., None])[..., 0]
         step = torch.gather(a, 2, upper[..., None])[..., 0] - lo
         alpha = (value - lo) / step
-        rows = 1 + F if jacobian else 1
-        E1 = self.keep.shape[1]
-        column = self.first + upper - 1  # (B, F) the lower anchor's column
+        E1 = self.width
+        column = (self.first + upper - 1).repeat(1, 2)  # (B, 2F) the lower, then the upper anchors' columns
+        column[:, F:] += 1
         weights = phenotypes.new_zeros(B, E1)
         weights[:, self.ones] = 1
-        weights.scatter_(1, torch.cat([column, column + 1], 1), torch.cat([1 - alpha, alpha], 1))
-        P = weights[:, None] * self.keep[:rows]  # (B, rows, E + 1)
-        if jacobian:
-            inside = (phenotypes >= lowest) & (phenotypes <= highest)
-            slope = torch.where(inside, 1 / step, 0.0)
-            at = (torch.arange(1, F + 1, device=phenotypes.device) * E1 + column).expand(B, F)
-            P.view(B, -1).scatter_(1, torch.cat([at, at + 1], 1), torch.cat([-slope, slope], 1))
-        # factors (R', F, B * rows), entries first: rows of P^T picked, a fast copy
-        factors = P.view(B * rows, E1).T.contiguous().index_select(0, self.gather.flatten())
-        products = factors.view(*self.gather.shape, -1).prod(1).T.view(B, rows, -1)
-        return products[:, 0], (products[:, 1:] if jacobian else None)
+        weights.scatter_(1, column, torch.cat([1 - alpha, alpha], 1))
+        if not jacobian:  # the same products, in the same order
+            values = weights.T.contiguous().index_select(0, self.gather.flatten()).view(*self.gather.shape, B)
+            return values.cumprod(1)[:, -1].T, None
+        inside = (phenotypes >= lowest) & (phenotypes <= highest)
+        slope = torch.where(inside, 1 / step, 0.0)
+        slopes = phenotypes.new_zeros(B, E1).scatter_(1, column, torch.cat([-slope, slope], 1))
+        # factors (2, R', F, B): each row's weight of each phenotype, and its derivative
+        index = torch.cat([self.gather.flatten(), self.gather.flatten() + E1])
+        values, derivatives = torch.cat([weights.T, slopes.T]).index_select(0, index).view(2, *self.gather.shape, B)
+        before = values.cumprod(1)  # products of the factors up to each phenotype, and after it
+        after = values.flip(1).cumprod(1).flip(1)
+        one = values.new_ones(len(values), 1, B)
+        derivatives = derivatives * torch.cat([one, before[:, :-1]], 1) * torch.cat([after[:, 1:], one], 1)
+        return before[:, -1].T, derivatives  # (B, R'), (R', F, B)
 
 
 class _PhenotypeCoefficientsFn(torch.autograd.Function):
@@ -454,7 +448,67 @@ class _PhenotypeCoefficientsFn(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         derivatives, = ctx.saved_tensors
-        return (derivatives @ (grad @ ctx.table.projection.T)[..., None])[..., 0], None
+        return (derivatives * (grad @ ctx.table.projection.T).T[:, None]).sum(0).T, None
+
+
+def _rest_frames(m: AnnyModel, heads, R, anchors):
+    """Forward of :class:`_RestFrames` (see :meth:`AnnyModel._rest_joints`): heads (B,n,3),
+    R (B,n,3,3), anchors (B,P,4) of the (keypoint, bone) pairs -> (offsets (n,B,3), dense
+    anchors (B,4n,R)), level order; products by R as elementwise sums (one 3x3 per pair)."""
+    p, j = m._sub_parent, m._sub_pair_j
+    rel = heads - heads[:, p]
+    off = torch.where(m._sub_root_child[:, None], rel @ m._U[0], (R[:, p] * rel[..., :, None]).sum(-2))  # R_p^T rel
+    Rj = R[:, j]
+    v = anchors[..., :3] - anchors[..., 3:] * heads[:, j]
+    local = (Rj * v[..., :, None]).sum(-2)  # R_j^T (a - a4 h_j)
+    B = len(anchors)
+    dense = anchors.new_zeros(B, 4 * len(m._sub) * len(m.regressed_names))
+    dense.index_copy_(1, m._dense_anchor_index, torch.cat([local, anchors[..., 3:]], -1).flatten(1))
+    offsets = off.transpose(0, 1)[m._tree._on(off.device)[0]]
+    return offsets, dense.view(B, 4 * len(m._sub), -1), (rel, Rj, v)
+
+
+def _rest_frames_backward(m: AnnyModel, saved, g_offsets, g_dense):
+    """dL/d (heads, R, anchors) of :func:`_rest_frames` from dL/d (offsets, dense anchors)."""
+    heads, R, anchors, rel, Rj, v = saved
+    p, j = m._sub_parent, m._sub_pair_j
+    B, n = heads.shape[:2]
+    g_R = R.new_zeros(B, n, 3, 3)
+    g_heads = heads.new_zeros(B, n, 3)
+    g_anchors = anchors.new_zeros(anchors.shape)
+    if g_dense is not None:
+        g_pairs = g_dense.reshape(B, -1).index_select(1, m._dense_anchor_index).view(anchors.shape)
+        g_local = g_pairs[..., :3]
+        g_v = (Rj * g_local[..., None, :]).sum(-1)  # R_j dL/dlocal
+        g_R.index_add_(1, j, v[..., :, None] * g_local[..., None, :])
+        g_heads.index_add_(1, j, -anchors[..., 3:] * g_v)
+        g_anchors[..., :3] = g_v
+        g_anchors[..., 3] = g_pairs[..., 3] - (heads[:, j] * g_v).sum(-1)
+    if g_offsets is not None:
+        g_off = g_offsets[m._tree._on(heads.device)[1]].transpose(0, 1).clone()  # (B,n,3), bone order
+        g_off[:, 0] = 0.0  # the root's is the translation's
+        root_child = m._sub_root_child[:, None]
+        g_rel = torch.where(root_child, g_off @ m._U[0].T, (R[:, p] * g_off[..., None, :]).sum(-1))
+        g_R.index_add_(1, p, rel[..., :, None] * (g_off * ~root_child)[..., None, :])
+        g_heads += g_rel
+        g_heads.index_add_(1, p, -g_rel)
+    return g_heads, g_R, g_anchors
+
+
+class _RestFrames(torch.autograd.Function):
+    """:func:`_rest_frames` and :func:`_rest_frames_backward`: one autograd node."""
+
+    @staticmethod
+    def forward(ctx, heads, R, anchors, model):
+        offsets, dense, saved = _rest_frames(model, heads, R, anchors)
+        ctx.model = model
+        ctx.save_for_backward(heads, R, anchors, *saved)
+        return offsets, dense
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_offsets, g_dense):
+        return *_rest_frames_backward(ctx.model, ctx.saved_tensors, g_offsets, g_dense), None
 
 
 def _anny_joints(m: AnnyModel, rotvec, transl, offsets, anchors):

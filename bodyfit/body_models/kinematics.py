@@ -99,8 +99,8 @@ def special_procrustes(M: torch.Tensor) -> torch.Tensor:
     same rotation) by Newton's iteration ``X <- (g X + (g X)^-T) / 2`` (Higham 1986), with
     determinant scaling ``g`` and each inverse by cofactors, until it settles: a few batched
     elementwise operations per iteration where roma solves an eigenproblem in float64; with a
-    hand-written backward (:class:`_SpecialProcrustes`). Where det(M) <= 0 (rare: Anny's neck03
-    of very young phenotypes), roma's.
+    hand-written backward (:class:`_SpecialProcrustes`). Where det(M) <= 0 (Anny's neck03 of
+    young phenotypes), from an SVD.
 
     Args:
         M: (..., 3, 3) matrices.
@@ -160,7 +160,7 @@ def _polar_rotation_backward(M: torch.Tensor, R: torch.Tensor, G: torch.Tensor) 
     """dL/dM of :func:`_polar_rotation` from ``G = dL/dR``. With ``M = R S``, a change dM moves
     R by ``dR = R [w]_x`` where ``(tr(S) I - S) w = vee(R^T dM - dM^T R)``; so
     ``dL = c . vee(R^T dM - dM^T R) / 2 = <R [c]_x, dM>`` with ``(tr(S) I - S) c = vee(R^T G - G^T R)``
-    (H = tr(S) I - S is symmetric, positive definite when det(M) > 0)."""
+    (H = tr(S) I - S is symmetric, positive definite when the rotation is unique)."""
     S = R.transpose(-1, -2) @ M
     S = 0.5 * (S + S.transpose(-1, -2))
     H = torch.diag_embed(S.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True).expand(*S.shape[:-1])) - S
@@ -174,33 +174,27 @@ def _polar_rotation_backward(M: torch.Tensor, R: torch.Tensor, G: torch.Tensor) 
 
 
 class _SpecialProcrustes(torch.autograd.Function):
-    """:func:`special_procrustes`: :func:`_polar_rotation` and :func:`_polar_rotation_backward`;
-    roma's forward and backward for the matrices of non-positive determinant."""
+    """:func:`special_procrustes`: :func:`_polar_rotation` and :func:`_polar_rotation_backward`.
+    Where det(M) <= 0, the forward is ``U diag(1, 1, -1) V^T`` from the SVD ``M = U S V^T``;
+    the backward is the same, ``R^T M`` being symmetric there too (``V diag(s1, s2, -s3) V^T``)."""
 
     @staticmethod
     def forward(ctx, M):
         R, det = _polar_rotation(M)
         flipped = det <= 0
         if bool(flipped.any()):
-            import roma
-
+            U, _, Vh = torch.linalg.svd(M[flipped].double())
+            U = torch.cat([U[..., :2], U[..., 2:] * torch.linalg.det(U @ Vh)[..., None, None]], -1)
             R = R.clone()
-            R[flipped] = roma.special_procrustes(M[flipped])
-        ctx.save_for_backward(M, R, flipped)
+            R[flipped] = (U @ Vh).to(R.dtype)
+        ctx.save_for_backward(M, R)
         return R
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, G):
-        M, R, flipped = ctx.saved_tensors
-        grad = _polar_rotation_backward(M, R, G)
-        if bool(flipped.any()):
-            import roma
-
-            with torch.enable_grad():
-                Mf = M[flipped].detach().requires_grad_(True)
-                grad[flipped] = torch.autograd.grad(roma.special_procrustes(Mf), Mf, G[flipped])[0]
-        return grad
+        M, R = ctx.saved_tensors
+        return _polar_rotation_backward(M, R, G)
 
 
 class KinematicTree:
