@@ -158,8 +158,10 @@ class AnnyModel(BodyModel):
         U = a.reference_bone_orientations[sub].to(self.dtype)
         dt = self.dtype
         self.register_buffer("_sub", torch.tensor(sub), persistent=False)
-        self.register_buffer("_sub_parent", parent, persistent=False)
-        self.register_buffer("_sub_root_child", (parent == 0) & (torch.arange(len(sub)) > 0), persistent=False)
+        position = self._tree._unorder  # level-order position of each bone
+        self.register_buffer("_parent_levels", position[parent[self._tree._order]], persistent=False)
+        self.register_buffer("_root_child_levels", ((parent == 0) & (torch.arange(len(sub)) > 0))[self._tree._order],
+                             persistent=False)
         self.register_buffer("_U", U, persistent=False)
         order = self._tree._order  # bone positions (in ``sub``) in level order
         self.register_buffer("_Up_levels", U[parent][order].contiguous(), persistent=False)
@@ -246,24 +248,31 @@ class AnnyModel(BodyModel):
         return self._reused("full", phen, compute)
 
     def _rest_joints(self, phen: torch.Tensor):
-        """What the joints-only path needs of phenotypes (B,6): the bones' offsets from their
-        parents in their parents' rest frames (n,B,3) and the keypoint anchors in their bones'
-        rest frames (B,4n,R), bones in level order; computed as Anny's cached rest model
-        computes the rest heads h and orientations R (the orientation: the special Procrustes of
-        a blend of cross-covariances, roma's, by
-        :func:`~bodyfit.body_models.kinematics.special_procrustes`).
-
-        A bone's offset is ``R_p^T (h_c - h_p)`` (``U_0^T (h_c - h_0)`` below the root; the
-        root's own, the translation's, is left to :func:`_anny_joints`). Its skinning transform
-        is ``T = W [R | h]^-1``, so an anchor ``(a, a4)`` on it moves as ``T [a; a4] =
-        W [R^T (a - a4 h); a4]``: anchor r on bone j lies at rows 4j..4j+3 of the dense anchors,
-        zeros where it has none."""
+        """What the joints-only path needs of phenotypes (B,6), bones in level order: the bones'
+        offsets from their parents in their parents' rest frames (n,B,3), the inverses of their
+        rest frames ``[R^T | -R^T h]`` (n,B,3,4), and the keypoint anchors (B,4n,R) (regressed
+        landmark r's anchor on bone j at rows 4j..4j+3, zeros where it has none); computed as
+        Anny's cached rest model computes the rest heads h and orientations R (the orientation:
+        the special Procrustes of a blend of cross-covariances, roma's, by
+        :func:`~bodyfit.body_models.kinematics.special_procrustes`). A bone's offset is
+        ``R_p^T (h_c - h_p)`` (``U_0^T (h_c - h_0)`` below the root; the root's own, the
+        translation's, is left to :func:`_anny_joints`)."""
         def compute(phen):
             coeffs = self._coefficients(phen)
             heads = self._heads0 + torch.einsum("ba,akd->bkd", coeffs, self._headsD)
             R = special_procrustes(self._orient0 + torch.einsum("ba,akij->bkij", coeffs, self._orientD))
             anchors = self._anchor_A0 + torch.einsum("bn,npd->bpd", coeffs, self._anchor_AD)
-            return _RestFrames.apply(heads, R, anchors, self)
+            order, p = self._tree._on(phen.device)[0], self._parent_levels
+            heads, R = heads.transpose(0, 1)[order], R.transpose(0, 1)[order]  # (n,B,...), level order
+            rel = heads - heads[p]
+            offsets = torch.where(self._root_child_levels[:, None, None], rel @ self._U[0],
+                                  (rel[..., None, :] @ R[p])[..., 0, :])
+            Rt = R.transpose(-1, -2)
+            frames = torch.cat([Rt, -(Rt @ heads[..., None])], -1)
+            B = len(anchors)
+            dense = anchors.new_zeros(B, 4 * len(self._sub) * len(self.regressed_names))
+            dense = dense.index_copy(1, self._dense_anchor_index, anchors.flatten(1))
+            return offsets, frames, dense.view(B, 4 * len(self._sub), -1)
         return self._reused("joints", phen, compute)
 
     def _joints(self, params: BodyParams) -> torch.Tensor:
@@ -275,9 +284,9 @@ class AnnyModel(BodyModel):
         ``T_c = W_c [R_c | h_c]^-1``; a landmark is ``sum_j T_j a_kj``. One autograd node with a
         hand-written backward (:class:`_AnnyJoints`) after the rest quantities
         (:meth:`_rest_joints`)."""
-        offsets, anchors = self._rest_joints(params.shape)
+        offsets, frames, anchors = self._rest_joints(params.shape)
         rotvec = torch.cat([params.global_orient[:, None], params.body_pose], 1)[:, self._sub]
-        return _AnnyJoints.apply(rotvec, params.transl, offsets, anchors, self)
+        return _AnnyJoints.apply(rotvec, params.transl, offsets, frames, anchors, self)
 
     def forward(self, params: BodyParams, vertices: bool = True) -> BodyOutput:
         """Pose and shape the body.
@@ -451,73 +460,13 @@ class _PhenotypeCoefficientsFn(torch.autograd.Function):
         return (derivatives * (grad @ ctx.table.projection.T).T[:, None]).sum(0).T, None
 
 
-def _rest_frames(m: AnnyModel, heads, R, anchors):
-    """Forward of :class:`_RestFrames` (see :meth:`AnnyModel._rest_joints`): heads (B,n,3),
-    R (B,n,3,3), anchors (B,P,4) of the (keypoint, bone) pairs -> (offsets (n,B,3), dense
-    anchors (B,4n,R)), level order; products by R as elementwise sums (one 3x3 per pair)."""
-    p, j = m._sub_parent, m._sub_pair_j
-    rel = heads - heads[:, p]
-    off = torch.where(m._sub_root_child[:, None], rel @ m._U[0], (R[:, p] * rel[..., :, None]).sum(-2))  # R_p^T rel
-    Rj = R[:, j]
-    v = anchors[..., :3] - anchors[..., 3:] * heads[:, j]
-    local = (Rj * v[..., :, None]).sum(-2)  # R_j^T (a - a4 h_j)
-    B = len(anchors)
-    dense = anchors.new_zeros(B, 4 * len(m._sub) * len(m.regressed_names))
-    dense.index_copy_(1, m._dense_anchor_index, torch.cat([local, anchors[..., 3:]], -1).flatten(1))
-    offsets = off.transpose(0, 1)[m._tree._on(off.device)[0]]
-    return offsets, dense.view(B, 4 * len(m._sub), -1), (rel, Rj, v)
-
-
-def _rest_frames_backward(m: AnnyModel, saved, g_offsets, g_dense):
-    """dL/d (heads, R, anchors) of :func:`_rest_frames` from dL/d (offsets, dense anchors)."""
-    heads, R, anchors, rel, Rj, v = saved
-    p, j = m._sub_parent, m._sub_pair_j
-    B, n = heads.shape[:2]
-    g_R = R.new_zeros(B, n, 3, 3)
-    g_heads = heads.new_zeros(B, n, 3)
-    g_anchors = anchors.new_zeros(anchors.shape)
-    if g_dense is not None:
-        g_pairs = g_dense.reshape(B, -1).index_select(1, m._dense_anchor_index).view(anchors.shape)
-        g_local = g_pairs[..., :3]
-        g_v = (Rj * g_local[..., None, :]).sum(-1)  # R_j dL/dlocal
-        g_R.index_add_(1, j, v[..., :, None] * g_local[..., None, :])
-        g_heads.index_add_(1, j, -anchors[..., 3:] * g_v)
-        g_anchors[..., :3] = g_v
-        g_anchors[..., 3] = g_pairs[..., 3] - (heads[:, j] * g_v).sum(-1)
-    if g_offsets is not None:
-        g_off = g_offsets[m._tree._on(heads.device)[1]].transpose(0, 1).clone()  # (B,n,3), bone order
-        g_off[:, 0] = 0.0  # the root's is the translation's
-        root_child = m._sub_root_child[:, None]
-        g_rel = torch.where(root_child, g_off @ m._U[0].T, (R[:, p] * g_off[..., None, :]).sum(-1))
-        g_R.index_add_(1, p, rel[..., :, None] * (g_off * ~root_child)[..., None, :])
-        g_heads += g_rel
-        g_heads.index_add_(1, p, -g_rel)
-    return g_heads, g_R, g_anchors
-
-
-class _RestFrames(torch.autograd.Function):
-    """:func:`_rest_frames` and :func:`_rest_frames_backward`: one autograd node."""
-
-    @staticmethod
-    def forward(ctx, heads, R, anchors, model):
-        offsets, dense, saved = _rest_frames(model, heads, R, anchors)
-        ctx.model = model
-        ctx.save_for_backward(heads, R, anchors, *saved)
-        return offsets, dense
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g_offsets, g_dense):
-        return *_rest_frames_backward(ctx.model, ctx.saved_tensors, g_offsets, g_dense), None
-
-
-def _anny_joints(m: AnnyModel, rotvec, transl, offsets, anchors):
+def _anny_joints(m: AnnyModel, rotvec, transl, offsets, frames, anchors):
     """Forward of :class:`_AnnyJoints` (see :meth:`AnnyModel._joints`): rotvec (B,n,3) of the
-    bones ``m._sub``, transl (B,3), offsets (n,B,3) and anchors (B,4n,R) from
-    :meth:`AnnyModel._rest_joints`. Bones first and in level order, so that the products by
+    bones ``m._sub``, transl (B,3), and offsets (n,B,3), frames (n,B,3,4) and anchors (B,4n,R)
+    from :meth:`AnnyModel._rest_joints`. Bones first and in level order, so that the products by
     per-bone constants are one ``bmm`` over the bones: ``U_p^T D(v) U_c = D(U_p^T v) U_p^T U_c``
-    (a rotation conjugated by U_p); the regressed landmarks are the world transforms side by
-    side (B,3,4n) times the anchors.
+    (a rotation conjugated by U_p). The skinning transforms ``T = W [R | h]^-1`` side by side
+    (B,3,4n) times the anchors are the regressed landmarks.
 
     Returns:
         (landmarks (B,J,3), what :func:`_anny_joints_backward` needs).
@@ -534,22 +483,27 @@ def _anny_joints(m: AnnyModel, rotvec, transl, offsets, anchors):
     local[..., 3, :3] = 0.0
     local[..., 3, 3] = 1.0
     parents, world = _chain_levels(tree, local)
-    W = world.permute(1, 2, 0, 3).reshape(B, 3, 4 * n)
-    out = torch.cat([(W @ anchors).transpose(1, 2), world[m._landmark_levels, ..., 3].transpose(0, 1)], dim=1)
-    return out, (rodrigues_saved, local, parents, W)
+    Wr = world[..., :3]
+    T = Wr @ frames  # (n,B,3,4)
+    T[..., 3] += world[..., 3]
+    T = T.permute(1, 2, 0, 3).reshape(B, 3, 4 * n)
+    out = torch.cat([(T @ anchors).transpose(1, 2), world[m._landmark_levels, ..., 3].transpose(0, 1)], dim=1)
+    return out, (rodrigues_saved, local, parents, Wr, T)
 
 
-def _anny_joints_backward(m: AnnyModel, saved, anchors, G, needs):
-    """dL/d (rotvec, transl, offsets, anchors) of :func:`_anny_joints` from ``G = dL/dlandmarks``
-    (B,J,3), in reverse: the landmarks; the chain
+def _anny_joints_backward(m: AnnyModel, saved, frames, anchors, G, needs):
+    """dL/d (rotvec, transl, offsets, frames, anchors) of :func:`_anny_joints` from
+    ``G = dL/dlandmarks`` (B,J,3), in reverse: the landmarks; ``T = W [R | h]^-1``; the chain
     (:func:`~bodyfit.body_models.kinematics._chain_backward_levels`); ``D(U_p^T v) Q``.
-    Gradients ``needs`` (four bools) does not ask for are None."""
-    rodrigues_saved, local, parents, W = saved
+    Gradients ``needs`` (five bools) does not ask for are None."""
+    rodrigues_saved, local, parents, Wr, T = saved
     tree, K = m._tree, len(m.regressed_names)
     n, B = local.shape[:2]
     Gr = G[:, :K]  # (B,R,3)
-    g_anchors = (Gr @ W).transpose(1, 2) if needs[3] else None
-    g_world = (Gr.transpose(1, 2) @ anchors.transpose(1, 2)).view(B, 3, n, 4).permute(2, 0, 1, 3).contiguous()
+    g_anchors = (Gr @ T).transpose(1, 2) if needs[4] else None
+    g_T = (Gr.transpose(1, 2) @ anchors.transpose(1, 2)).view(B, 3, n, 4).permute(2, 0, 1, 3).contiguous()
+    g_frames = Wr.transpose(-1, -2) @ g_T if needs[3] else None
+    g_world = torch.cat([g_T @ frames.transpose(-1, -2), g_T[..., 3:]], -1)
     g_world[m._landmark_levels, ..., 3] += G[:, K:].transpose(0, 1)
     g_local = _chain_backward_levels(tree, local, parents, g_world)  # (n,B,3,4)
     g_transl = g_local[0, :, :, 3] @ m._U[0].T
@@ -560,17 +514,17 @@ def _anny_joints_backward(m: AnnyModel, saved, anchors, G, needs):
     g_D = torch.bmm(g_local[..., :3].reshape(n, -1, 3), m._Q_levels.transpose(1, 2)).view(n, B, 3, 3)
     g_w = _rodrigues_backward(rodrigues_saved, g_D)
     g_rotvec = torch.bmm(g_w, m._Up_levels.transpose(1, 2))[tree._on(G.device)[1]].transpose(0, 1)
-    return g_rotvec, g_transl, g_offsets, g_anchors
+    return g_rotvec, g_transl, g_offsets, g_frames, g_anchors
 
 
 class _AnnyJoints(torch.autograd.Function):
     """:meth:`AnnyModel._joints`: :func:`_anny_joints` and :func:`_anny_joints_backward`."""
 
     @staticmethod
-    def forward(ctx, rotvec, transl, offsets, anchors, model):
-        out, saved = _anny_joints(model, rotvec, transl, offsets, anchors)
+    def forward(ctx, rotvec, transl, offsets, frames, anchors, model):
+        out, saved = _anny_joints(model, rotvec, transl, offsets, frames, anchors)
         ctx.model, ctx.n_saved = model, len(saved[0])
-        ctx.save_for_backward(*saved[0], *saved[1:], anchors)
+        ctx.save_for_backward(*saved[0], *saved[1:], frames, anchors)
         return out
 
     @staticmethod
@@ -578,8 +532,9 @@ class _AnnyJoints(torch.autograd.Function):
     def backward(ctx, G):
         tensors = ctx.saved_tensors
         n = ctx.n_saved
-        saved = (tensors[:n], *tensors[n:-1])
-        grads = _anny_joints_backward(ctx.model, saved, tensors[-1], G.contiguous(), ctx.needs_input_grad[:4])
+        saved = (tensors[:n], *tensors[n:-2])
+        grads = _anny_joints_backward(ctx.model, saved, tensors[-2], tensors[-1], G.contiguous(),
+                                      ctx.needs_input_grad[:5])
         return *grads, None
 
 
