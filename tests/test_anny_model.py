@@ -140,7 +140,8 @@ def test_rest_skeleton_is_reused_only_while_the_phenotypes_stay_the_same(anny):
     fresh = p.clone()
     fresh.shape = fresh.shape.clone().requires_grad_(True)  # a fitted shape: computed, with gradients
     out = anny(fresh, vertices=False).joints
-    assert torch.allclose(out, taller) and not torch.allclose(taller[0], first[0])
+    # equal up to float round-off (the kept skeleton's anchors are in their bones' frames)
+    assert torch.allclose(out, taller, atol=1e-6) and not torch.allclose(taller[0], first[0])
     out.sum().backward()
     assert fresh.shape.grad is not None and fresh.shape.grad.abs().sum() > 0
 

@@ -256,7 +256,8 @@ class AnnyModel(BodyModel):
         the special Procrustes of a blend of cross-covariances, roma's, by
         :func:`~bodyfit.body_models.kinematics.special_procrustes`). A bone's offset is
         ``R_p^T (h_c - h_p)`` (``U_0^T (h_c - h_0)`` below the root; the root's own, the
-        translation's, is left to :func:`_anny_joints`)."""
+        translation's, is left to :func:`_anny_joints`). Phenotypes without gradient (a stage
+        that keeps them) get the anchors in their bones' frames instead, and no frames."""
         def compute(phen):
             coeffs = self._coefficients(phen)
             heads = self._heads0 + torch.einsum("ba,akd->bkd", coeffs, self._headsD)
@@ -271,7 +272,11 @@ class AnnyModel(BodyModel):
             frames = torch.cat([Rt, -(Rt @ heads[..., None])], -1)
             B = len(anchors)
             dense = anchors.new_zeros(B, 4 * len(self._sub) * len(self.regressed_names))
-            dense = dense.index_copy(1, self._dense_anchor_index, anchors.flatten(1))
+            dense.index_copy_(1, self._dense_anchor_index, anchors.flatten(1))  # in place: no copy of the zeros
+            dense = dense.view(B, len(self._sub), 4, -1)
+            if not phen.requires_grad:  # kept for a stage: the anchors in their bones' frames, once
+                local = frames.transpose(0, 1) @ dense  # (B,n,3,R): R^T (a - a4 h)
+                return offsets, None, torch.cat([local, dense[:, :, 3:]], 2).view(B, 4 * len(self._sub), -1)
             return offsets, frames, dense.view(B, 4 * len(self._sub), -1)
         return self._reused("joints", phen, compute)
 
@@ -463,7 +468,7 @@ class _PhenotypeCoefficientsFn(torch.autograd.Function):
 def _anny_joints(m: AnnyModel, rotvec, transl, offsets, frames, anchors):
     """Forward of :class:`_AnnyJoints` (see :meth:`AnnyModel._joints`): rotvec (B,n,3) of the
     bones ``m._sub``, transl (B,3), and offsets (n,B,3), frames (n,B,3,4) and anchors (B,4n,R)
-    from :meth:`AnnyModel._rest_joints`. Bones first and in level order, so that the products by
+    from :meth:`AnnyModel._rest_joints` (frames None: the anchors are in the bones' frames). Bones first and in level order, so that the products by
     per-bone constants are one ``bmm`` over the bones: ``U_p^T D(v) U_c = D(U_p^T v) U_p^T U_c``
     (a rotation conjugated by U_p). The skinning transforms ``T = W [R | h]^-1`` side by side
     (B,3,4n) times the anchors are the regressed landmarks.
@@ -484,8 +489,10 @@ def _anny_joints(m: AnnyModel, rotvec, transl, offsets, frames, anchors):
     local[..., 3, 3] = 1.0
     parents, world = _chain_levels(tree, local)
     Wr = world[..., :3]
-    T = Wr @ frames  # (n,B,3,4)
-    T[..., 3] += world[..., 3]
+    T = world
+    if frames is not None:
+        T = Wr @ frames  # (n,B,3,4)
+        T[..., 3] += world[..., 3]
     T = T.permute(1, 2, 0, 3).reshape(B, 3, 4 * n)
     out = torch.cat([(T @ anchors).transpose(1, 2), world[m._landmark_levels, ..., 3].transpose(0, 1)], dim=1)
     return out, (rodrigues_saved, local, parents, Wr, T)
@@ -500,10 +507,10 @@ def _anny_joints_backward(m: AnnyModel, saved, frames, anchors, G, needs):
     tree, K = m._tree, len(m.regressed_names)
     n, B = local.shape[:2]
     Gr = G[:, :K]  # (B,R,3)
-    g_anchors = (Gr @ T).transpose(1, 2) if needs[4] else None
+    g_anchors = T.transpose(1, 2) @ Gr.transpose(1, 2) if needs[4] else None  # (B,4n,R), contiguous
     g_T = (Gr.transpose(1, 2) @ anchors.transpose(1, 2)).view(B, 3, n, 4).permute(2, 0, 1, 3).contiguous()
     g_frames = Wr.transpose(-1, -2) @ g_T if needs[3] else None
-    g_world = torch.cat([g_T @ frames.transpose(-1, -2), g_T[..., 3:]], -1)
+    g_world = g_T if frames is None else torch.cat([g_T @ frames.transpose(-1, -2), g_T[..., 3:]], -1)
     g_world[m._landmark_levels, ..., 3] += G[:, K:].transpose(0, 1)
     g_local = _chain_backward_levels(tree, local, parents, g_world)  # (n,B,3,4)
     g_transl = g_local[0, :, :, 3] @ m._U[0].T
@@ -523,8 +530,8 @@ class _AnnyJoints(torch.autograd.Function):
     @staticmethod
     def forward(ctx, rotvec, transl, offsets, frames, anchors, model):
         out, saved = _anny_joints(model, rotvec, transl, offsets, frames, anchors)
-        ctx.model, ctx.n_saved = model, len(saved[0])
-        ctx.save_for_backward(*saved[0], *saved[1:], frames, anchors)
+        ctx.model, ctx.n_saved, ctx.has_frames = model, len(saved[0]), frames is not None
+        ctx.save_for_backward(*saved[0], *saved[1:], frames if frames is not None else anchors, anchors)
         return out
 
     @staticmethod
@@ -533,8 +540,8 @@ class _AnnyJoints(torch.autograd.Function):
         tensors = ctx.saved_tensors
         n = ctx.n_saved
         saved = (tensors[:n], *tensors[n:-2])
-        grads = _anny_joints_backward(ctx.model, saved, tensors[-2], tensors[-1], G.contiguous(),
-                                      ctx.needs_input_grad[:5])
+        frames = tensors[-2] if ctx.has_frames else None
+        grads = _anny_joints_backward(ctx.model, saved, frames, tensors[-1], G.contiguous(), ctx.needs_input_grad[:5])
         return *grads, None
 
 
