@@ -138,7 +138,7 @@ def _polar_rotation(M: torch.Tensor, tol: float = 1e-4, max_iterations: int = 50
     """
     X = M.reshape(-1, 9).T.contiguous()  # (9, N)
     settled, det_M = False, None
-    for _ in range(max_iterations):
+    for iteration in range(max_iterations):
         C, det = _cofactor(X)
         det_M = det if det_M is None else det_M
         half_g = det.abs().log_().mul_(-1 / 3).exp_().mul_(0.5)
@@ -146,7 +146,8 @@ def _polar_rotation(M: torch.Tensor, tol: float = 1e-4, max_iterations: int = 50
         if settled:
             X = new
             break
-        settled = bool((new - X).abs().max() < tol)
+        # checked from the fourth step (never settled before); a singular M (NaN) is not waited for
+        settled = iteration >= 3 and bool((new - X).abs().nan_to_num_(0.0).max() < tol)
         X = new
     return X.T.reshape(M.shape), det_M.view(M.shape[:-2])
 
