@@ -85,6 +85,10 @@ class AnnyModel(BodyModel):
             first time); defaults to ``$ANNY_CACHE_DIR`` or ``~/.cache/anny``.
         full: an already built default-topology ``anny.Anny`` to share (see :meth:`with_mesh`);
             built here when None.
+        landmark_offsets: landmark name -> (3,) rest-frame offset (metres) of where the
+            keypoint detector puts it, mirrored onto right-side twins
+            (:func:`~bodyfit.body_models.keypoint_tables.shifted_landmark_weights`); None: the
+            packaged ``ANNY_LANDMARK_OFFSETS`` (MediaPipe's), ``{}``: Anny's COCO regressor as is.
 
     Attributes:
         vertex_regressor: (R, 13718) weights giving the R regressed landmarks (the first R of
@@ -99,7 +103,8 @@ class AnnyModel(BodyModel):
     shape_name = "phenotypes"
 
     def __init__(self, topology: str = "default", dtype: torch.dtype = torch.float32,
-                 cache_dir: str | None = None, full=None):
+                 cache_dir: str | None = None, full=None,
+                 landmark_offsets: dict[str, tuple[float, float, float]] | None = None):
         super().__init__()
         import anny
 
@@ -120,8 +125,9 @@ class AnnyModel(BodyModel):
 
         # Regressed landmarks on the default topology: COCO + feet, then neck and mid-hip.
         coco = anny.KeypointsRegressor.coco(full)
-        W = coco.regression_weights.to(dtype)
         lab = list(coco.labels)
+        offsets = ANNY_LANDMARK_OFFSETS if landmark_offsets is None else landmark_offsets
+        W = shifted_landmark_weights(coco.regression_weights.to(dtype), full.template_vertices.to(dtype), lab, offsets)
         neck = 0.5 * (W[lab.index("left_shoulder")] + W[lab.index("right_shoulder")])
         mid_hip = 0.5 * (W[lab.index("left_hip")] + W[lab.index("right_hip")])
         W = torch.cat([W, neck[None], mid_hip[None]])
@@ -260,9 +266,13 @@ class AnnyModel(BodyModel):
         that keeps them) get the anchors in their bones' frames instead, and no frames."""
         def compute(phen):
             coeffs = self._coefficients(phen)
-            heads = self._heads0 + torch.einsum("ba,akd->bkd", coeffs, self._headsD)
-            R = special_procrustes(self._orient0 + torch.einsum("ba,akij->bkij", coeffs, self._orientD))
-            anchors = self._anchor_A0 + torch.einsum("bn,npd->bpd", coeffs, self._anchor_AD)
+
+            def blend(constant, directions):  # constant + sum_a coeffs_a directions_a, one addmm
+                return torch.addmm(constant.reshape(1, -1), coeffs, directions.flatten(1)).view(-1, *constant.shape)
+
+            heads = blend(self._heads0, self._headsD)
+            R = special_procrustes(blend(self._orient0, self._orientD))
+            anchors = blend(self._anchor_A0, self._anchor_AD)
             order, p = self._tree._on(phen.device)[0], self._parent_levels
             heads, R = heads.transpose(0, 1)[order], R.transpose(0, 1)[order]  # (n,B,...), level order
             rel = heads - heads[p]
