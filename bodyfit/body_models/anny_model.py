@@ -35,7 +35,8 @@ from bodyfit.body_models.base import BodyModel, BodyOutput, BodyParams
 from bodyfit.body_models.kinematics import (KinematicTree, _chain_backward_levels, _chain_levels,
                                             _rodrigues, _rodrigues_backward, special_procrustes)
 from bodyfit.body_models.keypoint_tables import (ANNY_KEYPOINT_OVERRIDES, ANNY_KEYPOINTS,
-                                                 keypoint_table_map)
+                                                 ANNY_LANDMARK_OFFSETS, keypoint_table_map,
+                                                 shifted_landmark_weights)
 
 # Bones fitted by default: the major joints. Fingers, toes, eyes, clavicles, pelvis bones and the
 # twist bones (``*02``) stay at rest.
@@ -126,8 +127,9 @@ class AnnyModel(BodyModel):
         # Regressed landmarks on the default topology: COCO + feet, then neck and mid-hip.
         coco = anny.KeypointsRegressor.coco(full)
         lab = list(coco.labels)
-        offsets = ANNY_LANDMARK_OFFSETS if landmark_offsets is None else landmark_offsets
-        W = shifted_landmark_weights(coco.regression_weights.to(dtype), full.template_vertices.to(dtype), lab, offsets)
+        self.landmark_offsets = dict(ANNY_LANDMARK_OFFSETS if landmark_offsets is None else landmark_offsets)
+        W = shifted_landmark_weights(coco.regression_weights.to(dtype), full.template_vertices.to(dtype), lab,
+                                     self.landmark_offsets)
         neck = 0.5 * (W[lab.index("left_shoulder")] + W[lab.index("right_shoulder")])
         mid_hip = 0.5 * (W[lab.index("left_hip")] + W[lab.index("right_hip")])
         W = torch.cat([W, neck[None], mid_hip[None]])
@@ -203,7 +205,8 @@ class AnnyModel(BodyModel):
         cache = self.__dict__.setdefault("_mesh_siblings", {})
         key = (topology, self.dtype, str(self.device))
         if key not in cache:
-            cache[key] = AnnyModel(topology, self.dtype, full=self.anny).to(self.device)
+            cache[key] = AnnyModel(topology, self.dtype, full=self.anny,
+                                   landmark_offsets=self.landmark_offsets).to(self.device)
         return cache[key]
 
     # -- keypoint map ---------------------------------------------------------------------

@@ -18,8 +18,9 @@ import torch
 
 from bodyfit.body_models.base import BodyModel
 
-__all__ = ["ANNY_KEYPOINTS", "ANNY_KEYPOINT_OVERRIDES", "SMPL_KEYPOINTS",
-           "SMPL_KEYPOINT_OVERRIDES", "keypoint_table_map"]
+__all__ = ["ANNY_KEYPOINTS", "ANNY_KEYPOINT_OVERRIDES", "ANNY_LANDMARK_OFFSETS", "SMPL_KEYPOINTS",
+           "SMPL_KEYPOINT_OVERRIDES", "keypoint_table_map", "landmark_shift_basis", "mirrored_offsets",
+           "shifted_landmark_weights"]
 
 # --------------------------------------------------------------------------------------------
 # Anny (bodyfit.body_models.anny_model.AnnyModel): landmarks are its ``joint_names``, i.e.
@@ -42,6 +43,12 @@ ANNY_KEYPOINTS: dict[str, tuple[str, float]] = {
     "left_thumb": ("left_thumb_knuckle", 0.3), "right_thumb": ("right_thumb_knuckle", 0.3),
     "left_foot_index": ("left_big_toe", 0.7), "right_foot_index": ("right_big_toe", 0.7),
 }
+# Where the detector puts Anny's regressed landmarks: rest-frame offsets (metres; Anny's frame: x to
+# the body's left, -y forward, z up) of the left-side and middle landmarks, mirrored for the right
+# side (x negated). Measured by scripts/calibrate_anny_landmarks.py: multi-view fits of Pose2Sim's
+# demos (MediaPipe keypoints in 4 calibrated views, triangulated) leave these mean residuals.
+# MediaPipe's ears sit about 45 mm inside and in front of the ears of Anny's COCO regressor.
+ANNY_LANDMARK_OFFSETS: dict[str, tuple[float, float, float]] = {}
 # OpenPose hips sit higher and closer together than COCO's (Cao et al. 2019): trust them less.
 ANNY_KEYPOINT_OVERRIDES = {
     "openpose25": {"left_hip": ("left_hip", 0.5), "right_hip": ("right_hip", 0.5),
@@ -101,3 +108,59 @@ def keypoint_table_map(model: BodyModel, names: list[str], table: dict, override
         weight.append(w if landmark is not None else 0.0)
     return (torch.tensor(index, dtype=torch.long, device=model.device),
             torch.tensor(weight, dtype=model.dtype, device=model.device))
+
+
+
+def landmark_shift_basis(weights_row: torch.Tensor, rest_vertices: torch.Tensor, radius: float = 0.08,
+                         min_vertices: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """How to move one regressed landmark ``l = w v`` by ``d`` (metres) in the rest pose.
+
+    The change of ``w`` on the vertices within ``radius`` of ``l`` (at least the ``min_vertices``
+    nearest) that solves ``sum dw (v - l) = d`` and ``sum dw = 0`` (the weights still sum to 1)
+    with the least norm is ``dw[near] = G d``.
+
+    Args:
+        weights_row: (V,) the landmark's regressor weights. rest_vertices: (V,3) metres.
+    Returns:
+        ``(near, G)``: (n,) vertex indices and (n,3).
+    """
+    landmark = weights_row @ rest_vertices
+    dist = (rest_vertices - landmark).norm(dim=-1)
+    near = torch.nonzero(dist < radius).squeeze(1)
+    if near.numel() < min_vertices:
+        near = dist.topk(min_vertices, largest=False).indices
+    M = torch.cat([(rest_vertices[near] - landmark).T,
+                   torch.ones(1, len(near), dtype=rest_vertices.dtype, device=rest_vertices.device)])  # (4,n)
+    return near, (M.T @ torch.linalg.inv(M @ M.T))[:, :3]
+
+
+def mirrored_offsets(offsets: dict[str, tuple[float, float, float]]) -> dict[str, tuple[float, float, float]]:
+    """``offsets`` with each ``left_`` entry's ``right_`` twin added, mirrored (x negated: Anny's
+    rest frame has +x to the subject's left)."""
+    table = dict(offsets)
+    for n, d in offsets.items():
+        if n.startswith("left_"):
+            table.setdefault("right_" + n[5:], (-d[0], d[1], d[2]))
+    return table
+
+
+def shifted_landmark_weights(weights: torch.Tensor, rest_vertices: torch.Tensor, names: list[str],
+                             offsets: dict[str, tuple[float, float, float]]) -> torch.Tensor:
+    """Vertex-regressor weights whose landmarks sit ``offsets`` away from the given ones in the
+    rest pose (:func:`landmark_shift_basis`); posed and reshaped, a shifted landmark follows the
+    vertices near it (their skinning and blend shapes) as the regressed one does.
+
+    Args:
+        weights: (K,V) regressor weights (rows sum to 1). rest_vertices: (V,3) metres, rest pose.
+        names: the K landmark names. offsets: name -> (3,) metres in the rest frame, mirrored
+            onto right-side twins (:func:`mirrored_offsets`); names not in ``names`` are ignored.
+    Returns:
+        (K,V) weights; rows without an offset unchanged.
+    """
+    table = mirrored_offsets(offsets)
+    out = weights.clone()
+    for k, n in enumerate(names):
+        if n in table:
+            near, G = landmark_shift_basis(weights[k], rest_vertices)
+            out[k, near] += G @ torch.tensor(table[n], dtype=weights.dtype, device=weights.device)
+    return out
