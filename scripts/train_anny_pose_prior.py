@@ -78,10 +78,10 @@ def demo_detections(demo: str, frames, setting: str = "fast") -> list[list[np.nd
     return [[np.stack(k) if k else np.zeros((0, 33, 3), np.float32) for k in per_view] for per_view in found]
 
 
-def real_poses(model, demos: dict, min_views: int = 3, max_error: float = 0.03) -> tuple[torch.Tensor, dict]:
-    """(N,F,3) free-joint axis-angle of every person-frame of ``demos`` (name -> frames) fitted
-    in ``min_views`` views or more, and counts for the record."""
-    from bodyfit import Observations, fit_views
+def demo_people(demos: dict, min_views: int = 3) -> tuple[np.ndarray, dict]:
+    """(N,4,33,3) MediaPipe-33 keypoints in the 4 views (zeros where unseen) of every person-frame
+    of ``demos`` (name -> frames) seen in ``min_views`` views or more, grouped across views by
+    :func:`bodyfit.association.associate` (left/right swaps undone), and counts per demo."""
     from bodyfit.association import associate, mirror_index
     from bodyfit.data.pose2sim import demo_cameras
 
@@ -101,7 +101,19 @@ def real_poses(model, demos: dict, min_views: int = 3, max_error: float = 0.03) 
                 rows.append(kp)
                 people += 1
         stats[demo] = {"frames": len(frames), "person_frames": people}
-    obs = Observations(torch.as_tensor(np.stack(rows)), views)
+    return np.stack(rows), stats
+
+
+def real_poses(model, demos: dict, min_views: int = 3, max_error: float = 0.03) -> tuple[torch.Tensor, dict]:
+    """(N,F,3) free-joint axis-angle of every person-frame of ``demos`` (name -> frames) fitted
+    in ``min_views`` views or more (:func:`demo_people`), and counts for the record."""
+    from bodyfit import Observations, fit_views
+    from bodyfit.data.pose2sim import demo_cameras
+
+    cams = demo_cameras(CAMERAS)
+    views = [cams.index(slice(v, v + 1)) for v in range(len(CAMERAS))]
+    rows, stats = demo_people(demos, min_views)
+    obs = Observations(torch.as_tensor(rows), views)
     model_pose = fit_views(obs, model, overrides=["stages.body.steps=150"], vertices=False)
     good = model_pose.valid & (model_pose.error_over_box < max_error)
     stats["fitted"], stats["kept"] = len(rows), int(good.sum())
