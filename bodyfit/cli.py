@@ -208,7 +208,7 @@ def _build_model(mcfg, device: str):
     from bodyfit.body_models import body_model
 
     return body_model(mcfg.name, model_path=mcfg.model_path, topology=mcfg.topology,
-                      gender=mcfg.gender, device=device)
+                      gender=mcfg.gender, device=device, landmarks=mcfg.landmarks)
 
 
 def _out_names(paths: list[str]) -> list[str]:

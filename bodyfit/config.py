@@ -34,6 +34,7 @@ class ModelConfig:
 
     name: str = "anny"                 # anny | smpl | smplh | smplx
     topology: str = "default"          # Anny: default or a low-poly topology
+    landmarks: str = "mediapipe"       # Anny: where keypoints sit: mediapipe (calibrated) | coco (Anny's COCO regressor)
     model_path: Optional[str] = None   # SMPL family: your own model file or folder
     gender: str = "neutral"            # SMPL family
 

@@ -48,3 +48,12 @@ def test_anny_with_offsets_moves_only_those_landmarks_consistently_in_both_paths
     out = moved(p, vertices=True)
     regressed = torch.einsum("kv,bvd->bkd", moved.vertex_regressor, out.vertices)
     assert torch.allclose(b[:, :regressed.shape[1]], regressed, atol=5e-4)
+
+
+def test_unknown_landmark_set_is_refused_with_the_choices():
+    import pytest
+
+    from bodyfit.body_models import body_model
+
+    with pytest.raises(ValueError, match="mediapipe or coco"):
+        body_model("anny", landmarks="openpose")

@@ -15,7 +15,8 @@ MODELS = ["anny", "smpl", "smplh", "smplx"]
 
 def body_model(name: str = "anny", *, model_path: str | None = None, topology: str = "default",
                gender: str = "neutral", dtype: torch.dtype = torch.float32,
-               device: str | torch.device = "cpu", cache_dir: str | None = None) -> BodyModel:
+               device: str | torch.device = "cpu", cache_dir: str | None = None,
+               landmarks: str = "mediapipe") -> BodyModel:
     """Build a body model.
 
     Args:
@@ -27,18 +28,24 @@ def body_model(name: str = "anny", *, model_path: str | None = None, topology: s
         dtype: the model's float type (float32 by default).
         device: where the model lives (the CPU by default).
         cache_dir: Anny only: where Anny caches its parsed assets.
+        landmarks: Anny only: where its keypoint landmarks sit: ``"mediapipe"`` (default: moved to
+            where MediaPipe puts them, ``keypoint_tables.ANNY_LANDMARK_OFFSETS``) or ``"coco"``
+            (Anny's COCO keypoint regressor as is, e.g. for other detectors or annotations).
 
     Returns:
         a ``BodyModel``.
 
     Raises:
-        ValueError: unknown model name.
+        ValueError: unknown model name or landmark set.
         FileNotFoundError: SMPL-family model files missing (the message says where to get them).
     """
     if name == "anny":
         from bodyfit.body_models.anny_model import AnnyModel
 
-        return AnnyModel(topology=topology, dtype=dtype, cache_dir=cache_dir).to(device)
+        if landmarks not in ("mediapipe", "coco"):
+            raise ValueError(f"Unknown Anny landmark set {landmarks!r}; choose mediapipe or coco.")
+        return AnnyModel(topology=topology, dtype=dtype, cache_dir=cache_dir,
+                         landmark_offsets=None if landmarks == "mediapipe" else {}).to(device)
     if name in ("smpl", "smplh", "smplx"):
         from bodyfit.body_models.smpl_model import SMPLFamilyModel
 
