@@ -1,7 +1,7 @@
 """Single-view fits on real frames scored in 3D: Pose2Sim Demo_SinglePerson (issue 14).
 
     python benchmarks/bench_pose2sim_depth.py [--frames 55 65 75 85 95] [--threads 1]
-        [--configs base world ...] [key=value ...]
+        [--configs base world ...] [--landmarks mediapipe|coco] [key=value ...]
 
 Reference: every frame's MediaPipe keypoints of the 4 calibrated views triangulated (robust DLT,
 ``bodyfit.triangulation``). Each view of each frame is fitted alone (``bodyfit.fit``, the
@@ -113,6 +113,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--per-view", action="store_true", help="print every view's errors")
     ap.add_argument("--regressor", default=None, help="keypoint regressor weights (default: the shipped ones)")
+    ap.add_argument("--landmarks", default="mediapipe", choices=["mediapipe", "coco"],
+                    help="Anny's landmarks: moved to where MediaPipe puts them (default) or the COCO regressor's")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -127,7 +129,7 @@ def main() -> None:
     cams = demo_cameras()
     ref = torch.as_tensor(triangulate(kp, cams)).float()  # (T,33,4) world frame of the lab
     T, V = kp.shape[:2]
-    model = body_model("anny")
+    model = body_model("anny", landmarks=a.landmarks)
     from bodyfit.regressors.keypoint_regressor import load_regressor
 
     regressor = load_regressor(model, "mediapipe33", a.regressor)
