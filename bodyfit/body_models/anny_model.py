@@ -276,7 +276,13 @@ class AnnyModel(BodyModel):
             heads = blend(self._heads0, self._headsD)
             R = special_procrustes(blend(self._orient0, self._orientD))
             anchors = blend(self._anchor_A0, self._anchor_AD)
-            offsets, frames = _RestFrames.apply(heads, R, self)
+            order, p = self._tree._on(phen.device)[0], self._parent_levels
+            heads, R = heads.transpose(0, 1)[order], R.transpose(0, 1)[order]  # (n,B,...), level order
+            rel = heads - heads[p]
+            offsets = torch.where(self._root_child_levels[:, None, None], rel @ self._U[0],
+                                  (rel[..., None, :] @ R[p])[..., 0, :])
+            Rt = R.transpose(-1, -2)
+            frames = torch.cat([Rt, -(Rt @ heads[..., None])], -1)
             B = len(anchors)
             dense = anchors.new_zeros(B, 4 * len(self._sub) * len(self.regressed_names))
             dense.index_copy_(1, self._dense_anchor_index, anchors.flatten(1))  # in place: no copy of the zeros
@@ -470,55 +476,6 @@ class _PhenotypeCoefficientsFn(torch.autograd.Function):
     def backward(ctx, grad):
         derivatives, = ctx.saved_tensors
         return (derivatives * (grad @ ctx.table.projection.T).T[:, None]).sum(0).T, None
-
-
-def _rest_frames(m: AnnyModel, heads: torch.Tensor, R: torch.Tensor):
-    """Forward of :class:`_RestFrames`: rest heads (B,n,3) and orientations (B,n,3,3), bone
-    order, to the bones' offsets ``R_p^T (h_c - h_p)`` (``U_0^T (h_c - h_0)`` below the root)
-    (n,B,3) and frames' inverses ``[R^T | -R^T h]`` (n,B,3,4), level order."""
-    order, p = m._tree._on(heads.device)[0], m._parent_levels
-    heads, R = heads.transpose(0, 1)[order], R.transpose(0, 1)[order]  # (n,B,...), level order
-    rel = heads - heads[p]
-    offsets = torch.where(m._root_child_levels[:, None, None], rel @ m._U[0], (rel[..., None, :] @ R[p])[..., 0, :])
-    Rt = R.transpose(-1, -2)
-    return offsets, torch.cat([Rt, -(Rt @ heads[..., None])], -1), (heads, R, rel)
-
-
-def _rest_frames_backward(m: AnnyModel, saved, g_offsets: torch.Tensor, g_frames: torch.Tensor):
-    """dL/d (heads, R) (bone order) of :func:`_rest_frames` from dL/d (offsets, frames)."""
-    heads, R, rel = saved
-    p, root_child = m._parent_levels, m._root_child_levels[:, None, None]
-    g_off = g_offsets.clone()
-    g_off[0] = 0.0  # the root's offset is the translation's
-    g_t = g_frames[..., 3]  # -R^T h
-    g_R = (g_frames[..., :3] - g_t[..., :, None] * heads[..., None, :]).transpose(-1, -2)
-    g_R.index_add_(0, p, rel[..., :, None] * (g_off * ~root_child)[..., None, :])
-    g_rel = torch.where(root_child, g_off @ m._U[0].T, (R[p] @ g_off[..., None])[..., 0])
-    g_heads = g_rel - (R @ g_t[..., None])[..., 0]
-    g_heads.index_add_(0, p, -g_rel)
-    unorder = m._tree._on(heads.device)[1]
-    return g_heads[unorder].transpose(0, 1), g_R[unorder].transpose(0, 1)
-
-
-class _RestFrames(torch.autograd.Function):
-    """:func:`_rest_frames` and :func:`_rest_frames_backward`: one autograd node."""
-
-    @staticmethod
-    def forward(ctx, heads, R, model):
-        offsets, frames, saved = _rest_frames(model, heads, R)
-        ctx.model = model
-        ctx.save_for_backward(*saved)
-        return offsets, frames
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g_offsets, g_frames):
-        if g_offsets is None:
-            g_offsets = torch.zeros_like(ctx.saved_tensors[0])
-        if g_frames is None:
-            R = ctx.saved_tensors[1]
-            g_frames = R.new_zeros(*R.shape[:-1], 4)
-        return *_rest_frames_backward(ctx.model, ctx.saved_tensors, g_offsets, g_frames), None
 
 
 def _anny_joints(m: AnnyModel, rotvec, transl, offsets, frames, anchors):
