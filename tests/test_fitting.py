@@ -68,19 +68,21 @@ def test_reprojection_equals_its_formula_with_the_same_gradients():
 
 
 def test_fit_recovers_known_bodies(anny):
-    """Exact keypoints of bodies in known poses: the fit brings PA-MPJPE down to a few cm."""
-    sb = synthetic_batch(anny, 6, "mediapipe33", noise=0.0, dropout=0.0,
+    """Exact keypoints of bodies in known poses: the fit brings PA-MPJPE down to a few cm. Twelve
+    bodies: single-view depth is ambiguous, so a few fits end worse than their start, and six
+    random bodies left the mean's margin to chance."""
+    sb = synthetic_batch(anny, 12, "mediapipe33", noise=0.0, dropout=0.0,
                          generator=torch.Generator().manual_seed(3))
     r = fit(sb.keypoints, anny, "mediapipe33", K=sb.K, boxes=sb.boxes, vertices=False)
     assert r.valid.all()
     err_fit = pa_mpjpe(r.joints[:, :17], sb.joints[:, :17])
     err_init = pa_mpjpe(anny(r.init_params, vertices=False).joints[:, :17], sb.joints[:, :17])
-    assert r.keypoints.shape == (6, 1, 33, 3) and r.view_error_px.shape == (6, 1)
+    assert r.keypoints.shape == (12, 1, 33, 3) and r.view_error_px.shape == (12, 1)
     assert r.error_over_box.median() < 0.01
     assert err_fit.median() < 40.0
     assert err_fit.mean() < err_init.mean()
     assert torch.isfinite(r.params.body_pose).all()
-    assert r.flagged == [None] * 6
+    assert r.flagged == [None] * 12
 
 
 def test_far_off_fits_are_flagged_not_reported_as_good(anny):
