@@ -48,7 +48,18 @@ ANNY_KEYPOINTS: dict[str, tuple[str, float]] = {
 # side (x negated). Measured by scripts/calibrate_anny_landmarks.py: multi-view fits of Pose2Sim's
 # demos (MediaPipe keypoints in 4 calibrated views, triangulated) leave these mean residuals.
 # MediaPipe's ears sit about 45 mm inside and in front of the ears of Anny's COCO regressor.
-ANNY_LANDMARK_OFFSETS: dict[str, tuple[float, float, float]] = {}
+ANNY_LANDMARK_OFFSETS: dict[str, tuple[float, float, float]] = {
+    "nose": (0.000, -0.003, 0.014),
+    "left_eye": (-0.008, -0.002, 0.010),
+    "left_ear": (-0.028, -0.038, 0.006),
+    "left_shoulder": (0.011, 0.009, 0.006),
+    "left_elbow": (-0.001, 0.004, 0.003),
+    "left_wrist": (0.006, 0.005, -0.006),
+    "left_hip": (-0.006, -0.014, -0.010),
+    "left_knee": (-0.005, 0.005, -0.001),
+    "left_ankle": (-0.005, -0.014, 0.008),
+    "left_heel": (-0.006, -0.014, 0.009),
+}
 # OpenPose hips sit higher and closer together than COCO's (Cao et al. 2019): trust them less.
 ANNY_KEYPOINT_OVERRIDES = {
     "openpose25": {"left_hip": ("left_hip", 0.5), "right_hip": ("right_hip", 0.5),
