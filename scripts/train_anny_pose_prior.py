@@ -121,11 +121,15 @@ def real_poses(model, demos: dict, min_views: int = 3, max_error: float = 0.03) 
 
 
 def cached_real_poses(model, demos: dict) -> tuple[torch.Tensor, dict]:
-    """:func:`real_poses`, kept next to the detections (keyed by the demos and frames)."""
+    """:func:`real_poses`, kept next to the detections (keyed by the demos and frames and by the
+    model's landmark offsets, which the fits depend on)."""
+    import hashlib
+
     from bodyfit.data.pose2sim import pose2sim_wheel
     from bodyfit.files import atomic_save_npz
 
-    key = "_".join(f"{d}{len(f)}" for d, f in demos.items())
+    landmarks = hashlib.sha1(json.dumps(sorted(model.landmark_offsets.items())).encode()).hexdigest()[:8]
+    key = "_".join(f"{d}{len(f)}" for d, f in demos.items()) + f"_lm{landmarks}"
     path = pose2sim_wheel().parent / "pose2sim_demo" / f"prior_poses_{key}.npz"
     if path.is_file():
         with np.load(path) as z:

@@ -11,8 +11,9 @@ subject's left; metres. ``BodyParams`` for Anny:
 - ``shape`` (B,6): phenotypes gender, age, muscle, weight, height, proportions, each in [0,1].
 - ``transl`` (B,3): world translation of the root bone.
 
-Landmarks (``joint_names``) are COCO-17 + 6 foot points from ``anny.KeypointsRegressor.coco``,
-the neck and mid-hip (means of those), and the hand knuckles MediaPipe uses (finger bone heads).
+Landmarks (``joint_names``) are COCO-17 + 6 foot points from ``anny.KeypointsRegressor.coco``
+(moved by default to where MediaPipe puts them: ``landmark_offsets``), the neck and mid-hip
+(means of those), and the hand knuckles MediaPipe uses (finger bone heads).
 Which landmark each keypoint of a convention maps to, with its weight:
 ``bodyfit.body_models.keypoint_tables`` (``ANNY_KEYPOINTS``).
 

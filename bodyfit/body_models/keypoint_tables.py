@@ -121,7 +121,6 @@ def keypoint_table_map(model: BodyModel, names: list[str], table: dict, override
             torch.tensor(weight, dtype=model.dtype, device=model.device))
 
 
-
 def landmark_shift_basis(weights_row: torch.Tensor, rest_vertices: torch.Tensor, radius: float = 0.08,
                          min_vertices: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """How to move one regressed landmark ``l = w v`` by ``d`` (metres) in the rest pose.
