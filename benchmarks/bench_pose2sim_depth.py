@@ -28,6 +28,8 @@ import time
 import numpy as np
 import torch
 
+from bodyfit.body_models.conventions import keypoint_names
+
 #: Ablation: name -> overrides of configs/fit.yaml.
 CONFIGS = {
     "default": [],
@@ -51,7 +53,7 @@ CONFIGS = {
 WORLD_START = ["~stages.camera", "stages.body.free=[global_orient,body_pose]", "stages.body.steps=60",
                "stages.body.weights.reprojection=0", "stages.body.weights.world_landmarks=1.0",
                "stages.body.weights.init_prior=0", "try_flip=false", "world_flip=0"]
-COCO_IN_MP = [0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28]
+COCO_IN_MP = [keypoint_names("mediapipe33").index(n) for n in keypoint_names("coco17")]  # COCO-17 among MP-33
 
 
 def detections(frames: list[int]):

@@ -38,9 +38,6 @@ import torch
 
 from train_anny_pose_prior import CAMERAS, DEMOS, demo_people
 
-COCO_IN_MP = [0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=4)
@@ -71,48 +68,47 @@ def main() -> None:
     plain = AnnyModel(landmark_offsets={})
     kp_index, kp_weight = plain.keypoint_map("mediapipe33")
     names, R = keypoint_names("mediapipe33"), len(plain.regressed_names)
+    coco = [names.index(n) for n in keypoint_names("coco17")]  # the 17 body points among MediaPipe's 33
     # (MediaPipe keypoint, landmark) pairs to calibrate: full weight, regressed landmarks, left side
     # and middle (the right side is the mirror).
     pairs = [(k, int(kp_index[k])) for k in range(len(names))
              if float(kp_weight[k]) == 1.0 and int(kp_index[k]) < R and not names[k].startswith("right_")]
+    # Each calibrated keypoint with its right twin, whose offset is the left one's mirrored (x negated):
+    # name -> [(keypoint, landmark, factor on the offset's axes)].
+    groups = {}
+    for k, r in pairs:
+        groups[names[k]] = [(k, r, torch.ones(3))]
+        if names[k].startswith("left_"):
+            kt = names.index("right_" + names[k][5:])
+            groups[names[k]].append((kt, int(kp_index[kt]), torch.tensor([-1.0, 1.0, 1.0])))
     rest = plain.anny.template_vertices.to(plain.dtype)
-    basis = {r: landmark_shift_basis(plain.vertex_regressor[r], rest) for _, r in pairs}
+    basis = {r: landmark_shift_basis(plain.vertex_regressor[r], rest) for g in groups.values() for _, r, _ in g}
     offsets: dict[str, tuple[float, float, float]] = {}
     for it in range(a.rounds + 1):
         model = AnnyModel(full=plain.anny, landmark_offsets=offsets)
         fit = fit_views(obs, model, overrides=["stages.body.steps=150"], vertices=True)
         good = fit.valid & (fit.error_over_box < 0.03)
         lm = fit.joints[:, kp_index]
-        ok = (ref[:, COCO_IN_MP, 3] > 0).all(1) & good
-        pa = pa_mpjpe(lm[ok][:, COCO_IN_MP].double(), ref[ok][:, COCO_IN_MP, :3].double())
+        ok = (ref[:, coco, 3] > 0).all(1) & good
+        pa = pa_mpjpe(lm[ok][:, coco].double(), ref[ok][:, coco, :3].double())
         print(f"round {it}: {int(good.sum())} fits kept, PA-MPJPE (COCO-17) against the triangulation: "
               f"mean {float(pa.mean()):.1f} mm, median {float(pa.median()):.1f} mm", flush=True)
         if it == a.rounds:
             break
         step = {}
-        for k, r in pairs:
-            near, G = basis[r]
-            both = [(k, r, 1.0)]
-            twin = "right_" + names[k][5:] if names[k].startswith("left_") else None
-            if twin is not None:
-                kt = names.index(twin)
-                both.append((kt, int(kp_index[kt]), -1.0))
+        for name, group in groups.items():
             A, b = [], []
-            for kk, rr, sx in both:
-                use = good & (ref[:, kk, 3] > 0)
-                if sx < 0:  # the twin's own basis, with x mirrored
-                    near_t, G_t = landmark_shift_basis(plain.vertex_regressor[rr], rest)
-                    J = fit.vertices[use][:, near_t].transpose(1, 2) @ G_t  # (n,3,3)
-                    J = J * torch.tensor([-1.0, 1.0, 1.0], dtype=J.dtype)
-                else:
-                    J = fit.vertices[use][:, near].transpose(1, 2) @ G
+            for k, r, axes in group:
+                near, G = basis[r]
+                use = good & (ref[:, k, 3] > 0)
+                J = fit.vertices[use][:, near].transpose(1, 2) @ G * axes.to(G.dtype)  # (n,3,3)
                 A.append(J.reshape(-1, 3))
-                b.append((ref[use, kk, :3] - lm[use, kk]).reshape(-1))
+                b.append((ref[use, k, :3] - lm[use, k]).reshape(-1))
             A, b = torch.cat(A).double(), torch.cat(b).double()
             d = torch.linalg.solve(A.T @ A + 1e-9 * torch.eye(3, dtype=A.dtype), A.T @ b)
-            if twin is None:
+            if len(group) == 1:  # a middle landmark stays on the midline
                 d[0] = 0.0
-            step[names[k]] = d
+            step[name] = d
         offsets = {n: tuple(float(x) for x in torch.tensor(offsets.get(n, (0.0, 0.0, 0.0))) + a.step * d)
                    for n, d in step.items()}
     print("ANNY_LANDMARK_OFFSETS = {")

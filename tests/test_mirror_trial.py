@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from bodyfit import Observations, fit
-from bodyfit.body_models.conventions import mirror_index
+from bodyfit.body_models.conventions import keypoint_names, mirror_index
 
 FRAME = 55  # cam02 sees the person from the front; MediaPipe labels them as seen from behind
-COCO_IN_MP = [0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28]
+COCO_IN_MP = [keypoint_names("mediapipe33").index(n) for n in keypoint_names("coco17")]  # COCO-17 among MP-33
 
 
 @pytest.fixture(scope="module")
