@@ -33,6 +33,7 @@ from bodyfit.body_models.conventions import keypoint_names
 #: Ablation: name -> overrides of configs/fit.yaml.
 CONFIGS = {
     "default": [],
+    "no limb_flip": ["limb_flip=false"],  # the limb-flip trial off
     "before": ["try_mirror=false", "stages.body.weights.gmm_prior=0"],  # the defaults before the pose prior
     "gmm_prior only": ["try_mirror=false"],
     "try_mirror only": ["stages.body.weights.gmm_prior=0"],

@@ -27,6 +27,7 @@ from bodyfit.body_models.base import BodyModel, BodyParams
 from bodyfit.body_models.conventions import TORSO, keypoint_names, mirror_index
 from bodyfit.cameras import Camera
 from bodyfit.fitting.config import FitConfig, StageConfig, load_config
+from bodyfit.fitting.depth_flip import limb_flip_trial
 from bodyfit.fitting.energies import ENERGIES
 from bodyfit.fitting.energy import Evaluation, Problem, render_model
 from bodyfit.fitting.optimizer import StageResult, run_stage
@@ -132,6 +133,9 @@ class Fitter:
     of its own; the swapped labels are kept where their final energy is below
     ``1 - MIRROR_MARGIN`` of the given labels' (the sample's message says so, and its
     ``keypoints`` are the swapped ones). Detectors swap them for people seen from behind.
+    Under the same conditions, with ``limb_flip`` (or ``world_flip`` > 0), the limbs that point
+    out of the picture are also refitted flipped in depth after the last stage, and the lower
+    energy is kept (:func:`fitting.depth_flip.limb_flip_trial`).
     Samples no view sees with ``min_keypoints`` keypoints, with NaN keypoints or degenerate
     cameras in every view, are not fitted (``valid`` False, ``messages`` says why); a view a
     sample cannot use is left out for that sample; the rest of the batch is fitted. No NaN is
@@ -172,8 +176,10 @@ class Fitter:
         cfg = self.config
         t0 = time.perf_counter()
         B = observations.batch_size
-        mirror = (cfg.try_mirror and observations.num_views == 1 and not observations.sequence
-                  and (init is None or start is not None))
+        # the trials of other starts (label swap, limb flips): one view, not a sequence, and not
+        # where the caller gave an init without a start (a start to refine, not to question)
+        explore = observations.num_views == 1 and not observations.sequence and (init is None or start is not None)
+        mirror = cfg.try_mirror and explore
         init = self._start(observations, init, start)
         if mirror:  # the batch also holds every sample with its left and right labels swapped
             observations = _with_mirrored_labels(observations)
@@ -191,11 +197,6 @@ class Fitter:
             result = self._stage(problem, prepared, params, init, stage, flip, names)
             params = result.params
             stage_steps[stage_name] = result.steps
-        if cfg.world_flip > 0 and problem.num_views == 1 and not problem.sequence and "body_pose" in stage.free:
-            from bodyfit.fitting.depth_flip import limb_flip_trial
-
-            result, _ = limb_flip_trial(self, problem, prepared, result, init, stage)
-            params = result.params
         if mirror:
             swapped = problem.active[B:] & (result.energy[B:] < (1.0 - MIRROR_MARGIN) * result.energy[:B])
             rows = torch.arange(B, device=swapped.device) + B * swapped
@@ -205,6 +206,9 @@ class Fitter:
                 problem.messages[b].append("left and right keypoints swapped: the detector's labels fit "
                                            "worse (a person seen from behind taken for one facing the camera, "
                                            "or the reverse)")
+        if explore and (cfg.limb_flip or cfg.world_flip > 0) and "body_pose" in stage.free:
+            result, _ = limb_flip_trial(self, problem, result, init, stage)
+            params = result.params
         return self._result(observations, problem, params, init, result, skipped, stage_steps,
                             vertices, {"init": t1 - t0, "fit": time.perf_counter() - t1})
 
