@@ -49,6 +49,8 @@ def _trial_flips_the_thigh(model, hip: str):
     assert _knee_depth(model, runs["true"].joints) < -0.2
     assert float(runs["true"].energies["total"][0]) < float(runs["false"].energies["total"][0])
     assert bool(runs["true"].valid.all()) and runs["true"].flagged[0] is None
+    assert "right leg refitted flipped in depth" in (runs["true"].messages[0] or "")
+    assert "flipped in depth" not in (runs["false"].messages[0] or "")
     # a given init without a start function is refined, not questioned: no trial
     given = Fitter(model, overrides=ONLY_2D)(obs, mirror, vertices=False)
     assert _knee_depth(model, given.joints) > 0.1
@@ -72,6 +74,8 @@ def test_limb_flip_config_is_checked():
         load_config(["limb_flip_depth=1.5"])
     with pytest.raises(ConfigError, match="limb_flip"):
         load_config(["limb_flip=sometimes"])
+    with pytest.raises(ConfigError, match="limb_flip_reprojection"):
+        load_config(["limb_flip_reprojection=0.9"])
 
 
 def test_trial_fixes_a_real_view(pose2sim_wheel, anny):

@@ -162,8 +162,11 @@ def test_killed_run_resumes_and_two_processes_give_the_same_fits(dataset, tmp_pa
     assert proc.returncode == 0, output
     a, b = _export(one), _export(two)
     assert list(a["imgname"]) == list(b["imgname"]) and np.array_equal(a["valid"], b["valid"])
+    # Batches of other make-ups differ by float noise (1e-6); the limb-flip trial refits from a start
+    # taken from the fit, which carries it to up to 1e-3 (7.7e-4 rad measured). A different choice
+    # (a sample lost, swapped or flipped otherwise) differs by tenths.
     for key in ("global_orient", "body_pose", "betas", "transl"):
-        assert np.allclose(a[key], b[key], atol=1e-4), key
+        assert np.allclose(a[key], b[key], atol=3e-3), (key, np.abs(a[key] - b[key]).reshape(len(a[key]), -1).max(1))
 
 
 @pytest.mark.slow

@@ -58,6 +58,7 @@ class FitConfig:
     world_frame: str = "ray"
     limb_flip: bool = True
     limb_flip_depth: float = 0.35
+    limb_flip_reprojection: float = 1.2
     world_flip: float = 0.0
     flip_min_depth: float = 0.3
     gmm_file: str | None = None
@@ -96,6 +97,7 @@ class FitConfig:
               f"must be camera, ray or procrustes, got {self.world_frame!r}")
         check(isinstance(self.limb_flip, bool), "limb_flip", f"must be true or false, got {self.limb_flip!r}")
         check_number(self.limb_flip_depth, "limb_flip_depth", 0.0, 1.0)
+        check_number(self.limb_flip_reprojection, "limb_flip_reprojection", 1.0, None)
         check_number(self.world_flip, "world_flip", 0.0, None)
         check_number(self.flip_min_depth, "flip_min_depth", 0.0, 1.0)
         check(self.gmm_file is None or isinstance(self.gmm_file, str), "gmm_file",

@@ -27,7 +27,7 @@ from bodyfit.body_models.base import BodyModel, BodyParams
 from bodyfit.body_models.conventions import TORSO, keypoint_names, mirror_index
 from bodyfit.cameras import Camera
 from bodyfit.fitting.config import FitConfig, StageConfig, load_config
-from bodyfit.fitting.depth_flip import limb_flip_trial
+from bodyfit.fitting.depth_flip import LIMBS, limb_flip_trial
 from bodyfit.fitting.energies import ENERGIES
 from bodyfit.fitting.energy import Evaluation, Problem, render_model
 from bodyfit.fitting.optimizer import StageResult, run_stage
@@ -207,8 +207,11 @@ class Fitter:
                                            "worse (a person seen from behind taken for one facing the camera, "
                                            "or the reverse)")
         if explore and (cfg.limb_flip or cfg.world_flip > 0) and "body_pose" in stage.free:
-            result, _ = limb_flip_trial(self, problem, result, init, stage)
+            result, flipped = limb_flip_trial(self, problem, result, init, stage)
             params = result.params
+            for b, li in torch.nonzero(flipped).tolist():
+                problem.messages[b].append(f"{LIMBS[li][0].replace('_', ' ')} refitted flipped in depth: "
+                                           "the other depth fits with lower energy")
         return self._result(observations, problem, params, init, result, skipped, stage_steps,
                             vertices, {"init": t1 - t0, "fit": time.perf_counter() - t1})
 

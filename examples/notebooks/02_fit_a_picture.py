@@ -269,6 +269,18 @@ plt.show()
 # The turned start ends in a worse minimum (a higher energy): comparing the energies of both
 # tries picks the right one.
 #
+# The same holds per limb. A bone that points towards or away from the camera projects to the
+# same two keypoints at two depths (its end on the same camera ray, nearer or farther), and the
+# keypoints cannot tell which. After the last stage each such bone is refitted flipped, and the
+# flip is kept where the energy is lower while the keypoints fit about as well (`limb_flip`,
+# `bodyfit/fitting/depth_flip.py`); the messages name the limbs that were flipped.
+
+# %%
+for flag in ("false", "true"):
+    r = bodyfit.fit(keypoints, model, image_size=(H, W), overrides=[f"limb_flip={flag}"], vertices=False)
+    print(f"limb_flip={flag}: energy {float(r.energies['total'][0]):.4f}, messages: {r.messages[0]}")
+
+# %% [markdown]
 # ## 6. Fits that fail, and why
 #
 # Three pictures' worth of keypoints in one batch: the real ones, the same with left and right
