@@ -84,7 +84,8 @@ def limb_flip_trial(fitter, problem, result, init, stage):
 
     Args:
         fitter: the Fitter (its config's ``limb_flip``, ``limb_flip_depth``, ``world_flip`` and
-            ``flip_min_depth`` choose the candidates). problem: its Problem (one view).
+            ``flip_min_depth`` choose the candidates, ``limb_flip_reprojection`` bounds the ones
+            kept). problem: its Problem (one view).
         result: the last stage's StageResult (B). init: the start BodyParams (B), which the
             stage's ``init_prior`` measures from. stage: the last StageConfig.
     Returns:
