@@ -1,7 +1,7 @@
 """Single-view fits on real frames scored in 3D: Pose2Sim Demo_SinglePerson (issue 14).
 
     python benchmarks/bench_pose2sim_depth.py [--frames 55 65 75 85 95] [--threads 1]
-        [--configs base world ...] [--landmarks mediapipe|coco] [key=value ...]
+        [--configs base world ...] [--landmarks mediapipe|coco] [--heavy PATH] [key=value ...]
 
 Reference: every frame's MediaPipe keypoints of the 4 calibrated views triangulated (robust DLT,
 ``bodyfit.triangulation``). Each view of each frame is fitted alone (``bodyfit.fit``, the
@@ -9,7 +9,8 @@ calibration's K, the detector's world landmarks where the config uses them) and 
 PA-MPJPE (mm) on COCO-17 (the 17 body points) and on MediaPipe-33 (every landmark the reference
 has). Also scored: MediaPipe's world landmarks alone, and the regressor's start. Printed per
 config: median and mean PA-MPJPE, the share of views above 100 mm, seconds per picture (fit only;
-detection is cached).
+detection is cached). ``--heavy PATH`` fits the heavy landmark model's detections instead (the
+reference stays the full model's).
 
 Configs (``--configs``, each a set of overrides of configs/fit.yaml; extra ``key=value`` apply to
 all): see CONFIGS. Tune on one set of frames, report on another (default: tuned on frames 5-45,
@@ -57,13 +58,16 @@ WORLD_START = ["~stages.camera", "stages.body.free=[global_orient,body_pose]", "
 COCO_IN_MP = [keypoint_names("mediapipe33").index(n) for n in keypoint_names("coco17")]  # COCO-17 among MP-33
 
 
-def detections(frames: list[int]):
-    """(T,4,33,3) keypoints (calibration grid, undistorted) and (T,4,33,3) world landmarks."""
+def detections(frames: list[int], heavy: str | None = None):
+    """(T,4,33,3) keypoints (calibration grid, undistorted) and (T,4,33,3) world landmarks, of
+    the full landmark model in the wheel, or of the heavy one at ``heavy`` (a .tflite file or a
+    folder holding pose_landmark_heavy.tflite)."""
     from bodyfit.data.calibration import undistort_keypoints
     from bodyfit.data.pose2sim import (DEMO_CAMERAS, _detector_tag, demo_calibration, demo_frames,
                                        pose2sim_wheel, video_to_calibration)
 
-    path = pose2sim_wheel().parent / "pose2sim_demo" / f"depth_bench_{_detector_tag()}.npz"
+    tag = _detector_tag() + ("-heavy" if heavy else "")
+    path = pose2sim_wheel().parent / "pose2sim_demo" / f"depth_bench_{tag}.npz"
     store = {"kp": np.zeros((100, 4, 33, 3), np.float32), "world": np.zeros((100, 4, 33, 3), np.float32),
              "done": np.zeros((100, 4), bool)}
     if path.is_file():
@@ -74,7 +78,8 @@ def detections(frames: list[int]):
         from bodyfit.detectors.mediapipe_pose import MediaPipePose, NoPersonError
 
         calib = demo_calibration()
-        det = MediaPipePose(enable_segmentation=False)
+        det = MediaPipePose(enable_segmentation=False, **(dict(model_complexity=2, landmark_model_path=heavy)
+                                                           if heavy else {}))
         for v, cam in enumerate(DEMO_CAMERAS):
             A = video_to_calibration(cam)
             for name, img in demo_frames(need, cameras=(cam,)):
@@ -118,6 +123,9 @@ def main() -> None:
     ap.add_argument("--regressor", default=None, help="keypoint regressor weights (default: the shipped ones)")
     ap.add_argument("--landmarks", default="mediapipe", choices=["mediapipe", "coco"],
                     help="Anny's landmarks: moved to where MediaPipe puts them (default) or the COCO regressor's")
+    ap.add_argument("--heavy", default=None, metavar="PATH",
+                    help="fit the heavy landmark model's detections (pose_landmark_heavy.tflite, e.g. from the "
+                         "npm package @mediapipe/pose); the reference stays the full model's triangulation")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -131,6 +139,8 @@ def main() -> None:
     kp, world = detections(a.frames)
     cams = demo_cameras()
     ref = torch.as_tensor(triangulate(kp, cams)).float()  # (T,33,4) world frame of the lab
+    if a.heavy:
+        kp, world = detections(a.frames, a.heavy)
     T, V = kp.shape[:2]
     model = body_model("anny", landmarks=a.landmarks)
     from bodyfit.regressors.keypoint_regressor import load_regressor
