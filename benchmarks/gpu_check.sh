@@ -2,7 +2,7 @@
 # The GPU checks of issue 13 as one prepared run for a lent CUDA machine, whose image has
 # PyTorch, nvcc and ninja but none of bodyfit's other dependencies and no network.
 #
-# Here, once (fetches the wheels the device lacks into .whl/, about 55 MB, ignored by git):
+# Here, once (fetches the wheels the device lacks into .whl/, 47 MB, ignored by git):
 #     echo /.whl/ >> .git/info/exclude
 #     bash benchmarks/gpu_check.sh --download
 # On the device (its `run` tool: carry [".whl"], timeout_s 540):
@@ -10,8 +10,8 @@
 # It installs the wheels under /tmp/site, runs the CUDA tests (tests/test_gpu.py, the nvdiffrast
 # backend against the CPU one), then bench_speed.py on CUDA for SMPL (a synthetic SMPL-format
 # file) and Anny at batches 256, 1024, 4096 (default schedule, perturbed start): fits/s and
-# PA-MPJPE side by side, and SMPL with compile=true at the largest. Logs go to $OUT (or ./gpu_check_out). GPU_CHECK_DEVICE=cpu and
-# GPU_CHECK_BATCHES="4" try the script's own steps on a CPU.
+# PA-MPJPE side by side, and SMPL with compile=true at the largest. Logs go to $OUT (or
+# ./gpu_check_out). GPU_CHECK_DEVICE=cpu and GPU_CHECK_BATCHES="4" try its steps on a CPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=(anny==0.6.2 roma==1.8.0 smplx==0.1.28 hydra-core==1.3.8 omegaconf==2.3.1 trimesh==5.2.0
