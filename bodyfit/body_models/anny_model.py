@@ -180,10 +180,10 @@ class AnnyModel(BodyModel):
         self.register_buffer("_orient0", a.bone_template_orientation_matrices[sub].to(dt), persistent=False)
         self.register_buffer("_orientD", a.bone_orientation_blendshapes[:, sub].to(dt), persistent=False)
         self.register_buffer("_sub_pair_j", torch.tensor([at[int(j)] for j in self._pair_j]), persistent=False)
-        # Where each pair's anchor (4,) lies in the dense anchors (4n, R) of the joints-only path,
+        # Where each pair's anchor (4,) lies in the dense anchors (R, 4n) of the joints-only path,
         # bones in level order.
-        K, level = len(self.regressed_names), self._tree._unorder
-        dense = ((4 * level[self._sub_pair_j][:, None] + torch.arange(4)) * K + self._pair_k[:, None]).flatten()
+        n, level = len(sub), self._tree._unorder
+        dense = (self._pair_k[:, None] * 4 * n + 4 * level[self._sub_pair_j][:, None] + torch.arange(4)).flatten()
         self.register_buffer("_dense_anchor_index", dense, persistent=False)
         self.register_buffer("_landmark_levels", self._tree._unorder[[at[j] for j in self.bone_landmark_index]],
                              persistent=False)
@@ -260,8 +260,8 @@ class AnnyModel(BodyModel):
     def _rest_joints(self, phen: torch.Tensor):
         """What the joints-only path needs of phenotypes (B,6), bones in level order: the bones'
         offsets from their parents in their parents' rest frames (n,B,3), the inverses of their
-        rest frames ``[R^T | -R^T h]`` (n,B,3,4), and the keypoint anchors (B,4n,R) (regressed
-        landmark r's anchor on bone j at rows 4j..4j+3, zeros where it has none); computed as
+        rest frames ``[R^T | -R^T h]`` (n,B,3,4), and the keypoint anchors (B,R,4n) (regressed
+        landmark r's anchor on bone j at columns 4j..4j+3, zeros where it has none); computed as
         Anny's cached rest model computes the rest heads h and orientations R (the orientation:
         the special Procrustes of a blend of cross-covariances, roma's, by
         :func:`~bodyfit.body_models.kinematics.special_procrustes`). A bone's offset is
@@ -284,14 +284,15 @@ class AnnyModel(BodyModel):
                                   (rel[..., None, :] @ R[p])[..., 0, :])
             Rt = R.transpose(-1, -2)
             frames = torch.cat([Rt, -(Rt @ heads[..., None])], -1)
-            B = len(anchors)
-            dense = anchors.new_zeros(B, 4 * len(self._sub) * len(self.regressed_names))
+            B, n = len(anchors), len(self._sub)
+            dense = anchors.new_zeros(B, len(self.regressed_names) * 4 * n)
             dense.index_copy_(1, self._dense_anchor_index, anchors.flatten(1))  # in place: no copy of the zeros
-            dense = dense.view(B, len(self._sub), 4, -1)
+            dense = dense.view(B, -1, 4 * n)
             if not phen.requires_grad:  # kept for a stage: the anchors in their bones' frames, once
-                local = frames.transpose(0, 1) @ dense  # (B,n,3,R): R^T (a - a4 h)
-                return offsets, None, torch.cat([local, dense[:, :, 3:]], 2).view(B, 4 * len(self._sub), -1)
-            return offsets, frames, dense.view(B, 4 * len(self._sub), -1)
+                bones = dense.view(B, -1, n, 4)
+                local = (frames.transpose(0, 1)[:, None] @ bones[..., None])[..., 0]  # (B,R,n,3): R^T (a - a4 h)
+                return offsets, None, torch.cat([local, bones[..., 3:]], -1).view(B, -1, 4 * n)
+            return offsets, frames, dense
         return self._reused("joints", phen, compute)
 
     def _joints(self, params: BodyParams) -> torch.Tensor:
@@ -481,7 +482,7 @@ class _PhenotypeCoefficientsFn(torch.autograd.Function):
 
 def _anny_joints(m: AnnyModel, rotvec, transl, offsets, frames, anchors):
     """Forward of :class:`_AnnyJoints` (see :meth:`AnnyModel._joints`): rotvec (B,n,3) of the
-    bones ``m._sub``, transl (B,3), and offsets (n,B,3), frames (n,B,3,4) and anchors (B,4n,R)
+    bones ``m._sub``, transl (B,3), and offsets (n,B,3), frames (n,B,3,4) and anchors (B,R,4n)
     from :meth:`AnnyModel._rest_joints` (frames None: the anchors are in the bones' frames). Bones first and in level order, so that the products by
     per-bone constants are one ``bmm`` over the bones: ``U_p^T D(v) U_c = D(U_p^T v) U_p^T U_c``
     (a rotation conjugated by U_p). The skinning transforms ``T = W [R | h]^-1`` side by side
@@ -508,7 +509,7 @@ def _anny_joints(m: AnnyModel, rotvec, transl, offsets, frames, anchors):
         T = Wr @ frames  # (n,B,3,4)
         T[..., 3] += world[..., 3]
     T = T.permute(1, 2, 0, 3).reshape(B, 3, 4 * n)
-    out = torch.cat([(T @ anchors).transpose(1, 2), world[m._landmark_levels, ..., 3].transpose(0, 1)], dim=1)
+    out = torch.cat([anchors @ T.transpose(1, 2), world[m._landmark_levels, ..., 3].transpose(0, 1)], dim=1)
     return out, (rodrigues_saved, local, parents, Wr, T)
 
 
@@ -521,8 +522,8 @@ def _anny_joints_backward(m: AnnyModel, saved, frames, anchors, G, needs):
     tree, K = m._tree, len(m.regressed_names)
     n, B = local.shape[:2]
     Gr = G[:, :K]  # (B,R,3)
-    g_anchors = T.transpose(1, 2) @ Gr.transpose(1, 2) if needs[4] else None  # (B,4n,R), contiguous
-    g_T = (Gr.transpose(1, 2) @ anchors.transpose(1, 2)).view(B, 3, n, 4).permute(2, 0, 1, 3).contiguous()
+    g_anchors = Gr @ T if needs[4] else None  # (B,R,4n)
+    g_T = (Gr.transpose(1, 2) @ anchors).view(B, 3, n, 4).permute(2, 0, 1, 3).contiguous()
     g_frames = Wr.transpose(-1, -2) @ g_T if needs[3] else None
     g_world = g_T if frames is None else torch.cat([g_T @ frames.transpose(-1, -2), g_T[..., 3:]], -1)
     g_world[m._landmark_levels, ..., 3] += G[:, K:].transpose(0, 1)
