@@ -77,11 +77,10 @@ class PoseGMM(torch.nn.Module):
         return self.means.shape[0]
 
     def forward(self, pose: torch.Tensor) -> torch.Tensor:
-        """(B,J,3) rotation vectors of :attr:`joints`, radians -> (B,) energy >= 0 (nats)."""
+        """(B,J,3) rotation vectors of :attr:`joints`, radians -> (B,) energy >= 0 (nats), with
+        a hand-written backward (:class:`_MaxMixture`: the best component's ``Sigma^-1 (x - mu)``)."""
         x = pose.reshape(pose.shape[0], -1)
-        diff = x[:, None, :] - self.means.to(x.dtype)  # (B,K,D)
-        quad = torch.einsum("bkd,kde,bke->bk", diff, self.precisions.to(x.dtype), diff)
-        return (0.5 * quad + self.cost.to(x.dtype)).amin(dim=1)
+        return _MaxMixture.apply(x, self.means.to(x.dtype), self.precisions.to(x.dtype), self.cost.to(x.dtype))
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(n,J,3) rotation vectors drawn from the mixture (a component by its weight, then its
@@ -105,6 +104,27 @@ class PoseGMM(torch.nn.Module):
                              "it was made for another body model. Give one made for this model "
                              "(gmm_file=...) or set the gmm_prior weight to 0.")
         return [names.index(j) for j in self.joints]
+
+
+class _MaxMixture(torch.autograd.Function):
+    """:meth:`PoseGMM.forward` of x (B,D) with means (K,D), precisions (K,D,D) (symmetric) and
+    costs (K,): ``min_k 0.5 (x - mu_k)^T P_k (x - mu_k) + cost_k``, components first (one
+    ``bmm``); its gradient is the best component's ``P_k (x - mu_k)``."""
+
+    @staticmethod
+    def forward(ctx, x, means, precisions, cost):
+        diff = x[None] - means[:, None]  # (K,B,D)
+        Pd = torch.bmm(diff, precisions)  # (K,B,D): (P_k d)^T, P_k symmetric
+        energy, best = (0.5 * (Pd * diff).sum(-1) + cost[:, None]).min(0)
+        ctx.save_for_backward(Pd, best)
+        return energy
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        Pd, best = ctx.saved_tensors
+        K, B, D = Pd.shape
+        return Pd.gather(0, best.view(1, B, 1).expand(1, B, D))[0] * grad[:, None], None, None, None
 
 
 def save_pose_gmm(path: str | os.PathLike, means, covariances, weights, joints: list[str],

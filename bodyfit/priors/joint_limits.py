@@ -79,9 +79,9 @@ class JointLimits(torch.nn.Module):
         return torch.einsum("mij,bmj->bmi", self.frames, body_pose[:, self.joint_index])
 
     def forward(self, body_pose: torch.Tensor) -> torch.Tensor:
-        a = self.angles(body_pose)
-        excess = torch.relu(self.lo - a) + torch.relu(a - self.hi)
-        return (excess ** 2).sum(dim=(1, 2))
+        a = (body_pose.index_select(1, self.joint_index)[:, :, None, :] * self.frames).sum(-1)  # angles(), (B,M,3)
+        excess = a - torch.clamp(a, self.lo, self.hi)  # beyond hi: a - hi, below lo: -(lo - a)
+        return (excess * excess).sum(dim=(1, 2))
 
 
 def _frame(direction: torch.Tensor, flex_dir, abd_dir) -> torch.Tensor:
