@@ -82,6 +82,19 @@ def test_joint_gradients_match_finite_differences():
     assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-5)
 
 
+def test_phenotype_gradients_match_finite_differences():
+    """The rest skeleton's hand-written backward (_RestJoints: phenotype coefficients, blends,
+    special Procrustes, offsets, rest frames, anchors) against finite differences, float64."""
+    model = body_model("anny", dtype=torch.float64)
+    p = _random_params(model, 2, seed=3)
+
+    def f(phen):
+        return model(BodyParams(p.global_orient, p.body_pose, phen, p.transl), vertices=False).joints
+
+    x = p.shape.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-5)
+
+
 def test_wrong_shapes_raise_naming_the_field(anny):
     p = anny.default_params(2)
     p.body_pose = p.body_pose[:, :10]

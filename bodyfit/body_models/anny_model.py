@@ -34,7 +34,8 @@ import torch
 
 from bodyfit.body_models.base import BodyModel, BodyOutput, BodyParams
 from bodyfit.body_models.kinematics import (KinematicTree, _chain_backward_levels, _chain_levels,
-                                            _rodrigues, _rodrigues_backward, special_procrustes)
+                                            _polar_rotation_backward, _rodrigues, _rodrigues_backward,
+                                            _special_procrustes)
 from bodyfit.body_models.keypoint_tables import (ANNY_KEYPOINT_OVERRIDES, ANNY_KEYPOINTS,
                                                  ANNY_LANDMARK_OFFSETS, keypoint_table_map,
                                                  shifted_landmark_weights)
@@ -185,6 +186,13 @@ class AnnyModel(BodyModel):
         n, level = len(sub), self._tree._unorder
         dense = (self._pair_k[:, None] * 4 * n + 4 * level[self._sub_pair_j][:, None] + torch.arange(4)).flatten()
         self.register_buffer("_dense_anchor_index", dense, persistent=False)
+        # The rest heads (n,3), orientation blends (n,3,3), bones in level order, and the pairs'
+        # anchors (P,4) side by side: one blend of the phenotype coefficients (one addmm).
+        self.register_buffer("_rest0", torch.cat([self._heads0[order].flatten(), self._orient0[order].flatten(),
+                                                  self._anchor_A0.flatten()]), persistent=False)
+        self.register_buffer("_restD", torch.cat([self._headsD[:, order].flatten(1),
+                                                  self._orientD[:, order].flatten(1),
+                                                  self._anchor_AD.flatten(1)], 1), persistent=False)
         self.register_buffer("_landmark_levels", self._tree._unorder[[at[j] for j in self.bone_landmark_index]],
                              persistent=False)
         if a.rest_orientation_refiner is not None or a.root_identity_orientation or \
@@ -267,32 +275,17 @@ class AnnyModel(BodyModel):
         :func:`~bodyfit.body_models.kinematics.special_procrustes`). A bone's offset is
         ``R_p^T (h_c - h_p)`` (``U_0^T (h_c - h_0)`` below the root; the root's own, the
         translation's, is left to :func:`_anny_joints`). Phenotypes without gradient (a stage
-        that keeps them) get the anchors in their bones' frames instead, and no frames."""
+        that keeps them) get the anchors in their bones' frames instead, and no frames. One
+        autograd node with a hand-written backward (:class:`_RestJoints`)."""
         def compute(phen):
-            coeffs = self._coefficients(phen)
-
-            def blend(constant, directions):  # constant + sum_a coeffs_a directions_a, one addmm
-                return torch.addmm(constant.reshape(1, -1), coeffs, directions.flatten(1)).view(-1, *constant.shape)
-
-            heads = blend(self._heads0, self._headsD)
-            R = special_procrustes(blend(self._orient0, self._orientD))
-            anchors = blend(self._anchor_A0, self._anchor_AD)
-            order, p = self._tree._on(phen.device)[0], self._parent_levels
-            heads, R = heads.transpose(0, 1)[order], R.transpose(0, 1)[order]  # (n,B,...), level order
-            rel = heads - heads[p]
-            offsets = torch.where(self._root_child_levels[:, None, None], rel @ self._U[0],
-                                  (rel[..., None, :] @ R[p])[..., 0, :])
-            Rt = R.transpose(-1, -2)
-            frames = torch.cat([Rt, -(Rt @ heads[..., None])], -1)
-            B, n = len(anchors), len(self._sub)
-            dense = anchors.new_zeros(B, len(self.regressed_names) * 4 * n)
-            dense.index_copy_(1, self._dense_anchor_index, anchors.flatten(1))  # in place: no copy of the zeros
-            dense = dense.view(B, -1, 4 * n)
-            if not phen.requires_grad:  # kept for a stage: the anchors in their bones' frames, once
-                bones = dense.view(B, -1, n, 4)
-                local = (frames.transpose(0, 1)[:, None] @ bones[..., None])[..., 0]  # (B,R,n,3): R^T (a - a4 h)
-                return offsets, None, torch.cat([local, bones[..., 3:]], -1).view(B, -1, 4 * n)
-            return offsets, frames, dense
+            if phen.requires_grad:
+                return _RestJoints.apply(phen, self)
+            offsets, frames, dense = _rest_joints(self, phen)
+            # kept for a stage: the anchors in their bones' frames, once
+            B, n = len(dense), len(self._sub)
+            bones = dense.view(B, -1, n, 4)
+            local = (frames.transpose(0, 1)[:, None] @ bones[..., None])[..., 0]  # (B,R,n,3): R^T (a - a4 h)
+            return offsets, None, torch.cat([local, bones[..., 3:]], -1).view(B, -1, 4 * n)
         return self._reused("joints", phen, compute)
 
     def _joints(self, params: BodyParams) -> torch.Tensor:
@@ -338,6 +331,78 @@ class AnnyModel(BodyModel):
         elif vertices:
             verts = self.mesh(P, phen)["vertices"]
         return BodyOutput(joints=joints, vertices=verts, faces=self.faces)
+
+
+def _rest_joints(m: AnnyModel, phen: torch.Tensor, saved: list | None = None):
+    """Forward of :class:`_RestJoints` (see :meth:`AnnyModel._rest_joints`), bones in level
+    order: phenotypes (B,6) -> (offsets (n,B,3), frames (n,B,3,4), dense anchors (B,R,4n)); with
+    ``saved`` a list, what :func:`_rest_joints_backward` needs is appended to it."""
+    table = m.__dict__.get("_phenotype_table")
+    if table is None or table.projection.device != phen.device or table.projection.dtype != phen.dtype:
+        table = m.__dict__["_phenotype_table"] = PhenotypeCoefficients(m.anny).to(phen.device, phen.dtype)
+    products, derivatives = table._products(phen, saved is not None)
+    B, n, P = len(phen), len(m._sub), len(m._pair_k)
+    rest = torch.addmm(m._rest0[None], products @ table.projection, m._restD)
+    heads, M, anchors = rest.split_with_sizes([3 * n, 9 * n, 4 * P], 1)
+    heads, M = heads.view(B, n, 3), M.view(B, n, 3, 3)
+    R = _special_procrustes(M)
+    p = m._parent_levels
+    rel = heads - heads[:, p]
+    Rp = R[:, p]
+    offsets = torch.where(m._root_child_levels[:, None], rel @ m._U[0], (rel[..., None, :] @ Rp)[..., 0, :])
+    Rt = R.transpose(-1, -2)
+    frames = torch.cat([Rt, -(Rt @ heads[..., None])], -1)
+    dense = anchors.new_zeros(B, len(m.regressed_names) * 4 * n)
+    dense.index_copy_(1, m._dense_anchor_index, anchors)  # in place: no copy of the zeros
+    if saved is not None:
+        saved += [derivatives, heads, M, R, rel, Rp]
+    return offsets.transpose(0, 1), frames.transpose(0, 1), dense.view(B, -1, 4 * n)
+
+
+def _rest_joints_backward(m: AnnyModel, saved, g_offsets, g_frames, g_dense) -> torch.Tensor:
+    """dL/dphenotypes (B,6) of :func:`_rest_joints` from the gradients of its three outputs
+    (None: zero), in reverse: ``frames = [R^T | -R^T h]``; ``offsets = R_p^T (h - h_p)``
+    (``U_0^T (h - h_0)`` below the root); the rotations' special Procrustes; the blend; the
+    phenotype coefficients."""
+    derivatives, heads, M, R, rel, Rp = saved
+    table, p = m.__dict__["_phenotype_table"], m._parent_levels
+    B, n = heads.shape[:2]
+    g_heads, g_R = heads.new_zeros(B, n, 3), R.new_zeros(B, n, 3, 3)
+    if g_frames is not None:
+        g_frames = g_frames.transpose(0, 1)  # (B,n,3,4)
+        g_f = g_frames[..., 3]
+        g_R = g_frames[..., :3].transpose(-1, -2) - heads[..., :, None] * g_f[..., None, :]
+        g_heads = -(R @ g_f[..., None])[..., 0]
+    if g_offsets is not None:
+        g_offsets = g_offsets.transpose(0, 1)  # (B,n,3)
+        root_child = m._root_child_levels[:, None]
+        g_rel = torch.where(root_child, g_offsets @ m._U[0].T, (Rp @ g_offsets[..., None])[..., 0])
+        g_Rp = torch.where(root_child[..., None], 0.0, rel[..., :, None] * g_offsets[..., None, :])
+        g_R = g_R.index_add(1, p, g_Rp)
+        g_heads = (g_heads + g_rel).index_add_(1, p, g_rel, alpha=-1.0)
+    g_M = _polar_rotation_backward(M, R, g_R)
+    g_anchors = (g_dense.reshape(B, -1).index_select(1, m._dense_anchor_index) if g_dense is not None
+                 else heads.new_zeros(B, 4 * len(m._pair_k)))
+    g_coeffs = torch.cat([g_heads.view(B, -1), g_M.view(B, -1), g_anchors], 1) @ m._restD.T
+    return (derivatives * (g_coeffs @ table.projection.T).T[:, None]).sum(0).T
+
+
+class _RestJoints(torch.autograd.Function):
+    """:meth:`AnnyModel._rest_joints` of phenotypes with gradients: :func:`_rest_joints` and
+    :func:`_rest_joints_backward`."""
+
+    @staticmethod
+    def forward(ctx, phen, model):
+        saved = []
+        out = _rest_joints(model, phen, saved)
+        ctx.model = model
+        ctx.save_for_backward(*saved)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_offsets, g_frames, g_dense):
+        return _rest_joints_backward(ctx.model, ctx.saved_tensors, g_offsets, g_frames, g_dense), None
 
 
 class PhenotypeCoefficients:

@@ -174,6 +174,19 @@ def _polar_rotation_backward(M: torch.Tensor, R: torch.Tensor, G: torch.Tensor) 
     return R @ skew
 
 
+def _special_procrustes(M: torch.Tensor) -> torch.Tensor:
+    """Forward of :func:`special_procrustes` (no autograd): :func:`_polar_rotation`, and where
+    det(M) <= 0 ``U diag(1, 1, -1) V^T`` from the SVD ``M = U S V^T``."""
+    R, det = _polar_rotation(M)
+    flipped = det <= 0
+    if bool(flipped.any()):
+        U, _, Vh = torch.linalg.svd(M[flipped].double())
+        U = torch.cat([U[..., :2], U[..., 2:] * torch.linalg.det(U @ Vh)[..., None, None]], -1)
+        R = R.clone()
+        R[flipped] = (U @ Vh).to(R.dtype)
+    return R
+
+
 class _SpecialProcrustes(torch.autograd.Function):
     """:func:`special_procrustes`: :func:`_polar_rotation` and :func:`_polar_rotation_backward`.
     Where det(M) <= 0, the forward is ``U diag(1, 1, -1) V^T`` from the SVD ``M = U S V^T``;
@@ -181,13 +194,7 @@ class _SpecialProcrustes(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, M):
-        R, det = _polar_rotation(M)
-        flipped = det <= 0
-        if bool(flipped.any()):
-            U, _, Vh = torch.linalg.svd(M[flipped].double())
-            U = torch.cat([U[..., :2], U[..., 2:] * torch.linalg.det(U @ Vh)[..., None, None]], -1)
-            R = R.clone()
-            R[flipped] = (U @ Vh).to(R.dtype)
+        R = _special_procrustes(M)
         ctx.save_for_backward(M, R)
         return R
 

@@ -79,7 +79,8 @@ class JointLimits(torch.nn.Module):
         return torch.einsum("mij,bmj->bmi", self.frames, body_pose[:, self.joint_index])
 
     def forward(self, body_pose: torch.Tensor) -> torch.Tensor:
-        a = (body_pose.index_select(1, self.joint_index)[:, :, None, :] * self.frames).sum(-1)  # angles(), (B,M,3)
+        # angles() as one product (B,M,3)
+        a = (body_pose.index_select(1, self.joint_index)[:, :, None, :] * self.frames).sum(-1)
         excess = a - torch.clamp(a, self.lo, self.hi)  # beyond hi: a - hi, below lo: -(lo - a)
         return (excess * excess).sum(dim=(1, 2))
 
