@@ -383,7 +383,7 @@ def _rest_joints_backward(m: AnnyModel, saved, g_offsets, g_frames, g_dense) -> 
     g_M = _polar_rotation_backward(M, R, g_R)
     g_anchors = (g_dense.reshape(B, -1).index_select(1, m._dense_anchor_index) if g_dense is not None
                  else heads.new_zeros(B, 4 * len(m._pair_k)))
-    g_coeffs = torch.cat([g_heads.view(B, -1), g_M.view(B, -1), g_anchors], 1) @ m._restD.T
+    g_coeffs = torch.cat([g_heads.reshape(B, -1), g_M.reshape(B, -1), g_anchors], 1) @ m._restD.T
     return (derivatives * (g_coeffs @ table.projection.T).T[:, None]).sum(0).T
 
 

@@ -15,6 +15,7 @@ autograd records several per product.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
@@ -127,28 +128,30 @@ _COFACTOR_ENTRIES = [[3 * ((i + a) % 3) + (j + b) % 3 for i in range(3) for j in
 _COFACTOR_INDEX: dict = {}
 
 
-def _polar_rotation(M: torch.Tensor, tol: float = 1e-4, max_iterations: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+def _polar_rotation(M: torch.Tensor, tol: float | None = None,
+                    max_iterations: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward of :func:`special_procrustes` for det(M) > 0: Newton's iteration
     ``X <- (g X + (g X)^-T) / 2`` with the determinant scaling ``g = |det X|^(-1/3)`` (Byers &
-    Xu 2008), until no entry moves by more than ``tol``, then once more (quadratic convergence:
-    to round-off).
+    Xu 2008), until no entry moves by more than ``tol`` (default: the square root of the dtype's
+    machine epsilon): the convergence is quadratic (an iterate off by e is followed by one off
+    by about e^2 / 2), so the last iterate is then exact to round-off.
 
     Returns:
         (R (..., 3, 3), det(M) (...)).
     """
     X = M.reshape(-1, 9).T.contiguous()  # (9, N)
-    settled, det_M = False, None
+    tol = math.sqrt(torch.finfo(M.dtype).eps) if tol is None else tol
+    det_M = None
     for iteration in range(max_iterations):
         C, det = _cofactor(X)
         det_M = det if det_M is None else det_M
-        half_g = det.abs().log_().mul_(-1 / 3).exp_().mul_(0.5)
-        new = torch.addcmul(half_g * X, C, 0.25 / (half_g * det))  # (g X + C / (g det)) / 2
-        if settled:
-            X = new
-            break
+        half_g = det.abs().pow_(-1 / 3).mul_(0.5)
+        new = torch.addcmul(half_g * X, C, (half_g * det).reciprocal_().mul_(0.25))  # (g X + C / (g det)) / 2
         # checked from the fourth step (never settled before); a singular M (NaN) is not waited for
-        settled = iteration >= 3 and bool((new - X).abs().nan_to_num_(0.0).max() < tol)
+        settled = iteration >= 3 and not bool((new - X).abs_().gt_(tol).any())
         X = new
+        if settled:
+            break
     return X.T.reshape(M.shape), det_M.view(M.shape[:-2])
 
 
@@ -161,17 +164,42 @@ def _polar_rotation_backward(M: torch.Tensor, R: torch.Tensor, G: torch.Tensor) 
     """dL/dM of :func:`_polar_rotation` from ``G = dL/dR``. With ``M = R S``, a change dM moves
     R by ``dR = R [w]_x`` where ``(tr(S) I - S) w = vee(R^T dM - dM^T R)``; so
     ``dL = c . vee(R^T dM - dM^T R) / 2 = <R [c]_x, dM>`` with ``(tr(S) I - S) c = vee(R^T G - G^T R)``
-    (H = tr(S) I - S is symmetric, positive definite when the rotation is unique)."""
-    S = R.transpose(-1, -2) @ M
-    S = 0.5 * (S + S.transpose(-1, -2))
-    H = torch.diag_embed(S.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True).expand(*S.shape[:-1])) - S
-    C, det = _cofactor(H.reshape(-1, 9).T)  # H symmetric: H^-1 = cof(H) / det(H)
-    C = C.T.reshape(H.shape)
-    c = (C @ _vee(R.transpose(-1, -2) @ G)[..., None])[..., 0] / det.view(H.shape[:-2])[..., None]
-    zero = torch.zeros_like(c[..., 0])
-    skew = torch.stack([zero, -c[..., 2], c[..., 1], c[..., 2], zero, -c[..., 0],
-                        -c[..., 1], c[..., 0], zero], -1).unflatten(-1, (3, 3))
-    return R @ skew
+    (H = tr(S) I - S is symmetric, positive definite when the rotation is unique). Computed on
+    the matrices' entries side by side (9, N), as the forward: elementwise products of N-vectors
+    instead of N products of 3x3 matrices."""
+    ix = _BACKWARD_INDEX.get(M.device)
+    if ix is None:
+        ix = _BACKWARD_INDEX[M.device] = {k: torch.tensor(v, device=M.device) for k, v in _BACKWARD_ENTRIES.items()}
+    N = M.numel() // 9
+    R9 = R.reshape(N, 9).T
+    MG = torch.cat([M.reshape(N, 9).T, G.reshape(N, 9).T])  # (18, N)
+    # R^T M and R^T G: (R^T X)_ij = sum_k R_ki X_kj
+    SA = (R9.index_select(0, ix["rt"]) * MG.index_select(0, ix["x"]).view(2, 27, N)).view(2, 9, 3, N).sum(2)
+    S, A = SA[0], SA[1]
+    H = (S + S.index_select(0, ix["t"])).mul_(-0.5)  # -(S + S^T) / 2, then + tr(S) on the diagonal
+    H[::4] += S[::4].sum(0)
+    C, det = _cofactor(H)  # H symmetric: H^-1 = cof(H) / det(H)
+    v = A.index_select(0, ix["vee+"]) - A.index_select(0, ix["vee-"])  # vee(A - A^T) (3, N)
+    c = (C.view(3, 3, N) * v).sum(1) / det
+    # R [c]_x, row by row r_i x c
+    grad = R9.index_select(0, ix["r1"]) * c.index_select(0, ix["c1"])
+    grad = torch.addcmul(grad, R9.index_select(0, ix["r2"]), c.index_select(0, ix["c2"]), value=-1.0)
+    return grad.T.reshape(M.shape)
+
+
+# Entry indices (row-major 3x3) of the backward's products: (R^T X)_ij = sum_k R_ki X_kj for X
+# = M, then G; the transpose; vee; (r_i x c)_j = r_i,(j+1) c_(j+2) - r_i,(j+2) c_(j+1).
+_BACKWARD_ENTRIES = {
+    "rt": [3 * k + i for i in range(3) for j in range(3) for k in range(3)],
+    "x": [9 * m + 3 * k + j for m in range(2) for i in range(3) for j in range(3) for k in range(3)],
+    "t": [3 * j + i for i in range(3) for j in range(3)],
+    "vee+": [7, 2, 3], "vee-": [5, 6, 1],
+    "r1": [3 * i + (j + 1) % 3 for i in range(3) for j in range(3)],
+    "c1": [(j + 2) % 3 for i in range(3) for j in range(3)],
+    "r2": [3 * i + (j + 2) % 3 for i in range(3) for j in range(3)],
+    "c2": [(j + 1) % 3 for i in range(3) for j in range(3)],
+}
+_BACKWARD_INDEX: dict = {}
 
 
 def _special_procrustes(M: torch.Tensor) -> torch.Tensor:
