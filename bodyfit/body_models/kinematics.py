@@ -148,7 +148,7 @@ def _polar_rotation(M: torch.Tensor, tol: float | None = None,
         half_g = det.abs().pow_(-1 / 3).mul_(0.5)
         new = torch.addcmul(half_g * X, C, (half_g * det).reciprocal_().mul_(0.25))  # (g X + C / (g det)) / 2
         # checked from the fourth step (never settled before); a singular M (NaN) is not waited for
-        settled = iteration >= 3 and not bool((new - X).abs_().gt_(tol).any())
+        settled = iteration >= 3 and not bool((new - X).abs_().amax() > tol)
         X = new
         if settled:
             break
