@@ -14,7 +14,6 @@ autograd records several per product.
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -35,48 +34,67 @@ def axis_angle_to_matrix(rotvec: torch.Tensor) -> torch.Tensor:
     return _Rodrigues.apply(rotvec)
 
 
-@functools.lru_cache(maxsize=None)
-def _skew_basis(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(3, 9) the linear map a -> K(a), the cross-product matrix of a (3,) flattened row-major:
-    ``K(a).flatten() = a @ S``. Built once per dtype and device."""
-    values = [0.0] * 27
-    for index, sign in zip([5, 7, 11, 15, 19, 21], [-1.0, 1.0, 1.0, -1.0, -1.0, 1.0]):
-        values[index] = sign
-    return torch.tensor(values, dtype=dtype, device=device).view(3, 9)
-
-
 def _rodrigues(rotvec: torch.Tensor) -> tuple[torch.Tensor, tuple]:
     """``R = I + sin(t) K(a) + (1 - cos(t)) (a a^T - |a|^2 I)`` with ``t = |v + 1e-8|``,
-    ``a = v / t`` (``K(a) @ K(a) = a a^T - |a|^2 I``, as smplx writes it).
+    ``a = v / t`` (``K(a) @ K(a) = a a^T - |a|^2 I``, as smplx writes it), computed on the
+    vectors' and matrices' entries side by side ((3, N), (9, N)): elementwise operations on
+    N-vectors.
 
     Returns:
         (R (..., 3, 3), what :func:`_rodrigues_backward` needs).
     """
-    shifted = rotvec + 1e-8
-    angle = torch.linalg.vector_norm(shifted, dim=-1, keepdim=True)
-    axis = rotvec / angle
+    ix = _entry_index(rotvec.device)
+    v = rotvec.reshape(-1, 3).T.contiguous()  # (3, N)
+    shifted = v + 1e-8
+    angle = (shifted * shifted).sum(0).sqrt()  # (vector_norm over dim 0 is slow on CPU)
+    axis = v / angle
     sin, cos = torch.sin(angle), torch.cos(angle)
     one_minus_cos = 1 - cos
-    skew = _skew_basis(rotvec.dtype, rotvec.device)
-    K = (axis @ skew).unflatten(-1, (3, 3))
-    aa = (axis * axis).sum(-1, keepdim=True)
-    R = torch.addcmul(sin[..., None] * K, one_minus_cos[..., None] * axis[..., :, None], axis[..., None, :])
-    R.diagonal(dim1=-2, dim2=-1).add_(1 - one_minus_cos * aa)
-    return R, (rotvec, shifted, angle, axis, K, aa, sin, cos, skew)
+    K = axis.index_select(0, ix["k"]) * ix["k sign"].to(axis.dtype)  # (9, N) entries of K(a)
+    aa = (axis * axis).sum(0)
+    R = torch.addcmul(sin * K, one_minus_cos, axis.index_select(0, ix["i"]) * axis.index_select(0, ix["j"]))
+    R[::4] += 1 - one_minus_cos * aa
+    return R.T.contiguous().view(*rotvec.shape, 3), (rotvec, v, shifted, angle, axis, K, aa, sin, cos)
 
 
 def _rodrigues_backward(saved: tuple, G: torch.Tensor) -> torch.Tensor:
     """dL/dv of :func:`_rodrigues` from ``G = dL/dR``: through ``sin``, ``1 - cos`` and ``a``,
     then ``a = v / t``."""
-    rotvec, shifted, angle, axis, K, aa, sin, cos, skew = saved
+    rotvec, v, shifted, angle, axis, K, aa, sin, cos = saved
+    ix = _entry_index(G.device)
+    N = angle.shape[0]
+    G = G.reshape(N, 9).T.contiguous()  # (9, N)
     one_minus_cos = 1 - cos
-    trace = G.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)
-    sym_axis = ((G + G.transpose(-1, -2)) @ axis[..., None])[..., 0]  # (G + G^T) a
-    g_sin = (G * K).sum((-1, -2))[..., None]
-    g_one_minus_cos = 0.5 * (sym_axis * axis).sum(-1, keepdim=True) - aa * trace
-    g_axis = sin * (G.flatten(-2) @ skew.T) + one_minus_cos * (sym_axis - 2 * trace * axis)
-    g_angle = g_sin * cos + g_one_minus_cos * sin - (g_axis * rotvec).sum(-1, keepdim=True) / angle ** 2
-    return g_axis / angle + g_angle * shifted / angle
+    trace = G[::4].sum(0)
+    sym_axis = ((G + G.index_select(0, ix["t"])).view(3, 3, N) * axis).sum(1)  # (G + G^T) a
+    g_sin = (G * K).sum(0)
+    g_one_minus_cos = 0.5 * (sym_axis * axis).sum(0) - aa * trace
+    vee = G.index_select(0, ix["vee+"]) - G.index_select(0, ix["vee-"])  # d<G, K(a)>/da
+    g_axis = sin * vee + one_minus_cos * (sym_axis - 2 * trace * axis)
+    g_angle = g_sin * cos + g_one_minus_cos * sin - (g_axis * v).sum(0) / angle ** 2
+    return (g_axis / angle + g_angle * shifted / angle).T.contiguous().view(rotvec.shape)
+
+
+def _entry_index(device: torch.device) -> dict[str, torch.Tensor]:
+    """Index tensors (on ``device``, made once) for 3x3 matrices' entries side by side (9, N),
+    row-major: ``i``, ``j`` each entry's row and column; ``t`` the transpose's entries; ``k`` and
+    ``k sign`` K(a)'s entries from a (3, N); ``vee+`` minus ``vee-`` the vector of ``A - A^T``;
+    ``r1``, ``c1``, ``r2``, ``c2`` the rows' cross products with a vector."""
+    ix = _ENTRY_INDEX.get(device)
+    if ix is None:
+        ix = _ENTRY_INDEX[device] = {k: torch.tensor(v, device=device) for k, v in _ENTRIES.items()}
+    return ix
+
+
+_ENTRIES = {
+    "i": [0, 0, 0, 1, 1, 1, 2, 2, 2], "j": [0, 1, 2, 0, 1, 2, 0, 1, 2], "t": [0, 3, 6, 1, 4, 7, 2, 5, 8],
+    "k": [0, 2, 1, 2, 0, 0, 1, 0, 0], "k sign": [[0.0], [-1.0], [1.0], [1.0], [0.0], [-1.0], [-1.0], [1.0], [0.0]],
+    "vee+": [7, 2, 3], "vee-": [5, 6, 1],
+    # (r_i x c)_j = r_i,(j+1) c_(j+2) - r_i,(j+2) c_(j+1): R's entries, then c's
+    "r1": [3 * i + (j + 1) % 3 for i in range(3) for j in range(3)], "c1": [(j + 2) % 3 for i in range(3) for j in range(3)],
+    "r2": [3 * i + (j + 2) % 3 for i in range(3) for j in range(3)], "c2": [(j + 1) % 3 for i in range(3) for j in range(3)],
+}
+_ENTRY_INDEX: dict = {}
 
 
 class _Rodrigues(torch.autograd.Function):
@@ -167,14 +185,12 @@ def _polar_rotation_backward(M: torch.Tensor, R: torch.Tensor, G: torch.Tensor) 
     (H = tr(S) I - S is symmetric, positive definite when the rotation is unique). Computed on
     the matrices' entries side by side (9, N), as the forward: elementwise products of N-vectors
     instead of N products of 3x3 matrices."""
-    ix = _BACKWARD_INDEX.get(M.device)
-    if ix is None:
-        ix = _BACKWARD_INDEX[M.device] = {k: torch.tensor(v, device=M.device) for k, v in _BACKWARD_ENTRIES.items()}
+    ix = _entry_index(M.device)
     N = M.numel() // 9
-    R9 = R.reshape(N, 9).T
+    R9 = R.reshape(N, 9).T.contiguous()
     MG = torch.cat([M.reshape(N, 9).T, G.reshape(N, 9).T])  # (18, N)
-    # R^T M and R^T G: (R^T X)_ij = sum_k R_ki X_kj
-    SA = (R9.index_select(0, ix["rt"]) * MG.index_select(0, ix["x"]).view(2, 27, N)).view(2, 9, 3, N).sum(2)
+    # R^T M and R^T G: (R^T X)_ij = sum_k R_ki X_kj (k first)
+    SA = (R9.view(3, 3, 1, N) * MG.view(2, 3, 1, 3, N)).sum(1).view(2, 9, N)
     S, A = SA[0], SA[1]
     H = (S + S.index_select(0, ix["t"])).mul_(-0.5)  # -(S + S^T) / 2, then + tr(S) on the diagonal
     H[::4] += S[::4].sum(0)
@@ -187,19 +203,6 @@ def _polar_rotation_backward(M: torch.Tensor, R: torch.Tensor, G: torch.Tensor) 
     return grad.T.reshape(M.shape)
 
 
-# Entry indices (row-major 3x3) of the backward's products: (R^T X)_ij = sum_k R_ki X_kj for X
-# = M, then G; the transpose; vee; (r_i x c)_j = r_i,(j+1) c_(j+2) - r_i,(j+2) c_(j+1).
-_BACKWARD_ENTRIES = {
-    "rt": [3 * k + i for i in range(3) for j in range(3) for k in range(3)],
-    "x": [9 * m + 3 * k + j for m in range(2) for i in range(3) for j in range(3) for k in range(3)],
-    "t": [3 * j + i for i in range(3) for j in range(3)],
-    "vee+": [7, 2, 3], "vee-": [5, 6, 1],
-    "r1": [3 * i + (j + 1) % 3 for i in range(3) for j in range(3)],
-    "c1": [(j + 2) % 3 for i in range(3) for j in range(3)],
-    "r2": [3 * i + (j + 2) % 3 for i in range(3) for j in range(3)],
-    "c2": [(j + 1) % 3 for i in range(3) for j in range(3)],
-}
-_BACKWARD_INDEX: dict = {}
 
 
 def _special_procrustes(M: torch.Tensor) -> torch.Tensor:
