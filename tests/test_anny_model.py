@@ -95,6 +95,22 @@ def test_phenotype_gradients_match_finite_differences():
     assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-5)
 
 
+def test_root_only_path_equals_the_full_path(anny):
+    """Only the root free (SMPLify's camera stage): the landmarks kept with the root at rest and
+    moved by the root's transform, the same values and gradients as the whole chain's."""
+    p = _random_params(anny, 3, seed=4)
+    p.global_orient = torch.randn(3, 3, generator=torch.Generator().manual_seed(5))
+    w = torch.randn(3, len(anny.joint_names), 3, generator=torch.Generator().manual_seed(6))
+    outputs = []
+    for pose_free in (True, False):
+        g, t = p.global_orient.clone().requires_grad_(True), p.transl.clone().requires_grad_(True)
+        pose = p.body_pose.clone().requires_grad_(pose_free)  # a free pose: the whole chain
+        joints = anny(BodyParams(g, pose, p.shape, t), vertices=False).joints
+        outputs.append((joints.detach(), *torch.autograd.grad((joints * w).sum(), [g, t])))
+    for full, root_only in zip(*outputs):
+        assert torch.allclose(full, root_only, atol=1e-5, rtol=1e-5)
+
+
 def test_wrong_shapes_raise_naming_the_field(anny):
     p = anny.default_params(2)
     p.body_pose = p.body_pose[:, :10]

@@ -35,7 +35,7 @@ import torch
 from bodyfit.body_models.base import BodyModel, BodyOutput, BodyParams
 from bodyfit.body_models.kinematics import (KinematicTree, _chain_backward_levels, _chain_levels,
                                             _polar_rotation_backward, _rodrigues, _rodrigues_backward,
-                                            _special_procrustes)
+                                            _special_procrustes, axis_angle_to_matrix)
 from bodyfit.body_models.keypoint_tables import (ANNY_KEYPOINT_OVERRIDES, ANNY_KEYPOINTS,
                                                  ANNY_LANDMARK_OFFSETS, keypoint_table_map,
                                                  shifted_landmark_weights)
@@ -193,6 +193,10 @@ class AnnyModel(BodyModel):
         self.register_buffer("_restD", torch.cat([self._headsD[:, order].flatten(1),
                                                   self._orientD[:, order].flatten(1),
                                                   self._anchor_AD.flatten(1)], 1), persistent=False)
+        # Each landmark's homogeneous weight: the sum of its anchors' last entries (bone heads: 1).
+        weight = torch.zeros(len(self.regressed_names), dtype=dt).index_add_(0, self._pair_k, self._anchor_A0[:, 3])
+        self.register_buffer("_landmark_weight", torch.cat([weight, torch.ones(len(self.bone_landmark_index), dtype=dt)]),
+                             persistent=False)
         self.register_buffer("_landmark_levels", self._tree._unorder[[at[j] for j in self.bone_landmark_index]],
                              persistent=False)
         if a.rest_orientation_refiner is not None or a.root_identity_orientation or \
@@ -236,17 +240,20 @@ class AnnyModel(BodyModel):
         P[:, :, 3, 3] = 1.0
         return P
 
-    def _reused(self, key: str, phen: torch.Tensor, compute):
-        """``compute(phen)``, kept under ``key`` and reused while the phenotypes (B,6) stay fixed
-        (a stage that does not fit the shape: no gradient, the same values). The rest skeleton
-        costs about a third of a joints-only step."""
+    def _reused(self, key: str, phen: torch.Tensor, compute, *more: torch.Tensor):
+        """``compute(phen, *more)``, kept under ``key`` and reused while the phenotypes (B,6)
+        (and ``more``) stay fixed (a stage that does not fit them: no gradient, the same values).
+        The rest skeleton costs about a third of a joints-only step."""
         cache = self.__dict__.setdefault("_rest_cache", {})
         last = cache.get(key)
-        if (not phen.requires_grad and last is not None and last[0].shape == phen.shape
-                and last[0].device == phen.device and last[0].dtype == phen.dtype and torch.equal(last[0], phen)):
+        values = (phen, *more)
+        fixed = not any(v.requires_grad for v in values)
+        if fixed and last is not None and all(
+                a.shape == v.shape and a.device == v.device and a.dtype == v.dtype and torch.equal(a, v)
+                for a, v in zip(last[0], values)):
             return last[1]
-        out = compute(phen)
-        cache[key] = None if phen.requires_grad else (phen.detach().clone(), out)
+        out = compute(*values)
+        cache[key] = (tuple(v.detach().clone() for v in values), out) if fixed else None
         return out
 
     def _coefficients(self, phen: torch.Tensor) -> torch.Tensor:
@@ -297,9 +304,27 @@ class AnnyModel(BodyModel):
         ``T_c = W_c [R_c | h_c]^-1``; a landmark is ``sum_j T_j a_kj``. One autograd node with a
         hand-written backward (:class:`_AnnyJoints`) after the rest quantities
         (:meth:`_rest_joints`)."""
+        if (torch.is_grad_enabled() and not (params.body_pose.requires_grad or params.shape.requires_grad)
+                and (params.global_orient.requires_grad or params.transl.requires_grad)):
+            return self._root_moved(params)
         offsets, frames, anchors = self._rest_joints(params.shape)
         rotvec = torch.cat([params.global_orient[:, None], params.body_pose], 1)[:, self._sub]
         return _AnnyJoints.apply(rotvec, params.transl, offsets, frames, anchors, self)
+
+    def _root_moved(self, params: BodyParams) -> torch.Tensor:
+        """:meth:`_joints` where only the root moves (SMPLify's camera stage: body pose and
+        phenotypes fixed, without gradient): the landmarks X with the root at rest (kept while the
+        pose and phenotypes stay the same) moved by the root's transform
+        ``[U_0^T D_0 U_0 | U_0^T transl]``, ``R_0 X + w t_0`` (w: each landmark's homogeneous
+        weight, the sum of its anchors' last entries). Equal to :meth:`_joints` up to round-off."""
+        def at_rest(pose, phen):
+            g, t = params.global_orient, params.transl
+            return self._joints(BodyParams(g.new_zeros(g.shape), pose, phen, t.new_zeros(t.shape)))
+
+        rest = self._reused("root at rest", params.shape, lambda phen, pose: at_rest(pose, phen), params.body_pose)
+        U = self._U[0]
+        R = U.T @ axis_angle_to_matrix(params.global_orient) @ U  # (B,3,3)
+        return torch.baddbmm((params.transl @ U)[:, None] * self._landmark_weight[:, None], rest, R.transpose(1, 2))
 
     def forward(self, params: BodyParams, vertices: bool = True) -> BodyOutput:
         """Pose and shape the body.
