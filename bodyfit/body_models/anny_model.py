@@ -34,8 +34,8 @@ import torch
 
 from bodyfit.body_models.base import BodyModel, BodyOutput, BodyParams
 from bodyfit.body_models.kinematics import (KinematicTree, _chain_backward_levels, _chain_levels,
-                                            _polar_rotation_backward, _rodrigues, _rodrigues_backward,
-                                            _special_procrustes, axis_angle_to_matrix)
+                                            _polar_backward_entries, _rodrigues, _rodrigues_backward,
+                                            _special_procrustes_entries, axis_angle_to_matrix)
 from bodyfit.body_models.keypoint_tables import (ANNY_KEYPOINT_OVERRIDES, ANNY_KEYPOINTS,
                                                  ANNY_LANDMARK_OFFSETS, keypoint_table_map,
                                                  shifted_landmark_weights)
@@ -361,7 +361,9 @@ class AnnyModel(BodyModel):
 def _rest_joints(m: AnnyModel, phen: torch.Tensor, saved: list | None = None):
     """Forward of :class:`_RestJoints` (see :meth:`AnnyModel._rest_joints`), bones in level
     order: phenotypes (B,6) -> (offsets (n,B,3), frames (n,B,3,4), dense anchors (B,R,4n)); with
-    ``saved`` a list, what :func:`_rest_joints_backward` needs is appended to it."""
+    ``saved`` a list, what :func:`_rest_joints_backward` needs is appended to it. The bones'
+    vectors and matrices are held by their entries, then bones, then samples ((3,n,B),
+    (9,n,B), row-major): elementwise operations on contiguous rows."""
     table = m.__dict__.get("_phenotype_table")
     if table is None or table.projection.device != phen.device or table.projection.dtype != phen.dtype:
         table = m.__dict__["_phenotype_table"] = PhenotypeCoefficients(m.anny).to(phen.device, phen.dtype)
@@ -369,47 +371,51 @@ def _rest_joints(m: AnnyModel, phen: torch.Tensor, saved: list | None = None):
     B, n, P = len(phen), len(m._sub), len(m._pair_k)
     rest = torch.addmm(m._rest0[None], products @ table.projection, m._restD)
     heads, M, anchors = rest.split_with_sizes([3 * n, 9 * n, 4 * P], 1)
-    heads, M = heads.view(B, n, 3), M.reshape(B, n, 3, 3).contiguous()  # contiguous: faster Procrustes
-    R = _special_procrustes(M)
+    h = heads.reshape(B, n, 3).permute(2, 1, 0).contiguous()  # (3,n,B)
+    M = M.reshape(B, n, 9).permute(2, 1, 0).contiguous()  # (9,n,B)
+    R = _special_procrustes_entries(M.view(9, -1)).view(9, n, B)
     p = m._parent_levels
-    rel = heads - heads[:, p]
-    Rp = R[:, p]
-    offsets = torch.where(m._root_child_levels[:, None], rel @ m._U[0], (rel[..., None, :] @ Rp)[..., 0, :])
-    Rt = R.transpose(-1, -2)
-    frames = torch.cat([Rt, -(Rt @ heads[..., None])], -1)
+    rel = h - h.index_select(1, p)
+    Rp = R.index_select(1, p)
+    # offsets R_p^T (h - h_p) ((R^T x)_i = sum_k R_ki x_k), U_0^T (h - h_0) below the root
+    offsets = torch.where(m._root_child_levels[:, None], (m._U[0].T @ rel.view(3, -1)).view(3, n, B),
+                          (Rp.view(3, 3, n, B) * rel.view(3, 1, n, B)).sum(0))
+    f = (R.view(3, 3, n, B) * h.view(3, 1, n, B)).sum(0).neg_()  # -R^T h
+    frames = torch.cat([R.view(3, 3, n, B).transpose(0, 1), f.view(3, 1, n, B)], 1)  # (3,4,n,B): [R^T | -R^T h]
     dense = anchors.new_zeros(B, len(m.regressed_names) * 4 * n)
     dense.index_copy_(1, m._dense_anchor_index, anchors)  # in place: no copy of the zeros
     if saved is not None:
-        saved += [derivatives, heads, M, R, rel, Rp]
-    return offsets.transpose(0, 1), frames.transpose(0, 1), dense.view(B, -1, 4 * n)
+        saved += [derivatives, h, M, R, rel, Rp]
+    return offsets.permute(1, 2, 0).contiguous(), frames.permute(2, 3, 0, 1).contiguous(), dense.view(B, -1, 4 * n)
 
 
 def _rest_joints_backward(m: AnnyModel, saved, g_offsets, g_frames, g_dense) -> torch.Tensor:
     """dL/dphenotypes (B,6) of :func:`_rest_joints` from the gradients of its three outputs
     (None: zero), in reverse: ``frames = [R^T | -R^T h]``; ``offsets = R_p^T (h - h_p)``
     (``U_0^T (h - h_0)`` below the root); the rotations' special Procrustes; the blend; the
-    phenotype coefficients."""
-    derivatives, heads, M, R, rel, Rp = saved
+    phenotype coefficients. Entries first, as the forward."""
+    derivatives, h, M, R, rel, Rp = saved
     table, p = m.__dict__["_phenotype_table"], m._parent_levels
-    B, n = heads.shape[:2]
-    g_heads, g_R = heads.new_zeros(B, n, 3), R.new_zeros(B, n, 3, 3)
+    _, n, B = h.shape
+    g_h, g_R = h.new_zeros(3, n, B), R.new_zeros(9, n, B)
     if g_frames is not None:
-        g_frames = g_frames.transpose(0, 1)  # (B,n,3,4)
-        g_f = g_frames[..., 3]
-        g_R = g_frames[..., :3].transpose(-1, -2) - heads[..., :, None] * g_f[..., None, :]
-        g_heads = -(R @ g_f[..., None])[..., 0]
+        g_frames = g_frames.permute(2, 3, 0, 1)  # (3,4,n,B)
+        g_f = g_frames[:, 3]  # (3,n,B)
+        g_R = (g_frames[:, :3].transpose(0, 1) - h.view(3, 1, n, B) * g_f.view(1, 3, n, B)).reshape(9, n, B)
+        g_h = (R.view(3, 3, n, B) * g_f.view(1, 3, n, B)).sum(1).neg_()
     if g_offsets is not None:
-        g_offsets = g_offsets.transpose(0, 1)  # (B,n,3)
+        g_offsets = g_offsets.permute(2, 0, 1).contiguous()  # (3,n,B)
         root_child = m._root_child_levels[:, None]
-        g_rel = torch.where(root_child, g_offsets @ m._U[0].T, (Rp @ g_offsets[..., None])[..., 0])
-        g_Rp = torch.where(root_child[..., None], 0.0, rel[..., :, None] * g_offsets[..., None, :])
+        g_rel = torch.where(root_child, (m._U[0] @ g_offsets.view(3, -1)).view(3, n, B),
+                            (Rp.view(3, 3, n, B) * g_offsets.view(1, 3, n, B)).sum(1))
+        g_Rp = torch.where(root_child, 0.0, (rel.view(3, 1, n, B) * g_offsets.view(1, 3, n, B)).view(9, n, B))
         g_R = g_R.index_add(1, p, g_Rp)
-        g_heads = (g_heads + g_rel).index_add_(1, p, g_rel, alpha=-1.0)
-    g_M = _polar_rotation_backward(M, R, g_R)
+        g_h = (g_h + g_rel).index_add_(1, p, g_rel, alpha=-1.0)
+    g_M = _polar_backward_entries(M.view(9, -1), R.view(9, -1), g_R.reshape(9, -1)).view(9, n, B)
     g_anchors = (g_dense.reshape(B, -1).index_select(1, m._dense_anchor_index) if g_dense is not None
-                 else heads.new_zeros(B, 4 * len(m._pair_k)))
-    g_coeffs = torch.cat([g_heads.reshape(B, -1), g_M.reshape(B, -1), g_anchors], 1) @ m._restD.T
-    return (derivatives * (g_coeffs @ table.projection.T).T[:, None]).sum(0).T
+                 else h.new_zeros(B, 4 * len(m._pair_k)))
+    g_rest = torch.cat([g_h.permute(2, 1, 0).reshape(B, -1), g_M.permute(2, 1, 0).reshape(B, -1), g_anchors], 1)
+    return (derivatives * ((g_rest @ m._restD.T) @ table.projection.T).T[:, None]).sum(0).T
 
 
 class _RestJoints(torch.autograd.Function):

@@ -157,8 +157,15 @@ def _polar_rotation(M: torch.Tensor, tol: float | None = None,
     Returns:
         (R (..., 3, 3), det(M) (...)).
     """
-    X = M.reshape(-1, 9).T.contiguous()  # (9, N)
-    tol = math.sqrt(torch.finfo(M.dtype).eps) if tol is None else tol
+    R, det = _polar_entries(M.reshape(-1, 9).T.contiguous(), tol, max_iterations)
+    return R.T.reshape(M.shape), det.view(M.shape[:-2])
+
+
+def _polar_entries(X: torch.Tensor, tol: float | None = None,
+                   max_iterations: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_polar_rotation` of N matrices given by their entries side by side, X (9, N)
+    (row-major, contiguous). Returns (R (9, N), det(M) (N,))."""
+    tol = math.sqrt(torch.finfo(X.dtype).eps) if tol is None else tol
     det_M = None
     for iteration in range(max_iterations):
         C, det = _cofactor(X)
@@ -170,12 +177,7 @@ def _polar_rotation(M: torch.Tensor, tol: float | None = None,
         X = new
         if settled:
             break
-    return X.T.reshape(M.shape), det_M.view(M.shape[:-2])
-
-
-def _vee(A: torch.Tensor) -> torch.Tensor:
-    """(..., 3): the vector a of ``A - A^T = [a]_x`` (cross-product matrix) for A (..., 3, 3)."""
-    return torch.stack([A[..., 2, 1] - A[..., 1, 2], A[..., 0, 2] - A[..., 2, 0], A[..., 1, 0] - A[..., 0, 1]], -1)
+    return X, det_M
 
 
 def _polar_rotation_backward(M: torch.Tensor, R: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
@@ -185,10 +187,17 @@ def _polar_rotation_backward(M: torch.Tensor, R: torch.Tensor, G: torch.Tensor) 
     (H = tr(S) I - S is symmetric, positive definite when the rotation is unique). Computed on
     the matrices' entries side by side (9, N), as the forward: elementwise products of N-vectors
     instead of N products of 3x3 matrices."""
-    ix = _entry_index(M.device)
     N = M.numel() // 9
-    R9 = R.reshape(N, 9).T.contiguous()
-    MG = torch.cat([M.reshape(N, 9).T, G.reshape(N, 9).T])  # (18, N)
+    entries = [x.reshape(N, 9).T.contiguous() for x in (M, R, G)]
+    return _polar_backward_entries(*entries).T.reshape(M.shape)
+
+
+def _polar_backward_entries(M: torch.Tensor, R9: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """:func:`_polar_rotation_backward` of N matrices given by their entries side by side, M,
+    R, G (9, N) (row-major, contiguous). Returns dL/dM (9, N)."""
+    ix = _entry_index(M.device)
+    N = M.shape[1]
+    MG = torch.cat([M, G])  # (18, N)
     # R^T M and R^T G: (R^T X)_ij = sum_k R_ki X_kj (k first)
     SA = (R9.view(3, 3, 1, N) * MG.view(2, 3, 1, 3, N)).sum(1).view(2, 9, N)
     S, A = SA[0], SA[1]
@@ -199,8 +208,7 @@ def _polar_rotation_backward(M: torch.Tensor, R: torch.Tensor, G: torch.Tensor) 
     c = (C.view(3, 3, N) * v).sum(1) / det
     # R [c]_x, row by row r_i x c
     grad = R9.index_select(0, ix["r1"]) * c.index_select(0, ix["c1"])
-    grad = torch.addcmul(grad, R9.index_select(0, ix["r2"]), c.index_select(0, ix["c2"]), value=-1.0)
-    return grad.T.reshape(M.shape)
+    return torch.addcmul(grad, R9.index_select(0, ix["r2"]), c.index_select(0, ix["c2"]), value=-1.0)
 
 
 
@@ -208,13 +216,19 @@ def _polar_rotation_backward(M: torch.Tensor, R: torch.Tensor, G: torch.Tensor) 
 def _special_procrustes(M: torch.Tensor) -> torch.Tensor:
     """Forward of :func:`special_procrustes` (no autograd): :func:`_polar_rotation`, and where
     det(M) <= 0 ``U diag(1, 1, -1) V^T`` from the SVD ``M = U S V^T``."""
-    R, det = _polar_rotation(M)
+    return _special_procrustes_entries(M.reshape(-1, 9).T.contiguous()).T.reshape(M.shape)
+
+
+def _special_procrustes_entries(M: torch.Tensor) -> torch.Tensor:
+    """:func:`_special_procrustes` of N matrices given by their entries side by side, M (9, N)
+    (row-major, contiguous). Returns R (9, N)."""
+    R, det = _polar_entries(M)
     flipped = det <= 0
     if bool(flipped.any()):
-        U, _, Vh = torch.linalg.svd(M[flipped].double())
+        U, _, Vh = torch.linalg.svd(M[:, flipped].T.reshape(-1, 3, 3).double())
         U = torch.cat([U[..., :2], U[..., 2:] * torch.linalg.det(U @ Vh)[..., None, None]], -1)
         R = R.clone()
-        R[flipped] = (U @ Vh).to(R.dtype)
+        R[:, flipped] = (U @ Vh).to(R.dtype).reshape(-1, 9).T
     return R
 
 
