@@ -275,7 +275,7 @@ class AnnyModel(BodyModel):
     def _rest_joints(self, phen: torch.Tensor):
         """What the joints-only path needs of phenotypes (B,6), bones in level order: the bones'
         offsets from their parents in their parents' rest frames (n,B,3), the inverses of their
-        rest frames ``[R^T | -R^T h]`` (n,B,3,4), and the keypoint anchors (B,R,4n) (regressed
+        rest frames ``[R^T | -R^T h]`` (3,4,n,B: entries first), and the keypoint anchors (B,R,4n) (regressed
         landmark r's anchor on bone j at columns 4j..4j+3, zeros where it has none); computed as
         Anny's cached rest model computes the rest heads h and orientations R (the orientation:
         the special Procrustes of a blend of cross-covariances, roma's, by
@@ -291,7 +291,8 @@ class AnnyModel(BodyModel):
             # kept for a stage: the anchors in their bones' frames, once
             B, n = len(dense), len(self._sub)
             bones = dense.view(B, -1, n, 4)
-            local = (frames.transpose(0, 1)[:, None] @ bones[..., None])[..., 0]  # (B,R,n,3): R^T (a - a4 h)
+            frames = frames.permute(3, 2, 0, 1)[:, None]  # (B,1,n,3,4)
+            local = (frames @ bones[..., None])[..., 0]  # (B,R,n,3): R^T (a - a4 h)
             return offsets, None, torch.cat([local, bones[..., 3:]], -1).view(B, -1, 4 * n)
         return self._reused("joints", phen, compute)
 
@@ -308,7 +309,7 @@ class AnnyModel(BodyModel):
                 and (params.global_orient.requires_grad or params.transl.requires_grad)):
             return self._root_moved(params)
         offsets, frames, anchors = self._rest_joints(params.shape)
-        rotvec = torch.cat([params.global_orient[:, None], params.body_pose], 1)[:, self._sub]
+        rotvec = torch.cat([params.global_orient[:, None], params.body_pose], 1).index_select(1, self._sub)
         return _AnnyJoints.apply(rotvec, params.transl, offsets, frames, anchors, self)
 
     def _root_moved(self, params: BodyParams) -> torch.Tensor:
@@ -360,7 +361,7 @@ class AnnyModel(BodyModel):
 
 def _rest_joints(m: AnnyModel, phen: torch.Tensor, saved: list | None = None):
     """Forward of :class:`_RestJoints` (see :meth:`AnnyModel._rest_joints`), bones in level
-    order: phenotypes (B,6) -> (offsets (n,B,3), frames (n,B,3,4), dense anchors (B,R,4n)); with
+    order: phenotypes (B,6) -> (offsets (n,B,3), frames (3,4,n,B), dense anchors (B,R,4n)); with
     ``saved`` a list, what :func:`_rest_joints_backward` needs is appended to it. The bones'
     vectors and matrices are held by their entries, then bones, then samples ((3,n,B),
     (9,n,B), row-major): elementwise operations on contiguous rows."""
@@ -386,7 +387,7 @@ def _rest_joints(m: AnnyModel, phen: torch.Tensor, saved: list | None = None):
     dense.index_copy_(1, m._dense_anchor_index, anchors)  # in place: no copy of the zeros
     if saved is not None:
         saved += [derivatives, h, M, R, rel, Rp]
-    return offsets.permute(1, 2, 0).contiguous(), frames.permute(2, 3, 0, 1).contiguous(), dense.view(B, -1, 4 * n)
+    return offsets.permute(1, 2, 0).contiguous(), frames, dense.view(B, -1, 4 * n)
 
 
 def _rest_joints_backward(m: AnnyModel, saved, g_offsets, g_frames, g_dense) -> torch.Tensor:
@@ -399,7 +400,6 @@ def _rest_joints_backward(m: AnnyModel, saved, g_offsets, g_frames, g_dense) -> 
     _, n, B = h.shape
     g_h, g_R = h.new_zeros(3, n, B), R.new_zeros(9, n, B)
     if g_frames is not None:
-        g_frames = g_frames.permute(2, 3, 0, 1)  # (3,4,n,B)
         g_f = g_frames[:, 3]  # (3,n,B)
         g_R = (g_frames[:, :3].transpose(0, 1) - h.view(3, 1, n, B) * g_f.view(1, 3, n, B)).reshape(9, n, B)
         g_h = (R.view(3, 3, n, B) * g_f.view(1, 3, n, B)).sum(1).neg_()
@@ -578,8 +578,9 @@ class _PhenotypeCoefficientsFn(torch.autograd.Function):
 
 def _anny_joints(m: AnnyModel, rotvec, transl, offsets, frames, anchors):
     """Forward of :class:`_AnnyJoints` (see :meth:`AnnyModel._joints`): rotvec (B,n,3) of the
-    bones ``m._sub``, transl (B,3), and offsets (n,B,3), frames (n,B,3,4) and anchors (B,R,4n)
-    from :meth:`AnnyModel._rest_joints` (frames None: the anchors are in the bones' frames). Bones first and in level order, so that the products by
+    bones ``m._sub``, transl (B,3), and offsets (n,B,3), frames (3,4,n,B) (entries first) and
+    anchors (B,R,4n) from :meth:`AnnyModel._rest_joints` (frames None: the anchors are in the
+    bones' frames). Bones first and in level order, so that the products by
     per-bone constants are one ``bmm`` over the bones: ``U_p^T D(v) U_c = D(U_p^T v) U_p^T U_c``
     (a rotation conjugated by U_p). The skinning transforms ``T = W [R | h]^-1`` side by side
     (B,3,4n) times the anchors are the regressed landmarks.
@@ -599,14 +600,16 @@ def _anny_joints(m: AnnyModel, rotvec, transl, offsets, frames, anchors):
     local[..., 3, :3] = 0.0
     local[..., 3, 3] = 1.0
     parents, world = _chain_levels(tree, local)
-    Wr = world[..., :3]
-    T = world
-    if frames is not None:
-        T = Wr @ frames  # (n,B,3,4)
-        T[..., 3] += world[..., 3]
-    T = T.permute(1, 2, 0, 3).reshape(B, 3, 4 * n)
+    W = world
+    if frames is None:
+        T = world.permute(1, 2, 0, 3).reshape(B, 3, 4 * n)
+    else:  # T = W [R^T | -R^T h] on the entries (3,4,n,B): T_ic = sum_k W_ik F_kc (+ W_i3 for c = 3)
+        W = world.permute(2, 3, 0, 1).contiguous()
+        T = (W[:, :3, None] * frames[None]).sum(1)
+        T[:, 3] += W[:, 3]
+        T = T.permute(3, 0, 2, 1).reshape(B, 3, 4 * n)
     out = torch.cat([anchors @ T.transpose(1, 2), world[m._landmark_levels, ..., 3].transpose(0, 1)], dim=1)
-    return out, (rodrigues_saved, local, parents, Wr, T)
+    return out, (rodrigues_saved, local, parents, W, T)
 
 
 def _anny_joints_backward(m: AnnyModel, saved, frames, anchors, G, needs):
@@ -614,14 +617,20 @@ def _anny_joints_backward(m: AnnyModel, saved, frames, anchors, G, needs):
     ``G = dL/dlandmarks`` (B,J,3), in reverse: the landmarks; ``T = W [R | h]^-1``; the chain
     (:func:`~bodyfit.body_models.kinematics._chain_backward_levels`); ``D(U_p^T v) Q``.
     Gradients ``needs`` (five bools) does not ask for are None."""
-    rodrigues_saved, local, parents, Wr, T = saved
+    rodrigues_saved, local, parents, W, T = saved
     tree, K = m._tree, len(m.regressed_names)
     n, B = local.shape[:2]
     Gr = G[:, :K]  # (B,R,3)
     g_anchors = Gr @ T if needs[4] else None  # (B,R,4n)
-    g_T = (Gr.transpose(1, 2) @ anchors).view(B, 3, n, 4).permute(2, 0, 1, 3).contiguous()
-    g_frames = Wr.transpose(-1, -2) @ g_T if needs[3] else None
-    g_world = g_T if frames is None else torch.cat([g_T @ frames.transpose(-1, -2), g_T[..., 3:]], -1)
+    g_T = (Gr.transpose(1, 2) @ anchors).view(B, 3, n, 4)
+    g_frames = None
+    if frames is None:
+        g_world = g_T.permute(2, 0, 1, 3).contiguous()  # (n,B,3,4)
+    else:  # entries first (3,4,n,B): dL/dF_kc = sum_i W_ik dT_ic, dL/dW_ik = sum_c dT_ic F_kc (+ dT_i3 for k = 3)
+        g_T = g_T.permute(1, 3, 2, 0).contiguous()
+        if needs[3]:
+            g_frames = (W[:, :3, None] * g_T[:, None]).sum(0)
+        g_world = torch.cat([(g_T[:, None] * frames[None]).sum(2), g_T[:, 3:]], 1).permute(2, 3, 0, 1).contiguous()
     g_world[m._landmark_levels, ..., 3] += G[:, K:].transpose(0, 1)
     g_local = _chain_backward_levels(tree, local, parents, g_world)  # (n,B,3,4)
     g_transl = g_local[0, :, :, 3] @ m._U[0].T

@@ -74,7 +74,8 @@ class GMMPriorEnergy(Energy):
         return () if self.gmm is not None else None
 
     def forward(self, ev: Evaluation, data) -> torch.Tensor:
-        return self.gmm(ev.params.body_pose[:, self.joints])
+        pose = ev.params.body_pose
+        return self.gmm(pose.index_select(1, self.joints) if isinstance(self.joints, torch.Tensor) else pose[:, self.joints])
 
 
 class InitPriorEnergy(PosePriorEnergy):
