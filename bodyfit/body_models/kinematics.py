@@ -146,25 +146,18 @@ _COFACTOR_ENTRIES = [[3 * ((i + a) % 3) + (j + b) % 3 for i in range(3) for j in
 _COFACTOR_INDEX: dict = {}
 
 
-def _polar_rotation(M: torch.Tensor, tol: float | None = None,
-                    max_iterations: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward of :func:`special_procrustes` for det(M) > 0: Newton's iteration
+def _polar_entries(X: torch.Tensor, tol: float | None = None,
+                   max_iterations: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward of :func:`special_procrustes` for det(M) > 0, of N matrices given by their
+    entries side by side, X (9, N) (row-major, contiguous): Newton's iteration
     ``X <- (g X + (g X)^-T) / 2`` with the determinant scaling ``g = |det X|^(-1/3)`` (Byers &
     Xu 2008), until no entry moves by more than ``tol`` (default: the square root of the dtype's
     machine epsilon): the convergence is quadratic (an iterate off by e is followed by one off
     by about e^2 / 2), so the last iterate is then exact to round-off.
 
     Returns:
-        (R (..., 3, 3), det(M) (...)).
+        (R (9, N), det(M) (N,)).
     """
-    R, det = _polar_entries(M.reshape(-1, 9).T.contiguous(), tol, max_iterations)
-    return R.T.reshape(M.shape), det.view(M.shape[:-2])
-
-
-def _polar_entries(X: torch.Tensor, tol: float | None = None,
-                   max_iterations: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`_polar_rotation` of N matrices given by their entries side by side, X (9, N)
-    (row-major, contiguous). Returns (R (9, N), det(M) (N,))."""
     tol = math.sqrt(torch.finfo(X.dtype).eps) if tol is None else tol
     det_M = None
     for iteration in range(max_iterations):
@@ -181,7 +174,7 @@ def _polar_entries(X: torch.Tensor, tol: float | None = None,
 
 
 def _polar_rotation_backward(M: torch.Tensor, R: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
-    """dL/dM of :func:`_polar_rotation` from ``G = dL/dR``. With ``M = R S``, a change dM moves
+    """dL/dM of the polar rotation (:func:`_polar_entries`) from ``G = dL/dR``. With ``M = R S``, a change dM moves
     R by ``dR = R [w]_x`` where ``(tr(S) I - S) w = vee(R^T dM - dM^T R)``; so
     ``dL = c . vee(R^T dM - dM^T R) / 2 = <R [c]_x, dM>`` with ``(tr(S) I - S) c = vee(R^T G - G^T R)``
     (H = tr(S) I - S is symmetric, positive definite when the rotation is unique). Computed on
@@ -211,10 +204,8 @@ def _polar_backward_entries(M: torch.Tensor, R9: torch.Tensor, G: torch.Tensor) 
     return torch.addcmul(grad, R9.index_select(0, ix["r2"]), c.index_select(0, ix["c2"]), value=-1.0)
 
 
-
-
 def _special_procrustes(M: torch.Tensor) -> torch.Tensor:
-    """Forward of :func:`special_procrustes` (no autograd): :func:`_polar_rotation`, and where
+    """Forward of :func:`special_procrustes` (no autograd): :func:`_polar_entries`, and where
     det(M) <= 0 ``U diag(1, 1, -1) V^T`` from the SVD ``M = U S V^T``."""
     return _special_procrustes_entries(M.reshape(-1, 9).T.contiguous()).T.reshape(M.shape)
 
@@ -233,7 +224,7 @@ def _special_procrustes_entries(M: torch.Tensor) -> torch.Tensor:
 
 
 class _SpecialProcrustes(torch.autograd.Function):
-    """:func:`special_procrustes`: :func:`_polar_rotation` and :func:`_polar_rotation_backward`.
+    """:func:`special_procrustes`: :func:`_special_procrustes` and :func:`_polar_rotation_backward`.
     Where det(M) <= 0, the forward is ``U diag(1, 1, -1) V^T`` from the SVD ``M = U S V^T``;
     the backward is the same, ``R^T M`` being symmetric there too (``V diag(s1, s2, -s3) V^T``)."""
 
