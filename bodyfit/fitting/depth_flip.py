@@ -169,7 +169,8 @@ def _world_landmarks(fitter, problem, names):
     model, cfg = fitter.model, fitter.config
     if cfg.world_flip <= 0:
         return None, None
-    world = WorldLandmarksEnergy(model, cfg)
+    world = fitter.energies.get("world_landmarks")  # the stage's own where it weighs the term
+    world = WorldLandmarksEnergy(model, cfg) if world is None else world
     if world.prepare(problem) is None:
         return None, None
     wk = problem.observations.clean_world_keypoints()[:, 0].to(model.device, model.dtype)  # (B,K,4)
