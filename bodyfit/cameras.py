@@ -47,6 +47,10 @@ class Camera:
     def index(self, idx) -> "Camera":
         return Camera(self.K[idx], self.R[idx], self.t[idx], self.image_size)
 
+    def to(self, device) -> "Camera":
+        """The cameras with K, R and t on ``device``."""
+        return Camera(self.K.to(device), self.R.to(device), self.t.to(device), self.image_size)
+
     def expand(self, batch_size: int) -> "Camera":
         """A camera of batch 1 repeated ``batch_size`` times (a view of the same tensors)."""
         return Camera(self.K.expand(batch_size, 3, 3), self.R.expand(batch_size, 3, 3),

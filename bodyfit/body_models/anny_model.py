@@ -248,21 +248,24 @@ class AnnyModel(BodyModel):
         last = cache.get(key)
         values = (phen, *more)
         fixed = not any(v.requires_grad for v in values)
-        if fixed and last is not None and all(
-                a.shape == v.shape and a.device == v.device and a.dtype == v.dtype and torch.equal(a, v)
-                for a, v in zip(last[0], values)):
-            return last[1]
+        if fixed and last is not None:
+            copies, inputs, versions, out = last
+            # the very tensors of the last call, unchanged since: no values compared (torch.equal
+            # reads back to the host, a device sync on CUDA, at every step of such a stage)
+            if all(a is v and n == v._version for a, v, n in zip(inputs, values, versions)) or all(
+                    a.shape == v.shape and a.device == v.device and a.dtype == v.dtype and torch.equal(a, v)
+                    for a, v in zip(copies, values)):
+                cache[key] = (copies, values, tuple(v._version for v in values), out)
+                return out
         out = compute(*values)
-        cache[key] = (tuple(v.detach().clone() for v in values), out) if fixed else None
+        cache[key] = (tuple(v.detach().clone() for v in values), values, tuple(v._version for v in values),
+                      out) if fixed else None
         return out
 
     def _coefficients(self, phen: torch.Tensor) -> torch.Tensor:
         """(B, 136) Anny's phenotype blend-shape coefficients of phenotypes (B, 6)
         (:class:`PhenotypeCoefficients`: Anny's values, a hand-written backward)."""
-        table = self.__dict__.get("_phenotype_table")
-        if table is None or table.projection.device != phen.device or table.projection.dtype != phen.dtype:
-            table = self.__dict__["_phenotype_table"] = PhenotypeCoefficients(self.anny).to(phen.device, phen.dtype)
-        return table(phen)
+        return _phenotype_table(self, phen)(phen)
 
     def _rest(self, phen: torch.Tensor):
         """(blendshape coefficients, rest skeleton, keypoint anchors) of phenotypes (B,6)."""
@@ -359,15 +362,24 @@ class AnnyModel(BodyModel):
         return BodyOutput(joints=joints, vertices=verts, faces=self.faces)
 
 
+def _phenotype_table(m: AnnyModel, phen: torch.Tensor) -> "PhenotypeCoefficients":
+    """``m``'s :class:`PhenotypeCoefficients`, built once (on the CPU) and kept on the device
+    and in the dtype of ``phen``."""
+    table = m.__dict__.get("_phenotype_table")
+    if table is None:
+        table = m.__dict__["_phenotype_table"] = PhenotypeCoefficients(m.anny)
+    if table.projection.device != phen.device or table.projection.dtype != phen.dtype:
+        table.to(phen.device, phen.dtype)
+    return table
+
+
 def _rest_joints(m: AnnyModel, phen: torch.Tensor, saved: list | None = None):
     """Forward of :class:`_RestJoints` (see :meth:`AnnyModel._rest_joints`), bones in level
     order: phenotypes (B,6) -> (offsets (n,B,3), frames (3,4,n,B), dense anchors (B,R,4n)); with
     ``saved`` a list, what :func:`_rest_joints_backward` needs is appended to it. The bones'
     vectors and matrices are held by their entries, then bones, then samples ((3,n,B),
     (9,n,B), row-major): elementwise operations on contiguous rows."""
-    table = m.__dict__.get("_phenotype_table")
-    if table is None or table.projection.device != phen.device or table.projection.dtype != phen.dtype:
-        table = m.__dict__["_phenotype_table"] = PhenotypeCoefficients(m.anny).to(phen.device, phen.dtype)
+    table = _phenotype_table(m, phen)
     products, derivatives = table._products(phen, saved is not None)
     B, n, P = len(phen), len(m._sub), len(m._pair_k)
     rest = torch.addmm(m._rest0[None], products @ table.projection, m._restD)
@@ -464,8 +476,10 @@ class PhenotypeCoefficients:
         if model.extrapolate_phenotypes or not set(labels) <= set(PHENOTYPE_VARIATIONS) - {"race"}:
             raise RuntimeError("bodyfit's Anny phenotype coefficients expect interpolated phenotypes "
                                "(no race labels, no extrapolation); check the installed anny version.")
+        # built on the CPU from CPU copies of the model's tables, whatever its device; moved by to()
         dtype = model.stacked_phenotype_blend_shapes_mask.dtype
-        mask = model.stacked_phenotype_blend_shapes_mask.bool()  # (R, 26)
+        mask = model.stacked_phenotype_blend_shapes_mask.cpu().bool()  # (R, 26)
+        anchors = {f: model.anchors[f].cpu().to(dtype) for f in PHENOTYPE_VARIATIONS if f != "race"}
         constant = []  # every variation's weight where its phenotype is not exposed
         start, columns = {}, 0
         for feature, variations in PHENOTYPE_VARIATIONS.items():
@@ -477,7 +491,7 @@ class PhenotypeCoefficients:
                 constant.append(torch.zeros(len(variations), dtype=dtype))
             else:
                 constant.append(linear_interpolation_coefficients(torch.full((1,), 0.5, dtype=dtype),
-                                                                  model.anchors[feature].to(dtype))[0])
+                                                                  anchors[feature])[0])
         constant = torch.cat(constant)
         exposed = torch.zeros(columns, dtype=torch.bool)
         for f in labels:
@@ -485,19 +499,19 @@ class PhenotypeCoefficients:
         row_constant = torch.where(mask & ~exposed, constant, torch.ones_like(constant)).prod(1)  # (R,)
         keep = row_constant != 0
         projection = model.phenotype_blendshape_projection
-        projection = torch.eye(len(mask), dtype=dtype) if projection is None else projection.to(dtype)
+        projection = torch.eye(len(mask), dtype=dtype) if projection is None else projection.cpu().to(dtype)
         self.projection = (row_constant[:, None] * projection)[keep]  # (R', C)
         # The exposed phenotypes' weights side by side, each phenotype's block ending with a
         # constant 1 (for the rows that do not vary with it). Each kept row's factor of each
         # phenotype is one column of them.
-        self.count = torch.tensor([len(model.anchors[f]) for f in labels])  # (F,) anchors
+        self.count = torch.tensor([len(anchors[f]) for f in labels])  # (F,) anchors
         self.first = torch.cumsum(self.count + 1, 0) - self.count - 1  # (F,) each block's first column
         gather = []
         for r in torch.nonzero(keep).flatten().tolist():
             gather.append([int(self.first[i]) + next((k for k in range(self.count[i]) if mask[r, start[f] + k]), int(self.count[i]))
                            for i, f in enumerate(labels)])
         self.gather = torch.tensor(gather)  # (R', F)
-        self.anchors = torch.stack([torch.nn.functional.pad(model.anchors[f].to(dtype), (0, 5 - len(model.anchors[f])),
+        self.anchors = torch.stack([torch.nn.functional.pad(anchors[f], (0, 5 - len(anchors[f])),
                                                             value=float("inf")) for f in labels])  # (F, 5)
         self.ones = self.first + self.count  # (F,) the constant columns
         self.lowest = self.anchors[:, 0]

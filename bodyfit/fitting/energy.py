@@ -15,7 +15,7 @@ An energy is a small ``torch.nn.Module`` with
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
@@ -63,6 +63,15 @@ class Problem:
                        render_cameras=[c.index(rows) for c in self.render_cameras],
                        kp_index=self.kp_index, kp_weight=self.kp_weight,
                        messages=[list(self.messages[r]) for r in rows.tolist()] if self.messages else [])
+
+    def to(self, device) -> "Problem":
+        """The Problem with its tensors and cameras on ``device`` (the observations, which stay
+        on the CPU, and the messages are shared)."""
+        return replace(self, keypoints=self.keypoints.to(device), seen=self.seen.to(device),
+                       scale=self.scale.to(device), active=self.active.to(device),
+                       cameras=[c.to(device) for c in self.cameras],
+                       render_cameras=[c.to(device) for c in self.render_cameras],
+                       kp_index=self.kp_index.to(device), kp_weight=self.kp_weight.to(device))
 
     batch_size = property(lambda self: self.observations.batch_size, doc="B, the observations'.")
     num_views = property(lambda self: self.observations.num_views, doc="V, the observations'.")

@@ -19,6 +19,7 @@ import functools
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -303,6 +304,20 @@ class Fitter:
         take = other.energy < first.energy[idx]
         return first.put(idx[take], other, torch.nonzero(take).flatten())
 
+    def stage_energy(self, problem: Problem, prepared: dict, init: BodyParams, stage: StageConfig,
+                     names: list[str] | None = None) -> Callable[[BodyParams], dict[str, torch.Tensor]]:
+        """What one optimizer step of ``stage`` evaluates: BodyParams (B) -> {name: (B,)
+        unweighted energy} for ``names`` (default: the energies the stage weighs,
+        :func:`stage_weights`), with the energies' data ``prepared`` for ``problem`` and ``init``
+        the fit's start (B)."""
+        names = list(stage_weights(stage, prepared)) if names is None else names
+
+        def energy_fn(p: BodyParams) -> dict[str, torch.Tensor]:
+            ev = self._evaluation(p, init, problem, names, stage)
+            return {n: self.energies[n](ev, prepared[n]) for n in names}
+
+        return energy_fn
+
     def _subset(self, problem: Problem, rows: torch.Tensor) -> tuple[Problem, dict]:
         """The samples ``rows`` of ``problem``, and the energies' data prepared for them."""
         sub = problem.index(rows)
@@ -312,15 +327,11 @@ class Fitter:
                    stage: StageConfig) -> StageResult:
         """``run_stage`` on the batch; a stage of keypoint and prior energies goes on with
         fewer samples as they converge (``compact``), so those stop costing time."""
-        weights = {n: float(w) for n, w in stage.weights.items() if w > 0 and prepared.get(n) is not None}
+        weights = stage_weights(stage, prepared)
         compact = (self.config.compact or None) if all(ENERGIES[n].needs in ("params", "joints") for n in weights) else None
 
         def run(problem, prepared, params, init, state=None):
-            def energy_fn(p: BodyParams) -> dict[str, torch.Tensor]:
-                ev = self._evaluation(p, init, problem, list(weights), stage)
-                return {n: self.energies[n](ev, prepared[n]) for n in weights}
-
-            energies = energy_fn
+            energy_fn = energies = self.stage_energy(problem, prepared, init, stage, list(weights))
             if self._compile:  # the steps compiled; the few checks without gradients eager
                 compiled = torch.compile(energy_fn, dynamic=True)
 
@@ -387,6 +398,11 @@ class Fitter:
             messages=["; ".join(m) if m else None for m in messages], init_params=init,
             skipped_energies=skipped, convention=observations.convention, model_name=model.name,
             stage_steps=stage_steps, runtime_s=runtime)
+
+
+def stage_weights(stage: StageConfig, prepared: dict) -> dict[str, float]:
+    """The energies ``stage`` weighs (weight > 0) whose data could be prepared: name -> weight."""
+    return {n: float(w) for n, w in stage.weights.items() if w > 0 and prepared.get(n) is not None}
 
 
 def _with_mirrored_labels(obs: Observations) -> Observations:

@@ -25,12 +25,15 @@ class JointLimitsEnergy(Energy):
         return self.limits(ev.params.body_pose)
 
 
-def joint_selector(model, joints: list[int]) -> slice | torch.Tensor:
-    """What indexes ``body_pose[:, ...]`` for ``joints`` at every step without a copy from a
-    Python list: every joint (a slice), or a long tensor on the model's device."""
+def set_joint_selector(energy: Energy, name: str, model, joints: list[int]) -> None:
+    """Set ``energy.<name>`` to what indexes ``body_pose[:, ...]`` for ``joints`` at every step
+    without a copy from a Python list: every joint (a slice), or a long tensor on the model's
+    device, held as a buffer (``energy.to(device)`` moves it)."""
     if list(joints) == list(range(model.num_pose_joints)):
-        return slice(None)
-    return torch.tensor(list(joints), dtype=torch.long, device=model.device)
+        setattr(energy, name, slice(None))
+    else:
+        energy.register_buffer(name, torch.tensor(list(joints), dtype=torch.long, device=model.device),
+                               persistent=False)
 
 
 class PosePriorEnergy(Energy):
@@ -41,7 +44,7 @@ class PosePriorEnergy(Energy):
 
     def __init__(self, model, config):
         super().__init__(model, config)
-        self.free_joints = joint_selector(model, model.free_pose_joints)
+        set_joint_selector(self, "free_joints", model, model.free_pose_joints)
 
     def forward(self, ev: Evaluation, data) -> torch.Tensor:
         return pose_prior(ev.params.body_pose, self.free_joints)
@@ -68,7 +71,8 @@ class GMMPriorEnergy(Energy):
         super().__init__(model, config)
         path = getattr(config, "gmm_file", None) or (ANNY_POSE_GMM if model.name == "anny" else None)
         self.gmm = load_pose_gmm(path, model).to(model.device) if path else None
-        self.joints = joint_selector(model, self.gmm.joint_index(model)) if self.gmm is not None else None
+        if self.gmm is not None:
+            set_joint_selector(self, "joints", model, self.gmm.joint_index(model))
 
     def prepare(self, problem):
         return () if self.gmm is not None else None
