@@ -27,12 +27,13 @@ _INDEXING = {torch.ops.aten.index.Tensor, torch.ops.aten.index_put.default, torc
              torch.ops.aten._index_put_impl_.default}
 
 
-def _without_masks(indices):
-    """Boolean masks replaced by long indices that find nothing (a mask of d dims, d of them)."""
+def _masks_as_indices(indices, found: bool):
+    """Boolean masks replaced by long indices (a mask of d dims, d of them) that find nothing,
+    or (``found``) as many elements as the mask has."""
     out = []
     for i in indices:
         if i is not None and i.dtype == torch.bool:
-            out += [torch.empty(0, dtype=torch.long, device=i.device)] * i.dim()
+            out += [torch.zeros(i.numel() if found else 0, dtype=torch.long, device=i.device)] * i.dim()
         else:
             out.append(i)
     return out
@@ -41,10 +42,13 @@ def _without_masks(indices):
 class MetaProbe(TorchDispatchMode):
     """Counts host reads (``syncs``, by operation) and kernel-launching operations
     (``launches``, by operation) of the code run under it; on meta tensors host reads return a
-    placeholder instead of raising."""
+    placeholder instead of raising: with ``found`` False, 0 / False / no element found; with
+    ``found`` True, 1 / True / every element found (the branches taken when every sample needs
+    them)."""
 
-    def __init__(self):
+    def __init__(self, found: bool = False):
         super().__init__()
+        self.found = found
         self.syncs: Counter = Counter()
         self.launches: Counter = Counter()
 
@@ -56,15 +60,18 @@ class MetaProbe(TorchDispatchMode):
         if func is torch.ops.aten._local_scalar_dense.default:
             self.syncs[name] += 1
             if args[0].is_meta:
-                return False if args[0].dtype == torch.bool else 0
+                return {torch.bool: bool, torch.float32: float, torch.float64: float}.get(args[0].dtype, int)(self.found)
         if func is torch.ops.aten.nonzero.default:
             self.syncs[name] += 1
             if args[0].is_meta:
-                return torch.empty((0, args[0].dim()), dtype=torch.long, device="meta")
+                return torch.empty((args[0].numel() if self.found else 0, args[0].dim()), dtype=torch.long, device="meta")
         if func in _INDEXING and any(i is not None and i.dtype == torch.bool for i in args[1]):
             self.syncs["boolean mask"] += 1  # indexing by a mask finds its True entries first
             if args[0].is_meta:
-                args = (args[0], _without_masks(args[1]), *args[2:])
+                args = (args[0], _masks_as_indices(args[1], self.found), *args[2:])
+        if func is torch.ops.aten._to_copy.default and args[0].is_meta and kwargs.get("device") not in (None, torch.device("meta")):
+            self.syncs["copy to host"] += 1
+            return torch.zeros(args[0].shape, dtype=kwargs.get("dtype") or args[0].dtype, device=kwargs["device"])
         if func is torch.ops.aten.equal.default:
             self.syncs[name] += 1
             if args[0].is_meta:

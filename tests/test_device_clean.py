@@ -1,7 +1,8 @@
-"""The optimizer's steps run on any device and leave the host alone: every stage of the default
-config, for Anny and SMPL, run on PyTorch's ``meta`` device (tests/device_probe.py). A tensor
-made on the CPU beside the model's raises there as it would on CUDA; host reads (each a CUDA
-stream sync) are counted per step."""
+"""Fits run on any device, and their steps leave the host alone: Anny and SMPL run on PyTorch's
+``meta`` device (tests/device_probe.py), where a tensor made on the CPU beside the model's
+raises as it would on CUDA. Host reads (each a CUDA stream sync) are counted per step of every
+stage of the default config; whole fits run through every branch (the trials of other starts
+and the flags with every sample needing them, and with none)."""
 import pytest
 import torch
 from device_probe import MetaProbe
@@ -48,8 +49,10 @@ def _to_meta(x):
     return x
 
 
-@pytest.mark.parametrize("name", ["anny", "smpl"])
-def test_steps_are_device_clean(name, tmp_path):
+def _fitter_on_meta(name, tmp_path):
+    """(Fitter, one-view Observations of 3 samples, their Problem and start on the CPU): fitted
+    once on the CPU (what is built on first use is built), then the model and the energies
+    moved to meta."""
     if name == "anny":
         model = body_model("anny")
     else:
@@ -58,11 +61,17 @@ def test_steps_are_device_clean(name, tmp_path):
     sb = synthetic_batch(model, 3, "mediapipe33", generator=torch.Generator().manual_seed(0))
     obs = Observations.from_pictures(sb.keypoints, K=sb.K, boxes=sb.boxes)
     fitter = Fitter(model)
-    assert bool(fitter(obs, vertices=False).valid.all())  # the tables built lazily are built here
+    assert bool(fitter(obs, vertices=False).valid.all())
     problem, init = fitter.problem(obs), fitter._start(obs, None, None)
     model.to("meta")
     for energy in fitter.energies.values():
         energy.to("meta")
+    return fitter, obs, problem, init
+
+
+@pytest.mark.parametrize("name", ["anny", "smpl"])
+def test_steps_are_device_clean(name, tmp_path):
+    fitter, _, problem, init = _fitter_on_meta(name, tmp_path)
     stages = fitter.config.stages
     assert {"camera", "body"} <= set(stages)
     for stage_name, stage in stages.items():
@@ -74,3 +83,16 @@ def test_steps_are_device_clean(name, tmp_path):
         expected = HOST_READS_PER_STEP[name] if "shape" in stage.free else 0
         assert reads == expected, (stage_name, two.syncs, four.syncs)
         assert 10 < launches < 1000, (stage_name, launches)
+
+
+@pytest.mark.parametrize("found", [False, True])
+@pytest.mark.parametrize("name", ["anny", "smpl"])
+def test_whole_fit_is_device_clean(name, found, tmp_path):
+    fitter, obs, _, _ = _fitter_on_meta(name, tmp_path)
+    probe = MetaProbe(found=found)
+    with probe:
+        result = fitter(obs, vertices=False)
+    assert result.params.transl.is_meta and result.joints.is_meta
+    if found:  # the trials ran: the mirror trial's message, every limb refitted
+        assert any("left and right keypoints swapped" in m for m in result.messages)
+        assert any("refitted flipped in depth" in m for m in result.messages)
