@@ -8,6 +8,8 @@ indexing and ``torch.nonzero``; ``aten.equal``: ``torch.equal``) is what synchro
 stream: under :class:`MetaProbe` it is counted and answered with a placeholder (0 / False /
 nothing found / equal) so the code runs on.
 Operations that launch no kernel (views, reshapes, detach) are left out of ``launches``.
+:class:`EmulatedCapture` checks on the CPU that the optimizer's steps can be replayed as CUDA
+graphs.
 """
 from __future__ import annotations
 
@@ -16,15 +18,13 @@ from collections import Counter
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from bodyfit.fitting.graphs import HostReads
+
 _NO_KERNEL = {"view", "_unsafe_view", "as_strided", "t", "transpose", "permute", "expand", "unsqueeze",
               "squeeze", "select", "slice", "split", "split_with_sizes", "unbind", "alias", "detach",
               "_reshape_alias", "unflatten", "lift_fresh", "diagonal", "narrow", "chunk",
               "_to_copy_noop", "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided",
               "_local_scalar_dense", "equal", "sym_size", "sym_stride", "is_same_size"}
-
-
-_INDEXING = {torch.ops.aten.index.Tensor, torch.ops.aten.index_put.default, torch.ops.aten.index_put_.default,
-             torch.ops.aten._index_put_impl_.default}
 
 
 def _masks_as_indices(indices, found: bool):
@@ -39,17 +39,16 @@ def _masks_as_indices(indices, found: bool):
     return out
 
 
-class MetaProbe(TorchDispatchMode):
-    """Counts host reads (``syncs``, by operation) and kernel-launching operations
-    (``launches``, by operation) of the code run under it; on meta tensors host reads return a
-    placeholder instead of raising: with ``found`` False, 0 / False / no element found; with
-    ``found`` True, 1 / True / every element found (the branches taken when every sample needs
-    them)."""
+class MetaProbe(HostReads):
+    """Counts host reads (``reads``, by kind: :class:`~bodyfit.fitting.graphs.HostReads`) and
+    kernel-launching operations (``launches``, by operation) of the code run under it; on meta
+    tensors a host read returns a placeholder instead of raising: with ``found`` False, 0 /
+    False / no element found; with ``found`` True, 1 / True / every element found (the branches
+    taken when every sample needs them); copies to the host are zeros."""
 
     def __init__(self, found: bool = False):
         super().__init__()
         self.found = found
-        self.syncs: Counter = Counter()
         self.launches: Counter = Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -57,23 +56,104 @@ class MetaProbe(TorchDispatchMode):
         name = func.overloadpacket.__name__
         if name not in _NO_KERNEL:
             self.launches[name] += 1
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.syncs[name] += 1
-            if args[0].is_meta:
-                return {torch.bool: bool, torch.float32: float, torch.float64: float}.get(args[0].dtype, int)(self.found)
-        if func is torch.ops.aten.nonzero.default:
-            self.syncs[name] += 1
-            if args[0].is_meta:
-                return torch.empty((args[0].numel() if self.found else 0, args[0].dim()), dtype=torch.long, device="meta")
-        if func in _INDEXING and any(i is not None and i.dtype == torch.bool for i in args[1]):
-            self.syncs["boolean mask"] += 1  # indexing by a mask finds its True entries first
-            if args[0].is_meta:
-                args = (args[0], _masks_as_indices(args[1], self.found), *args[2:])
-        if func is torch.ops.aten._to_copy.default and args[0].is_meta and kwargs.get("device") not in (None, torch.device("meta")):
-            self.syncs["copy to host"] += 1
-            return torch.zeros(args[0].shape, dtype=kwargs.get("dtype") or args[0].dtype, device=kwargs["device"])
-        if func is torch.ops.aten.equal.default:
-            self.syncs[name] += 1
-            if args[0].is_meta:
-                return args[0].shape == args[1].shape
+        kind = self.kind(func, args, kwargs)
+        if kind is None:
+            return func(*args, **kwargs)
+        self.reads[kind] += 1
+        x = args[0]
+        if kind == "boolean mask" and x.is_meta:
+            return func(x, _masks_as_indices(args[1], self.found), *args[2:], **kwargs)
+        if kind == "_local_scalar_dense" and x.is_meta:
+            return {torch.bool: bool, torch.float32: float, torch.float64: float}.get(x.dtype, int)(self.found)
+        if kind == "nonzero" and x.is_meta:
+            return torch.empty((x.numel() if self.found else 0, x.dim()), dtype=torch.long, device="meta")
+        if kind == "equal" and x.is_meta:
+            return x.shape == args[1].shape
+        if kind == "copy" and func is torch.ops.aten._to_copy.default and x.is_meta:
+            return torch.zeros(x.shape, dtype=kwargs.get("dtype") or x.dtype, device=kwargs["device"])
+        if kind == "copy" and func is torch.ops.aten.copy_.default and args[1].is_meta:
+            return x
         return func(*args, **kwargs)
+
+
+class StepTrace(TorchDispatchMode):
+    """Records what a CUDA graph of the code run under it would hold: each kernel-launching
+    operation with its non-tensor arguments (baked into a graph), and for each tensor it reads
+    either its storage, shape and offset (made outside the traced code: a graph reads that
+    memory at every replay) or its shape alone (made inside: a graph makes it anew)."""
+
+    def __init__(self):
+        super().__init__()
+        self.trace: list = []
+        self.reads = HostReads()
+        self._outside: set[int] = set()
+        self._inside: set[int] = set()
+
+    def _key(self, x):
+        if isinstance(x, torch.Tensor):
+            ptr = x.untyped_storage().data_ptr()
+            if ptr not in self._inside:
+                self._outside.add(ptr)
+                return ("outside", ptr, x.storage_offset(), tuple(x.shape), tuple(x.stride()), x.dtype)
+            return ("inside", tuple(x.shape), tuple(x.stride()), x.dtype)
+        if isinstance(x, (list, tuple)):
+            return tuple(self._key(v) for v in x)
+        if isinstance(x, dict):
+            return tuple((k, self._key(v)) for k, v in sorted(x.items()))
+        return x
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        kind = self.reads.kind(func, args, kwargs)
+        if kind is not None:
+            self.reads.reads[kind] += 1
+        if func is torch.ops.aten.lift_fresh.default:  # a number made a tensor in the step: its value is baked
+            self._inside.add(args[0].untyped_storage().data_ptr())
+            self.trace.append((str(func), ("number", args[0].tolist())))
+            return func(*args, **kwargs)
+        self.trace.append((str(func), self._key(args), self._key(kwargs)))
+        out = func(*args, **kwargs)
+        for t in (out if isinstance(out, (list, tuple)) else [out]):
+            if isinstance(t, torch.Tensor):
+                ptr = t.untyped_storage().data_ptr()
+                if ptr not in self._outside:
+                    self._inside.add(ptr)
+        return out
+
+
+class EmulatedCapture:
+    """``fitting.graphs.capture_step`` on the CPU, for tests: the step runs once for real
+    (refused, None returned, where it reads from the host, as on CUDA); the first replay
+    records the step's trace (:class:`StepTrace`), and every later replay runs the step eagerly
+    and asserts that its trace is the recorded one: what the CUDA graph would replay is then
+    what an eager step does. ``captured``/``refused``/``replays`` count."""
+
+    def __init__(self):
+        self.captured = self.refused = self.replays = 0
+
+    def __call__(self, step, leaves):
+        reads = HostReads()
+        with reads:
+            step()
+        if reads.reads:
+            self.refused += 1
+            return None
+        self.captured += 1
+        recorded = []
+
+        def replay():
+            trace = StepTrace()
+            with trace:
+                step()
+            assert not trace.reads.reads, dict(trace.reads.reads)
+            if not recorded:
+                recorded.append(trace.trace)
+            else:
+                first_diff = next((i for i, (a, b) in enumerate(zip(recorded[0], trace.trace)) if a != b), None)
+                assert trace.trace == recorded[0], (
+                    f"step {self.replays} differs from the captured one at operation {first_diff}: "
+                    f"{recorded[0][first_diff] if first_diff is not None else len(recorded[0])} vs "
+                    f"{trace.trace[first_diff] if first_diff is not None else len(trace.trace)}")
+            self.replays += 1
+
+        return replay

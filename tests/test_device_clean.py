@@ -78,10 +78,10 @@ def test_steps_are_device_clean(name, tmp_path):
         _stage_on_meta(fitter, problem, init, stage, steps=1)  # the per-device tables, made once
         two = _stage_on_meta(fitter, problem, init, stage, steps=2)
         four = _stage_on_meta(fitter, problem, init, stage, steps=4)
-        reads = (sum(four.syncs.values()) - sum(two.syncs.values())) / 2
+        reads = (sum(four.reads.values()) - sum(two.reads.values())) / 2
         launches = (sum(four.launches.values()) - sum(two.launches.values())) / 2
         expected = HOST_READS_PER_STEP[name] if "shape" in stage.free else 0
-        assert reads == expected, (stage_name, two.syncs, four.syncs)
+        assert reads == expected, (stage_name, two.reads, four.reads)
         assert 10 < launches < 1000, (stage_name, launches)
 
 

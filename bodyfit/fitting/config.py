@@ -48,6 +48,7 @@ class FitConfig:
     check_every: int = 10
     compact: float = 0.5
     compile: bool = False
+    cuda_graphs: bool = True
     render_size: int = 256
     render_topology: str = "default"
     texture_blur: float = 0.0
@@ -83,6 +84,7 @@ class FitConfig:
         check_number(self.compact, "compact", 0.0, 1.0, hi_open=True)
         check(isinstance(self.try_mirror, bool), "try_mirror", f"must be true or false, got {self.try_mirror!r}")
         check(isinstance(self.compile, bool), "compile", f"must be true or false, got {self.compile!r}")
+        check(isinstance(self.cuda_graphs, bool), "cuda_graphs", f"must be true or false, got {self.cuda_graphs!r}")
         check(isinstance(self.check_every, int) and self.check_every >= 1, "check_every",
               f"must be an integer >= 1, got {self.check_every!r}")
         check(isinstance(self.render_size, int) and 16 <= self.render_size <= 4096, "render_size",

@@ -342,7 +342,8 @@ class Fitter:
                              lr=stage.lr, optimizer=stage.optimizer, ftol=self.config.ftol,
                              check_every=self.config.check_every, free_pose_joints=self.model.free_pose_joints,
                              clamp_shape=self.model.clamp_shape, active=problem.active,
-                             shared_shape=problem.sequence, compact=compact, state=state)
+                             shared_shape=problem.sequence, compact=compact, state=state,
+                             graphs=self.config.cuda_graphs and not self._compile)
 
         result = everything = run(problem, prepared, params, init)
         rows = torch.arange(problem.batch_size, device=self.model.device)

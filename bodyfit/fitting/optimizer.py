@@ -19,8 +19,10 @@ from typing import Callable
 import torch
 
 from bodyfit.body_models.base import BodyParams
+from bodyfit.fitting.graphs import capture_step
 
 PARAM_NAMES = ("global_orient", "body_pose", "shape", "transl")
+GRAPH_DEVICES = ("cuda",)  # where ``run_stage(graphs=True)`` captures steps
 
 
 @dataclass
@@ -103,13 +105,19 @@ class _Adam:
     Args:
         leaves: name -> leaf tensor. lr: step size. step: steps already taken.
         moments: name -> (exp_avg, exp_avg_sq), zeros when None.
+        replayable: keep the step count in a tensor on the leaves' device and compute the bias
+            corrections from it, so that a captured step (``fitting.graphs``) replays right; else
+            the count is a Python int (fewer operations per step).
     """
 
     def __init__(self, leaves: dict[str, torch.Tensor], lr: float, step: int = 0,
-                 moments: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None):
+                 moments: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+                 replayable: bool = False):
         self.leaves, self.lr, self.steps = leaves, lr, step
         self.moments = moments if moments is not None else {
             k: (torch.zeros_like(v), torch.zeros_like(v)) for k, v in leaves.items()}
+        any_leaf = next(iter(leaves.values()))
+        self.count = torch.full((), float(step), dtype=any_leaf.dtype, device=any_leaf.device) if replayable else None
 
     def zero_grad(self) -> None:
         for leaf in self.leaves.values():
@@ -120,13 +128,22 @@ class _Adam:
         with torch.enable_grad():
             loss = closure()
         self.steps += 1
-        step_size = self.lr / (1 - 0.9 ** self.steps)
-        bias_correction2_sqrt = math.sqrt(1 - 0.999 ** self.steps)
+        if self.count is None:
+            step_size = self.lr / (1 - 0.9 ** self.steps)
+            bias_correction2_sqrt = math.sqrt(1 - 0.999 ** self.steps)
+        else:
+            self.count += 1
+            step_size = self.lr / (1 - 0.9 ** self.count)
+            bias_correction2_sqrt = (1 - 0.999 ** self.count).sqrt_()
         for name, leaf in self.leaves.items():
             exp_avg, exp_avg_sq = self.moments[name]
             exp_avg.lerp_(leaf.grad, 0.1)
             exp_avg_sq.mul_(0.999).addcmul_(leaf.grad, leaf.grad, value=0.001)
-            leaf.addcdiv_(exp_avg, (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(1e-8), value=-step_size)
+            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(1e-8)
+            if self.count is None:
+                leaf.addcdiv_(exp_avg, denom, value=-step_size)
+            else:
+                leaf.sub_(exp_avg / denom * step_size)
         return loss
 
 
@@ -191,7 +208,8 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
               free_pose_joints: list[int] | None = None,
               clamp_shape: Callable[[torch.Tensor], torch.Tensor] | None = None,
               active: torch.Tensor | None = None, shared_shape: bool = False,
-              compact: float | None = None, state: StageState | None = None) -> StageResult:
+              compact: float | None = None, state: StageState | None = None,
+              graphs: bool = False) -> StageResult:
     """Minimize ``sum_b sum_name weights[name] * energy_fn(params)[name][b]``.
 
     Args:
@@ -209,6 +227,9 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
         compact: pause (``StageResult.state`` set) at a check where at most this share of the
             batch is still moving and steps remain; Adam only, not with ``shared_shape``.
         state: a paused stage's state (indexed like ``params``) to go on from.
+        graphs: on CUDA, an Adam stage's step is captured as a CUDA graph at its second step
+            and replayed (:func:`fitting.graphs.capture_step`; the same steps, one launch each),
+            unless the step reads from the host.
     Returns:
         StageResult with the final parameters and per-sample energies.
     Raises:
@@ -235,9 +256,11 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
         total = torch.stack([terms[k] for k in weights], 1) @ weight
         return total, terms
 
+    graphs = graphs and optimizer == "adam" and device.type in GRAPH_DEVICES
     if optimizer == "adam":
         opt = _Adam(leaves, lr, 0 if state is None else state.step,
-                    None if state is None else {k: (m.clone(), v.clone()) for k, (m, v) in state.moments.items()})
+                    None if state is None else {k: (m.clone(), v.clone()) for k, (m, v) in state.moments.items()},
+                    replayable=graphs)
     else:
         opt = torch.optim.LBFGS(list(leaves.values()), lr=lr, max_iter=1, history_size=10,
                                 line_search_fn="strong_wolfe")
@@ -247,7 +270,7 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
     last_good = {k: v.detach().clone() for k, v in leaves.items()}
     converged = torch.zeros(B, dtype=torch.bool, device=device)
     failed = torch.zeros_like(converged)
-    frozen = ~active  # not moving: inactive, failed or converged
+    frozen = ~active  # not moving: inactive, failed or converged; updated in place (a captured step reads it)
     sample_steps = torch.full((B,), first, dtype=torch.long, device=device)
     step, paused = first, False
 
@@ -262,7 +285,8 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
             leaf.grad.nan_to_num_(0.0, 0.0, 0.0)
         return loss
 
-    for step in range(first + 1, steps + 1):
+    def one_step():
+        """One step; everything it reads from outside is updated in place (replayable)."""
         opt.step(closure)
         with torch.no_grad():
             # masks by torch.where, not boolean indexing: no host sync per step on CUDA
@@ -274,6 +298,16 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
                 clamped = clamp_shape(shape)
                 if clamped is not shape:  # betas are not clamped
                     shape.copy_(clamped)
+
+    replay = None
+    for step in range(first + 1, steps + 1):
+        if replay is not None:
+            replay()
+        elif graphs and step > first + 1:  # after one step (caches filled), this one runs for real and is captured
+            graphs = False
+            replay = capture_step(one_step, list(leaves.values()))
+        else:
+            one_step()
         if step % check_every == 0 or step == steps:
             sample_steps.masked_fill_(~frozen, step)
             with torch.no_grad():
@@ -284,7 +318,7 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
                         rows = bad if leaf.shape[0] == B else slice(None)
                         leaf[rows] = last_good[name][rows]
                     failed |= bad
-                    frozen = frozen | bad
+                    frozen |= bad
                 for name, leaf in leaves.items():
                     if leaf.shape[0] == B:
                         last_good[name][~frozen] = leaf[~frozen]
@@ -299,7 +333,7 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
                             break
                     else:
                         converged |= done
-                        frozen = frozen | done
+                        frozen |= done
                 prev = total
                 moving = int((~frozen).sum())
                 if moving == 0:
