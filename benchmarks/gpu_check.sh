@@ -9,8 +9,9 @@
 #     bash benchmarks/gpu_check.sh
 # It installs the wheels under /tmp/site, runs the CUDA tests (tests/test_gpu.py, the nvdiffrast
 # backend against the CPU one), then bench_speed.py on CUDA for SMPL (a synthetic SMPL-format
-# file) and Anny at batches 256, 1024, 4096 (default schedule, perturbed start): fits/s and
-# PA-MPJPE side by side, and SMPL with compile=true at the largest. Logs go to $OUT (or
+# file) and Anny at batches 256, 1024, 4096 (default schedule, perturbed start, steps replayed as
+# CUDA graphs): fits/s and PA-MPJPE side by side; at the largest batch the same without graphs
+# (cuda_graphs=false), and SMPL with compile=true. Logs go to $OUT (or
 # ./gpu_check_out). GPU_CHECK_DEVICE=cpu and GPU_CHECK_BATCHES="4" try its steps on a CPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,10 +34,12 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.i
 torch.cuda.get_device_name() if torch.cuda.is_available() else '')" | tee "$out/env.txt"
 rc=0
 # conftest's options need none of the dev extras; -p no:cacheprovider keeps the tree clean
-timeout 150 python3 -m pytest -q -ra -p no:cacheprovider tests/test_gpu.py tests/test_renderers_backends.py \
+timeout 120 python3 -m pytest -q -ra -p no:cacheprovider tests/test_gpu.py tests/test_renderers_backends.py \
   2>&1 | tee "$out/tests.txt" || rc=1
-timeout 240 python3 benchmarks/bench_speed.py --device "$device" --models smpl anny --batches "${batches[@]}" \
+timeout 200 python3 benchmarks/bench_speed.py --device "$device" --models smpl anny --batches "${batches[@]}" \
   --n "${batches[-1]}" 2>&1 | tee "$out/bench_speed.txt" || rc=1
-timeout 120 python3 benchmarks/bench_speed.py --device "$device" --models smpl --batches "${batches[-1]}" \
+timeout 100 python3 benchmarks/bench_speed.py --device "$device" --models smpl anny --batches "${batches[-1]}" \
+  --n "${batches[-1]}" cuda_graphs=false 2>&1 | tee "$out/bench_speed_eager.txt" || rc=1
+timeout 90 python3 benchmarks/bench_speed.py --device "$device" --models smpl --batches "${batches[-1]}" \
   --n "${batches[-1]}" compile=true 2>&1 | tee "$out/bench_speed_compiled.txt" || rc=1
 exit $rc

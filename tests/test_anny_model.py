@@ -224,3 +224,33 @@ def test_special_procrustes_equals_romas_with_the_same_gradients(anny):
     assert torch.allclose(special_procrustes(M.float()).double(), theirs, atol=1e-6)
     small = M[:2, :4].clone().requires_grad_(True)
     assert torch.autograd.gradcheck(special_procrustes, (small,), fast_mode=True)
+
+
+def test_special_procrustes_without_host_reads_equals_the_checked_one(anny):
+    """Where host reads are not allowed (a step captured as a CUDA graph: bodyfit.replayable),
+    the polar iteration runs a fixed number of steps and the reflection for det(M) <= 0 comes
+    from a closed-form eigenvector for every matrix instead of an SVD of the negative ones:
+    the same rotations, on Anny's rest-orientation blends and on random matrices of condition
+    up to 1e6 (with the two smallest singular values 1% apart, where the answer is defined)."""
+    from bodyfit.body_models.kinematics import special_procrustes
+    from bodyfit.replayable import host_reads_allowed, replayable
+
+    phen = torch.cat([_phenotype_samples(), torch.tensor([[0.05, 0.05, 0.4, 0.5, 0.3, 0.7]])])
+    with torch.no_grad():
+        M = anny._orient0 + torch.einsum("ba,akij->bkij", anny._coefficients(phen), anny._orientD)
+    assert bool((torch.linalg.det(M) <= 0).any())
+    g = torch.Generator().manual_seed(5)
+    N = 4000
+    Q1, Q2 = (torch.linalg.qr(torch.randn(N, 3, 3, generator=g))[0] for _ in range(2))
+    smallest = 10 ** (-6 * torch.rand(N, generator=g))
+    middle = smallest + 0.01 + (1 - smallest - 0.01) * torch.rand(N, generator=g)
+    R = (Q1 * torch.stack([torch.ones(N), middle, smallest], 1)[:, None]) @ Q2
+    R[: N // 2, :, 0] *= -1  # half of them of negative determinant
+    for matrices, atol in [(M, 1e-6), (R * 3.0, 1e-3)]:
+        checked = special_procrustes(matrices)
+        with replayable():
+            assert not host_reads_allowed()
+            fixed = special_procrustes(matrices)
+        assert host_reads_allowed()
+        assert (fixed - checked).abs().max() < atol
+        assert torch.allclose(torch.linalg.det(fixed), torch.ones(()), atol=1e-5)

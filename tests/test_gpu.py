@@ -92,3 +92,39 @@ def test_fit_on_cuda_matches_cpu(anny):
     # Float32 reductions differ between devices; the optimizer may end a little apart.
     assert (pa_gpu.mean() - pa_cpu.mean()).abs() < 5.0, (pa_cpu, pa_gpu)
     assert (gpu.error_over_box.cpu() - cpu.error_over_box).abs().max() < 0.005
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", ["anny", "smpl"])
+def test_cuda_graph_fit_matches_eager(name, anny, tmp_path, monkeypatch):
+    """On CUDA, with cuda_graphs (the default) every Adam stage's step is captured and replayed,
+    and the fit equals the eager one (cuda_graphs=false) to rounding."""
+    import bodyfit.fitting.optimizer as optimizer
+    from bodyfit import Fitter, Observations
+    from bodyfit.body_models import body_model
+    from bodyfit.data.synthetic import synthetic_batch
+
+    if name == "anny":
+        cpu_model, model = anny, body_model("anny", device="cuda")
+    else:
+        from synthetic_smpl import write_synthetic_smpl
+
+        write_synthetic_smpl(tmp_path / "SMPL_NEUTRAL.npz", "npz")
+        cpu_model, model = (body_model("smpl", model_path=str(tmp_path / "SMPL_NEUTRAL.npz"), device=d)
+                            for d in ("cpu", "cuda"))
+    captured, capture = [], optimizer.capture_step
+
+    def counting(step, leaves):
+        replay = capture(step, leaves)
+        captured.append(replay is not None)
+        return replay
+
+    monkeypatch.setattr(optimizer, "capture_step", counting)
+    sb = synthetic_batch(cpu_model, 64, generator=torch.Generator().manual_seed(3))
+    obs = Observations.from_pictures(sb.keypoints, K=sb.K, boxes=sb.boxes)
+    eager = Fitter(model, overrides=["cuda_graphs=false"])(obs, vertices=False)
+    assert not captured
+    graphed = Fitter(model)(obs, vertices=False)
+    assert len(captured) >= 2 and all(captured), captured
+    assert torch.equal(eager.valid, graphed.valid)
+    assert (eager.joints - graphed.joints).abs().max() < 2e-3

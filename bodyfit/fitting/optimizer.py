@@ -20,6 +20,7 @@ import torch
 
 from bodyfit.body_models.base import BodyParams
 from bodyfit.fitting.graphs import capture_step
+from bodyfit.replayable import replayable
 
 PARAM_NAMES = ("global_orient", "body_pose", "shape", "transl")
 GRAPH_DEVICES = ("cuda",)  # where ``run_stage(graphs=True)`` captures steps
@@ -257,97 +258,98 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
         return total, terms
 
     graphs = graphs and optimizer == "adam" and device.type in GRAPH_DEVICES
-    if optimizer == "adam":
-        opt = _Adam(leaves, lr, 0 if state is None else state.step,
-                    None if state is None else {k: (m.clone(), v.clone()) for k, (m, v) in state.moments.items()},
-                    replayable=graphs)
-    else:
-        opt = torch.optim.LBFGS(list(leaves.values()), lr=lr, max_iter=1, history_size=10,
-                                line_search_fn="strong_wolfe")
-
-    first = 0 if state is None else state.step
-    prev = None if state is None else state.prev
-    last_good = {k: v.detach().clone() for k, v in leaves.items()}
-    converged = torch.zeros(B, dtype=torch.bool, device=device)
-    failed = torch.zeros_like(converged)
-    frozen = ~active  # not moving: inactive, failed or converged; updated in place (a captured step reads it)
-    sample_steps = torch.full((B,), first, dtype=torch.long, device=device)
-    step, paused = first, False
-
-    def closure():
-        opt.zero_grad()
-        total, _ = objective()
-        # Frozen and non-finite samples are left out of the loss, so their rows of the gradient
-        # are zero (samples do not interact), once a NaN reaching them as 0 * NaN is zeroed.
-        loss = torch.where(~frozen & torch.isfinite(total), total, 0.0).sum()
-        loss.backward()
-        for leaf in leaves.values():
-            leaf.grad.nan_to_num_(0.0, 0.0, 0.0)
-        return loss
-
-    def one_step():
-        """One step; everything it reads from outside is updated in place (replayable)."""
-        opt.step(closure)
-        with torch.no_grad():
-            # masks by torch.where, not boolean indexing: no host sync per step on CUDA
-            for name, leaf in leaves.items():
-                if leaf.shape[0] == B:
-                    leaf.copy_(torch.where(_rows(frozen, leaf), last_good[name], leaf))
-            if clamp_shape is not None and shape_of is not None:
-                shape = shape_of()
-                clamped = clamp_shape(shape)
-                if clamped is not shape:  # betas are not clamped
-                    shape.copy_(clamped)
-
-    replay = None
-    for step in range(first + 1, steps + 1):
-        if replay is not None:
-            replay()
-        elif graphs and step > first + 1:  # after one step (caches filled), this one runs for real and is captured
-            graphs = False
-            replay = capture_step(one_step, list(leaves.values()))
+    with replayable(graphs):  # the steps' code takes no decision on the host from a value
+        if optimizer == "adam":
+            opt = _Adam(leaves, lr, 0 if state is None else state.step,
+                        None if state is None else {k: (m.clone(), v.clone()) for k, (m, v) in state.moments.items()},
+                        replayable=graphs)
         else:
-            one_step()
-        if step % check_every == 0 or step == steps:
-            sample_steps.masked_fill_(~frozen, step)
+            opt = torch.optim.LBFGS(list(leaves.values()), lr=lr, max_iter=1, history_size=10,
+                                    line_search_fn="strong_wolfe")
+
+        first = 0 if state is None else state.step
+        prev = None if state is None else state.prev
+        last_good = {k: v.detach().clone() for k, v in leaves.items()}
+        converged = torch.zeros(B, dtype=torch.bool, device=device)
+        failed = torch.zeros_like(converged)
+        frozen = ~active  # not moving: inactive, failed or converged; updated in place (a captured step reads it)
+        sample_steps = torch.full((B,), first, dtype=torch.long, device=device)
+        step, paused = first, False
+
+        def closure():
+            opt.zero_grad()
+            total, _ = objective()
+            # Frozen and non-finite samples are left out of the loss, so their rows of the gradient
+            # are zero (samples do not interact), once a NaN reaching them as 0 * NaN is zeroed.
+            loss = torch.where(~frozen & torch.isfinite(total), total, 0.0).sum()
+            loss.backward()
+            for leaf in leaves.values():
+                leaf.grad.nan_to_num_(0.0, 0.0, 0.0)
+            return loss
+
+        def one_step():
+            """One step; everything it reads from outside is updated in place (replayable)."""
+            opt.step(closure)
             with torch.no_grad():
-                total, _ = objective()
-                bad = ~torch.isfinite(total) & ~frozen
-                if bad.any():
-                    for name, leaf in leaves.items():
-                        rows = bad if leaf.shape[0] == B else slice(None)
-                        leaf[rows] = last_good[name][rows]
-                    failed |= bad
-                    frozen |= bad
+                # masks by torch.where, not boolean indexing: no host sync per step on CUDA
                 for name, leaf in leaves.items():
                     if leaf.shape[0] == B:
-                        last_good[name][~frozen] = leaf[~frozen]
-                    elif bool(torch.isfinite(leaf).all()):
-                        last_good[name].copy_(leaf)
-                if prev is not None:
-                    rel = (prev - total).abs() / prev.abs().clamp(min=1e-12) / check_every
-                    done = (rel < ftol) & ~frozen
-                    if shared_shape:  # the frames share a shape: they stop together
-                        if bool((done | frozen).all()):
-                            converged |= active & ~failed
-                            break
-                    else:
-                        converged |= done
-                        frozen |= done
-                prev = total
-                moving = int((~frozen).sum())
-                if moving == 0:
-                    break
-                if compact is not None and step < steps and moving <= compact * B:
-                    paused = True
-                    break
-    with torch.no_grad():
-        total, terms = objective()
-        final = assemble().detach().clone()  # contiguous, not views of the leaves
-    weighted = {k: (weights[k] * terms[k]).detach() for k in weights}
-    paused_state = None
-    if paused:
-        moments = dict(opt.moments)
-        paused_state = StageState(step, prev, moments)
-    return StageResult(final, total.detach(), weighted, converged, failed, step, sample_steps,
-                       ~frozen, paused_state)
+                        leaf.copy_(torch.where(_rows(frozen, leaf), last_good[name], leaf))
+                if clamp_shape is not None and shape_of is not None:
+                    shape = shape_of()
+                    clamped = clamp_shape(shape)
+                    if clamped is not shape:  # betas are not clamped
+                        shape.copy_(clamped)
+
+        replay = None
+        for step in range(first + 1, steps + 1):
+            if replay is not None:
+                replay()
+            elif graphs and step > first + 1:  # after one step (caches filled), this one runs for real and is captured
+                graphs = False
+                replay = capture_step(one_step, list(leaves.values()))
+            else:
+                one_step()
+            if step % check_every == 0 or step == steps:
+                sample_steps.masked_fill_(~frozen, step)
+                with torch.no_grad():
+                    total, _ = objective()
+                    bad = ~torch.isfinite(total) & ~frozen
+                    if bad.any():
+                        for name, leaf in leaves.items():
+                            rows = bad if leaf.shape[0] == B else slice(None)
+                            leaf[rows] = last_good[name][rows]
+                        failed |= bad
+                        frozen |= bad
+                    for name, leaf in leaves.items():
+                        if leaf.shape[0] == B:
+                            last_good[name][~frozen] = leaf[~frozen]
+                        elif bool(torch.isfinite(leaf).all()):
+                            last_good[name].copy_(leaf)
+                    if prev is not None:
+                        rel = (prev - total).abs() / prev.abs().clamp(min=1e-12) / check_every
+                        done = (rel < ftol) & ~frozen
+                        if shared_shape:  # the frames share a shape: they stop together
+                            if bool((done | frozen).all()):
+                                converged |= active & ~failed
+                                break
+                        else:
+                            converged |= done
+                            frozen |= done
+                    prev = total
+                    moving = int((~frozen).sum())
+                    if moving == 0:
+                        break
+                    if compact is not None and step < steps and moving <= compact * B:
+                        paused = True
+                        break
+        with torch.no_grad():
+            total, terms = objective()
+            final = assemble().detach().clone()  # contiguous, not views of the leaves
+        weighted = {k: (weights[k] * terms[k]).detach() for k in weights}
+        paused_state = None
+        if paused:
+            moments = dict(opt.moments)
+            paused_state = StageState(step, prev, moments)
+        return StageResult(final, total.detach(), weighted, converged, failed, step, sample_steps,
+                           ~frozen, paused_state)
