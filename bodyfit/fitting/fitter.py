@@ -331,12 +331,9 @@ class Fitter:
         compact = (self.config.compact or None) if all(ENERGIES[n].needs in ("params", "joints") for n in weights) else None
 
         def run(problem, prepared, params, init, state=None):
-            energy_fn = energies = self.stage_energy(problem, prepared, init, stage, list(weights))
-            if self._compile:  # the steps compiled; the few checks without gradients eager
-                compiled = torch.compile(energy_fn, dynamic=True)
-
-                def energies(p: BodyParams) -> dict[str, torch.Tensor]:
-                    return compiled(p) if torch.is_grad_enabled() else energy_fn(p)
+            energies = self.stage_energy(problem, prepared, init, stage, list(weights))
+            if self._compile:
+                energies = _compiled_steps(energies)
 
             return run_stage(params, energies, free=list(stage.free), weights=weights, steps=stage.steps,
                              lr=stage.lr, optimizer=stage.optimizer, ftol=self.config.ftol,
@@ -399,6 +396,17 @@ class Fitter:
             messages=["; ".join(m) if m else None for m in messages], init_params=init,
             skipped_energies=skipped, convention=observations.convention, model_name=model.name,
             stage_steps=stage_steps, runtime_s=runtime)
+
+
+def _compiled_steps(energy_fn):
+    """``energy_fn`` compiled (``torch.compile``) for the steps; the few checks, without
+    gradients, run it eagerly."""
+    compiled = torch.compile(energy_fn, dynamic=True)
+
+    def energies(p: BodyParams) -> dict[str, torch.Tensor]:
+        return compiled(p) if torch.is_grad_enabled() else energy_fn(p)
+
+    return energies
 
 
 def stage_weights(stage: StageConfig, prepared: dict) -> dict[str, float]:
