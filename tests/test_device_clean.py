@@ -1,8 +1,10 @@
 """Fits run on any device, and their steps leave the host alone: Anny and SMPL run on PyTorch's
 ``meta`` device (tests/device_probe.py), where a tensor made on the CPU beside the model's
 raises as it would on CUDA. Host reads (each a CUDA stream sync) are counted per step of every
-stage of the default config; whole fits run through every branch (the trials of other starts
-and the flags with every sample needing them, and with none)."""
+stage of the default config; whole fits (one view, calibrated views, sequences) run through
+every branch (the trials of other starts and the flags with every sample needing them, and with
+none); tests/test_pseudo_gt.py runs pseudo-gt so. The dense energies' rasterizers are not covered
+here (they read vertices to the host on the CPU; tests/test_gpu.py checks nvdiffrast on CUDA)."""
 import pytest
 import torch
 from device_probe import MetaProbe
@@ -102,3 +104,24 @@ def test_whole_fit_is_device_clean(name, found, tmp_path):
     if found:  # the trials ran: the mirror trial's message, every limb refitted
         assert any("left and right keypoints swapped" in m for m in result.messages)
         assert any("refitted flipped in depth" in m for m in result.messages)
+
+
+@pytest.mark.parametrize("sequence", [False, True])
+def test_views_and_sequences_are_device_clean(anny, sequence):
+    """Two calibrated views (and, as a sequence, one shared shape and the temporal energy)."""
+    import dataclasses
+
+    from bodyfit.data.synthetic import synthetic_views
+
+    sv = synthetic_views(anny, 3, n_views=2, generator=torch.Generator().manual_seed(0), masks=False,
+                         images=False)
+    obs = dataclasses.replace(sv.observations, sequence=sequence)
+    model = body_model("anny")
+    fitter = Fitter(model, overrides=["+stages.body.weights.temporal=1.0"] if sequence else [])
+    assert bool(fitter(obs, vertices=False).valid.all())
+    model.to("meta")
+    for energy in fitter.energies.values():
+        energy.to("meta")
+    for found in (False, True):
+        with MetaProbe(found=found):
+            assert fitter(obs, vertices=False).params.transl.is_meta

@@ -58,6 +58,29 @@ def cli(dataset, out, *extra):
                  "stages.body.steps=40", "init=mean"])
 
 
+def test_pseudo_gt_is_device_clean(dataset, tmp_path):
+    """The whole run (regressor start, fits, records, export) with the model on PyTorch's meta
+    device (tests/device_probe.py): no tensor made on the CPU meets the model's, as on CUDA;
+    with every sample taking each branch (found=True) and with none."""
+    from device_probe import MetaProbe
+
+    from bodyfit import Fitter
+    from bodyfit.body_models import body_model
+    from bodyfit.pseudo_gt import run_pseudo_gt
+
+    people = coco_people(dataset["json"], fov_deg=FOV)
+    fitter = Fitter(body_model("smpl", model_path=dataset["smpl"]), overrides=["stages.body.steps=20"])
+    run_pseudo_gt(people[:2], tmp_path / "cpu", fitter, "coco17", progress=False)  # tables made on first use
+    fitter.model.to("meta")
+    for energy in fitter.energies.values():
+        energy.to("meta")
+    for found in (False, True):
+        with MetaProbe(found=found):
+            summary = run_pseudo_gt(people, tmp_path / f"meta_{found}", fitter, "coco17", batch_size=5,
+                                    progress=False)
+        assert summary["fitted"] == N and summary["valid"] == (N - 3 if found else 0)
+
+
 def test_coco_file_is_read_and_bad_people_carry_their_reason(dataset, tmp_path):
     people = coco_people(dataset["json"], fov_deg=FOV)
     assert len(people) == N and len({p.id for p in people}) == N
