@@ -117,8 +117,10 @@ class _Adam:
         self.leaves, self.lr, self.steps = leaves, lr, step
         self.moments = moments if moments is not None else {
             k: (torch.zeros_like(v), torch.zeros_like(v)) for k, v in leaves.items()}
-        any_leaf = next(iter(leaves.values()))
-        self.count = torch.full((), float(step), dtype=any_leaf.dtype, device=any_leaf.device) if replayable else None
+        self.count = None
+        if replayable and leaves:
+            leaf = next(iter(leaves.values()))
+            self.count = torch.full((), float(step), dtype=leaf.dtype, device=leaf.device)
 
     def zero_grad(self) -> None:
         for leaf in self.leaves.values():
