@@ -315,17 +315,31 @@ def _load_record(path: Path) -> dict | None:
         return None
 
 
-def _plausible(result, b: int, joint_limits: float, shape_ok: bool) -> tuple[bool, str | None]:
-    """Whether fit b may serve as supervision, and why not."""
-    if not bool(result.valid[b]):
-        return False, result.messages[b] or "not fitted"
-    if result.flagged[b]:
-        return False, result.flagged[b]
+def _plausible(valid: bool, flagged: str | None, message: str | None, joint_limits: float,
+               shape_ok: bool) -> tuple[bool, str | None]:
+    """Whether a fit may serve as supervision, and why not (its ``FitResult`` row: valid,
+    flagged, message; its joint-limit energy; whether its shape is in the model's range)."""
+    if not valid:
+        return False, message or "not fitted"
+    if flagged:
+        return False, flagged
     if not joint_limits <= 1.0:
         return False, f"joint-limit energy {joint_limits:.2f} above 1 (a pose beyond anatomical ranges)"
     if not shape_ok:
         return False, "shape outside the model's range"
-    return True, result.messages[b]
+    return True, message
+
+
+def _on_host(result, model) -> dict[str, np.ndarray]:
+    """What a record reads of a batch's ``FitResult``, moved to the host once for the batch
+    (one copy per field, not a read per person: on CUDA each read waits for the device):
+    name -> (B, ...) array."""
+    lo, hi = (0.0, 1.0) if model.shape_name == "phenotypes" else (-5.0, 5.0)
+    fields = {k: v.detach() for k, v in result.params.as_dict().items()}
+    fields.update(energy=result.energies["total"], reprojection_error_px=result.reprojection_error_px,
+                  error_over_box=result.error_over_box, converged=result.converged, valid=result.valid,
+                  shape_ok=((result.params.shape >= lo) & (result.params.shape <= hi)).all(1))
+    return {k: v.detach().cpu().numpy() for k, v in fields.items()}
 
 
 def run_pseudo_gt(people: list[Person], out: str | os.PathLike, fitter, convention: str,
@@ -400,26 +414,25 @@ def _fit_batch(batch: list[Person], out: Path, fitter, model, convention: str, r
             px = torch.ones(len(group))
         how = "regressor" if regressor is not None else "mean"
         result = fitter(obs, vertices=False, start=lambda o: initialize(o, model, how, regressor))
-        limits = _joint_limits(fitter, obs, result)
-        fitted.update({p.id: (result, b, float(limits[b]), float(px[b])) for b, p in enumerate(group)})
-    default = model.default_params(1)
+        limits = _joint_limits(fitter, obs, result).numpy()
+        host = _on_host(result, model)
+        fitted.update({p.id: (result, host, b, float(limits[b]), float(px[b])) for b, p in enumerate(group)})
+    default = {k: v[0].cpu().numpy() for k, v in model.default_params(1).as_dict().items()}
     for p in batch:
         if p.id not in fitted:
-            rec = {k: v[0].cpu().numpy() for k, v in default.as_dict().items()}
+            rec = dict(default)
             nan = np.float32(math.nan)
             rec.update(energy=nan, joint_limits=nan, reprojection_error_px=nan, error_over_box=nan,
                        converged=False, valid=False, plausible=False, steps=0, reason=p.problem)
         else:
-            result, b, limits, px = fitted[p.id]
-            params = result.params.index([b])
-            rec = {k: v[0].cpu().numpy() for k, v in params.as_dict().items()}
-            lo_hi = (0.0, 1.0) if model.shape_name == "phenotypes" else (-5.0, 5.0)
-            shape_ok = bool(((params.shape >= lo_hi[0]) & (params.shape <= lo_hi[1])).all())
-            plausible, reason = _plausible(result, b, limits, shape_ok)
-            rec.update(energy=float(result.energies["total"][b]), joint_limits=limits,
-                       reprojection_error_px=float(result.reprojection_error_px[b]) / px,
-                       error_over_box=float(result.error_over_box[b]),
-                       converged=bool(result.converged[b]), valid=bool(result.valid[b]),
+            result, host, b, limits, px = fitted[p.id]
+            rec = {k: host[k][b] for k in default}
+            plausible, reason = _plausible(bool(host["valid"][b]), result.flagged[b], result.messages[b], limits,
+                                           bool(host["shape_ok"][b]))
+            rec.update(energy=float(host["energy"][b]), joint_limits=limits,
+                       reprojection_error_px=float(host["reprojection_error_px"][b]) / px,
+                       error_over_box=float(host["error_over_box"][b]),
+                       converged=bool(host["converged"][b]), valid=bool(host["valid"][b]),
                        plausible=plausible, steps=sum(result.stage_steps.values()), reason=reason or "",
                        densepose=p.id in iuvs)
         rec.update(K=p.K, keypoints=p.keypoints, box=p.box, picture=p.picture, person=p.person,

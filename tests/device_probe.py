@@ -40,7 +40,8 @@ def _masks_as_indices(indices, found: bool):
 
 
 class MetaProbe(HostReads):
-    """Counts host reads (``reads``, by kind: :class:`~bodyfit.fitting.graphs.HostReads`) and
+    """Counts host reads of device (meta) data (``reads``, by kind:
+    :class:`~bodyfit.fitting.graphs.HostReads`) and
     kernel-launching operations (``launches``, by operation) of the code run under it; on meta
     tensors a host read returns a placeholder instead of raising: with ``found`` False, 0 /
     False / no element found; with ``found`` True, 1 / True / every element found (the branches
@@ -57,7 +58,8 @@ class MetaProbe(HostReads):
         if name not in _NO_KERNEL:
             self.launches[name] += 1
         kind = self.kind(func, args, kwargs)
-        if kind is None:
+        source = args[1] if func is torch.ops.aten.copy_.default else args[0]
+        if kind is None or not source.is_meta:  # reading host memory costs no device sync
             return func(*args, **kwargs)
         self.reads[kind] += 1
         x = args[0]
