@@ -45,12 +45,14 @@ class MetaProbe(HostReads):
     kernel-launching operations (``launches``, by operation) of the code run under it; on meta
     tensors a host read returns a placeholder instead of raising: with ``found`` False, 0 /
     False / no element found; with ``found`` True, 1 / True / every element found (the branches
-    taken when every sample needs them); copies to the host are zeros."""
+    taken when every sample needs them); copies to the host are zeros. ``transfers`` counts the
+    copies from the host to the device."""
 
     def __init__(self, found: bool = False):
         super().__init__()
         self.found = found
         self.launches: Counter = Counter()
+        self.transfers = 0  # copies from the host to the device
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -59,6 +61,8 @@ class MetaProbe(HostReads):
             self.launches[name] += 1
         kind = self.kind(func, args, kwargs)
         source = args[1] if func is torch.ops.aten.copy_.default else args[0]
+        if kind == "copy" and not source.is_meta:
+            self.transfers += 1
         if kind is None or not source.is_meta:  # reading host memory costs no device sync
             return func(*args, **kwargs)
         self.reads[kind] += 1

@@ -90,6 +90,7 @@ def test_steps_are_device_clean(name, tmp_path):
             two = _stage_on_meta(fitter, problem, init, stage, steps=2)
             four = _stage_on_meta(fitter, problem, init, stage, steps=4)
         assert sum(four.reads.values()) == sum(two.reads.values()), (stage_name, two.reads, four.reads)
+        assert four.transfers == two.transfers, stage_name  # nor copies from the host
         assert 10 < launches < 1000, (stage_name, launches)
 
 

@@ -54,8 +54,7 @@ class HostReads(TorchDispatchMode):
         if func is torch.ops.aten._to_copy.default and kwargs.get("device") is not None:
             if torch.device(kwargs["device"]).type != args[0].device.type:
                 return "copy"
-        if func is torch.ops.aten.copy_.default and _device_type(args[0]) != _device_type(args[1]) \
-                and args[1].dim() > 0:
+        if func is torch.ops.aten.copy_.default and _device_type(args[0]) != _device_type(args[1]):
             return "copy"
         return None
 
