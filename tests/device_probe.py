@@ -1,15 +1,15 @@
-"""Run code on PyTorch's ``meta`` device and count what it would ask of an accelerator.
+"""Run code on PyTorch's ``meta`` device and count what it would ask of an accelerator; check
+that the optimizer's steps can be replayed as CUDA graphs.
 
 On ``meta`` every operation checks its operands' devices and shapes but computes nothing, so a
 tensor made on the CPU where the model's device was meant (the bug class that only shows on CUDA)
-raises at once, on a machine without a GPU. Reading a value back to the host
-(``aten._local_scalar_dense``: ``.item()``, ``bool(t)``, ``int(t)``; ``aten.nonzero``: boolean
-indexing and ``torch.nonzero``; ``aten.equal``: ``torch.equal``) is what synchronizes a CUDA
-stream: under :class:`MetaProbe` it is counted and answered with a placeholder (0 / False /
-nothing found / equal) so the code runs on.
+raises at once, on a machine without a GPU. Reading device data back to the host (the kinds of
+:class:`bodyfit.fitting.graphs.HostReads`: ``.item()``, ``bool(t)``, ``torch.nonzero``, boolean
+masks, ``torch.equal``, copies to the host) is what synchronizes a CUDA stream: under
+:class:`MetaProbe` it is counted and answered with a placeholder so the code runs on.
 Operations that launch no kernel (views, reshapes, detach) are left out of ``launches``.
-:class:`EmulatedCapture` checks on the CPU that the optimizer's steps can be replayed as CUDA
-graphs.
+:class:`EmulatedCapture` stands in for ``capture_step`` on the CPU and checks every replayed
+step against the captured one (:class:`StepTrace`).
 """
 from __future__ import annotations
 
@@ -83,8 +83,8 @@ class MetaProbe(HostReads):
 
 
 class StepTrace(TorchDispatchMode):
-    """Records what a CUDA graph of the code run under it would hold: each kernel-launching
-    operation with its non-tensor arguments (baked into a graph), and for each tensor it reads
+    """Records what a CUDA graph of the code run under it would hold: each operation with its
+    non-tensor arguments (baked into a graph), and for each tensor it reads
     either its storage, shape and offset (made outside the traced code: a graph reads that
     memory at every replay) or its shape alone (made inside: a graph makes it anew)."""
 
