@@ -335,7 +335,7 @@ def _on_host(result, model) -> dict[str, np.ndarray]:
     (one copy per field, not a read per person: on CUDA each read waits for the device):
     name -> (B, ...) array."""
     lo, hi = (0.0, 1.0) if model.shape_name == "phenotypes" else (-5.0, 5.0)
-    fields = {k: v.detach() for k, v in result.params.as_dict().items()}
+    fields = dict(result.params.as_dict())
     fields.update(energy=result.energies["total"], reprojection_error_px=result.reprojection_error_px,
                   error_over_box=result.error_over_box, converged=result.converged, valid=result.valid,
                   shape_ok=((result.params.shape >= lo) & (result.params.shape <= hi)).all(1))

@@ -307,8 +307,7 @@ def run_stage(params: BodyParams, energy_fn: Callable[[BodyParams], dict[str, to
         for step in range(first + 1, steps + 1):
             if replay is not None:
                 replay()
-            elif graphs and step > first + 1:  # after one step (caches filled), this one runs for real and is captured
-                graphs = False
+            elif graphs and step == first + 2:  # after one step (caches filled), this one runs for real and is captured
                 replay = capture_step(one_step, list(leaves.values()))
             else:
                 one_step()

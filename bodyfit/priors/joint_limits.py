@@ -75,12 +75,12 @@ class JointLimits(torch.nn.Module):
         self.register_buffer("hi", torch.as_tensor(hi, dtype=self.frames.dtype))
 
     def angles(self, body_pose: torch.Tensor) -> torch.Tensor:
-        """(B,M,3) rotation vectors of the limited joints in their anatomical frames, radians."""
-        return torch.einsum("mij,bmj->bmi", self.frames, body_pose[:, self.joint_index])
+        """(B,M,3) rotation vectors of the limited joints in their anatomical frames, radians
+        (one broadcast product: fewer operations per step than an einsum)."""
+        return (body_pose.index_select(1, self.joint_index)[:, :, None, :] * self.frames).sum(-1)
 
     def forward(self, body_pose: torch.Tensor) -> torch.Tensor:
-        # angles() as one product (B,M,3)
-        a = (body_pose.index_select(1, self.joint_index)[:, :, None, :] * self.frames).sum(-1)
+        a = self.angles(body_pose)
         excess = a - torch.clamp(a, self.lo, self.hi)  # beyond hi: a - hi, below lo: -(lo - a)
         return (excess * excess).sum(dim=(1, 2))
 
